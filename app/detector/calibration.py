@@ -1,0 +1,133 @@
+"""Choosing a decision threshold from good images alone, refined by defects when there are any.
+
+The scores of good images come from leave-one-out: each training image is scored against the
+memory bank with its own patches removed, which is what a *new* good part looks like to the
+model. Those scores are slightly pessimistic (the bank has one image less), so the threshold
+errs towards fewer false rejects.
+
+With one shot there is no other image to hold out; the single image is then scored against
+itself with a neighbourhood around each patch masked out (``region_holdout_score``): a
+patch must be explained by *another* region of the part. That is an upper-biased estimate
+for textured parts and the threshold is correspondingly lenient; 2+ shots are recommended.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+# Floor on the relative spread of good scores: with 1-3 shots the sample spread is unreliable.
+MIN_RELATIVE_SPREAD = 0.05
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A model's threshold and the evidence it was chosen from."""
+
+    threshold: float
+    method: str  # "leave-one-out", "region-holdout" or "f1-with-defects"
+    target_false_reject_rate: float
+    good_scores: list[float] = field(default_factory=list)
+    defect_scores: list[float] = field(default_factory=list)
+    good_mean: float = 0.0
+    good_std: float = 0.0
+
+    def normalize(self, score: float) -> float:
+        return normalize_score(score, self.threshold)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        return cls(**data)
+
+
+def normalize_score(score: float, threshold: float) -> float:
+    """Map a raw score to [0, 1] with the threshold at 0.5 (linear; 1.0 = twice the threshold).
+
+    Operators read every variant on the same scale whatever its raw distance units.
+    """
+    if threshold <= 0:
+        return 1.0 if score > 0 else 0.0
+    return float(min(1.0, max(0.0, 0.5 * score / threshold)))
+
+
+def threshold_from_good(scores: np.ndarray, target_false_reject_rate: float) -> float:
+    """Threshold at the ``1 - target`` point of a normal fit to good scores, never below the
+    highest good score seen (a model must accept the images it was calibrated on)."""
+    if len(scores) == 0:
+        raise ValueError("need at least one good score to calibrate")
+    mean = float(np.mean(scores))
+    std = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
+    spread = max(std, MIN_RELATIVE_SPREAD * abs(mean))
+    z = NormalDist().inv_cdf(1.0 - target_false_reject_rate)
+    return max(float(np.max(scores)), mean + z * spread)
+
+
+def f1_threshold(good: np.ndarray, defect: np.ndarray) -> float:
+    """Threshold maximising F1 with defects as positives; ties go to the higher threshold."""
+    candidates = np.unique(np.concatenate([good, defect]))
+    # Midpoints between neighbours, plus just above the top (all accepted).
+    cuts = np.concatenate([(candidates[:-1] + candidates[1:]) / 2, [candidates[-1] * (1 + 1e-6)]])
+    best_f1, best_cut = -1.0, float(cuts[-1])
+    for cut in cuts[::-1]:
+        tp = float(np.sum(defect > cut))
+        fp = float(np.sum(good > cut))
+        fn = float(len(defect) - tp)
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp > 0 else 0.0
+        if f1 > best_f1:
+            best_f1, best_cut = f1, float(cut)
+    return best_cut
+
+
+def calibrate(
+    good_scores: np.ndarray,
+    target_false_reject_rate: float,
+    *,
+    method: str,
+    defect_scores: np.ndarray | None = None,
+) -> Calibration:
+    """Build the ``Calibration`` of a model from held-out good scores (and optional defects)."""
+    good = np.asarray(good_scores, dtype=np.float64)
+    threshold = threshold_from_good(good, target_false_reject_rate)
+    defects = np.asarray(defect_scores if defect_scores is not None else [], dtype=np.float64)
+    if len(defects):
+        threshold = f1_threshold(good, defects)
+        method = "f1-with-defects"
+    std = float(np.std(good, ddof=1)) if len(good) > 1 else 0.0
+    return Calibration(
+        threshold=float(threshold),
+        method=method,
+        target_false_reject_rate=target_false_reject_rate,
+        good_scores=[round(float(s), 6) for s in good],
+        defect_scores=[round(float(s), 6) for s in defects],
+        good_mean=float(np.mean(good)),
+        good_std=std if math.isfinite(std) else 0.0,
+    )
+
+
+def region_holdout_score(patches: np.ndarray, grid: tuple[int, int], radius: int = 2) -> float:
+    """One-shot proxy score: each patch's distance to the nearest patch of the *same* image
+    outside a ``(2 radius + 1)^2`` window around it; the image score is the maximum.
+
+    ``patches`` is ``(h * w, C)`` in row-major grid order. Memory ``O((h w)^2)`` floats, which is
+    fine for one image (1024 patches -> 4 MiB).
+    """
+    h, w = grid
+    x = patches.astype(np.float32)
+    sq = np.einsum("ij,ij->i", x, x)
+    d2 = sq[:, None] - 2.0 * (x @ x.T) + sq[None, :]
+    rows, cols = np.divmod(np.arange(h * w), w)
+    near = (np.abs(rows[:, None] - rows[None, :]) <= radius) & (
+        np.abs(cols[:, None] - cols[None, :]) <= radius
+    )
+    d2[near] = np.inf
+    nearest = np.min(d2, axis=1)
+    if not np.all(np.isfinite(nearest)):
+        raise ValueError(f"grid {grid} too small for region hold-out with radius {radius}")
+    return float(np.sqrt(max(float(np.max(nearest)), 0.0)))

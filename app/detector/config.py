@@ -1,0 +1,67 @@
+"""Per-model detector configuration, validated where it enters."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from app.errors import InvalidInputError
+
+Augmentation = Literal["none", "flip", "rot90"]
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything that shapes one trained model; stored with it so a model can be rebuilt.
+
+    ``resolution`` is the length of the image's *shorter* side after resizing; the aspect ratio
+    is kept (no centre crop), and the longer side is capped at ``max_aspect * resolution`` so
+    that a very long part cannot blow up the patch count.
+    """
+
+    backbone: str = DEFAULT_BACKBONE
+    resolution: int | None = None  # None: the backbone's default
+    max_aspect: float = 4.0
+    coreset_ratio: float = 0.1
+    # Banks smaller than this keep every patch: few-shot banks are small and subsampling
+    # them only loses coverage (PatchCore's coreset is a speed device for large banks).
+    min_bank_size: int = 4096
+    max_bank_size: int = 32768
+    target_false_reject_rate: float = 0.01
+    augment: Augmentation = "none"
+    blur_sigma: float = 4.0  # at the processed resolution, as in PatchCore
+
+    def __post_init__(self) -> None:
+        if self.resolution is not None and not 64 <= self.resolution <= 1024:
+            raise InvalidInputError(f"resolution must be within 64..1024, got {self.resolution}")
+        if not 1.0 <= self.max_aspect <= 16.0:
+            raise InvalidInputError(f"max_aspect must be within 1..16, got {self.max_aspect}")
+        if not 0.0 < self.coreset_ratio <= 1.0:
+            raise InvalidInputError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+        if not 1 <= self.min_bank_size <= self.max_bank_size:
+            raise InvalidInputError(
+                f"need 1 <= min_bank_size <= max_bank_size, got {self.min_bank_size}, "
+                f"{self.max_bank_size}"
+            )
+        if not 0.0 < self.target_false_reject_rate < 0.5:
+            raise InvalidInputError(
+                "target_false_reject_rate must be in (0, 0.5), got "
+                f"{self.target_false_reject_rate}"
+            )
+        if self.augment not in ("none", "flip", "rot90"):
+            raise InvalidInputError(f"augment must be none, flip or rot90, got {self.augment!r}")
+        if not 0.0 <= self.blur_sigma <= 16.0:
+            raise InvalidInputError(f"blur_sigma must be within 0..16, got {self.blur_sigma}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidInputError(f"unknown detector settings: {sorted(unknown)}")
+        return cls(**data)

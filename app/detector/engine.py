@@ -1,0 +1,239 @@
+"""The detector engine: fit a memory bank from good images, calibrate it, ship one ONNX file.
+
+    fit:   images -> feature extractor (ONNX) -> patches (N, C) -> greedy coreset -> bank (M, C)
+           -> leave-one-out scores of the training images -> threshold -> scoring ONNX file
+    score: the scoring ONNX file alone (``CompiledModel``), or, for checks, the engine's own
+           path: feature extractor + ``memory.nearest_distances``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from app.detector.backbones import BackboneSpec, backbone_path, get_backbone
+from app.detector.calibration import Calibration, calibrate, region_holdout_score
+from app.detector.config import DetectorConfig
+from app.detector.graph import build_feature_extractor, build_scoring_model
+from app.detector.memory import greedy_coreset, nearest_distances
+from app.detector.runtime import FORMAT_VERSION, METADATA_PREFIX, RuntimeOptions, check_image_array
+from app.errors import InvalidInputError
+
+# Training images scored for leave-one-out calibration; beyond this a seeded subset is used.
+MAX_CALIBRATION_IMAGES = 50
+
+ProgressCallback = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class PatchFeatures:
+    """Patch features of one image: ``patches (h * w, C)`` in row-major grid order."""
+
+    patches: np.ndarray
+    grid: tuple[int, int]
+
+
+@dataclass
+class FittedModel:
+    """The result of ``Detector.fit``: the shippable ONNX file and what went into it."""
+
+    onnx_bytes: bytes
+    calibration: Calibration
+    config: DetectorConfig
+    bank_size: int
+    n_images: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def threshold(self) -> float:
+        return self.calibration.threshold
+
+
+class FeatureExtractor:
+    """ONNX session of the shared front end: ``image (H, W, 3)`` uint8 -> ``PatchFeatures``."""
+
+    def __init__(self, spec: BackboneSpec, backbone: onnx.ModelProto, resolution: int,
+                 max_aspect: float, options: RuntimeOptions) -> None:
+        model = build_feature_extractor(spec, backbone, resolution, max_aspect)
+        self.session = options.session(model.SerializeToString())
+
+    def __call__(self, image: np.ndarray) -> PatchFeatures:
+        patches, grid = self.session.run(["patches", "grid"], {"image": check_image_array(image)})
+        return PatchFeatures(patches=patches, grid=(int(grid[0]), int(grid[1])))
+
+
+def augment(image: np.ndarray, mode: str) -> list[np.ndarray]:
+    """The image and its label-preserving copies: ``flip`` adds mirror images, ``rot90``
+    adds the three quarter turns too (for parts that appear in any orientation)."""
+    if mode == "none":
+        return [image]
+    views = [image, image[:, ::-1], image[::-1, :]]
+    if mode == "rot90":
+        views += [np.rot90(image, k) for k in (1, 2, 3)]
+    return [np.ascontiguousarray(v) for v in views]
+
+
+class Detector:
+    """Fits and builds models. Thread-safe; caches backbones and feature extractors."""
+
+    def __init__(self, models_dir: Path, options: RuntimeOptions | None = None) -> None:
+        self.models_dir = Path(models_dir)
+        self.options = options or RuntimeOptions()
+        self._backbones: dict[str, onnx.ModelProto] = {}
+        self._extractors: dict[tuple[str, int, float], FeatureExtractor] = {}
+        self._lock = threading.Lock()
+
+    def backbone(self, name: str) -> onnx.ModelProto:
+        with self._lock:
+            if name not in self._backbones:
+                self._backbones[name] = onnx.load(str(backbone_path(name, self.models_dir)))
+            return self._backbones[name]
+
+    def extractor(self, config: DetectorConfig) -> FeatureExtractor:
+        spec = get_backbone(config.backbone)
+        resolution = config.resolution or spec.default_resolution
+        key = (spec.name, resolution, config.max_aspect)
+        backbone = self.backbone(spec.name)
+        with self._lock:
+            if key not in self._extractors:
+                self._extractors[key] = FeatureExtractor(spec, backbone, resolution,
+                                                         config.max_aspect, self.options)
+            return self._extractors[key]
+
+    def fit(
+        self,
+        good_images: Sequence[np.ndarray],
+        config: DetectorConfig,
+        *,
+        seed: int = 0,
+        defect_images: Sequence[np.ndarray] = (),
+        progress: ProgressCallback | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> FittedModel:
+        """Fit a model from ``good_images`` (each ``(H, W, 3)`` uint8, sizes may differ).
+
+        ``progress(fraction, stage)`` is called as work advances; it may raise (for example
+        ``TrainingCancelledError``) to abort. ``defect_images`` only refine the threshold.
+        """
+        if len(good_images) == 0:
+            raise InvalidInputError("need at least one good image to fit a model")
+        report = progress or (lambda fraction, stage: None)
+        spec = get_backbone(config.backbone)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+
+        report(0.0, "features")
+        extractor = self.extractor(config)
+        originals: list[PatchFeatures] = []  # the un-augmented view of each image
+        chunks: list[np.ndarray] = []
+        owners: list[np.ndarray] = []
+        for i, image in enumerate(good_images):
+            for j, view in enumerate(augment(check_image_array(image), config.augment)):
+                feats = extractor(view)
+                if j == 0:
+                    originals.append(feats)
+                chunks.append(feats.patches)
+                owners.append(np.full(len(feats.patches), i, dtype=np.int32))
+            report(0.4 * (i + 1) / len(good_images), "features")
+        all_patches = np.concatenate(chunks)
+        owner = np.concatenate(owners)
+        del chunks
+        timings["features_s"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        size = bank_size(len(all_patches), config)
+        chosen = greedy_coreset(all_patches, size, seed=seed,
+                                should_stop=lambda f: report(0.4 + 0.3 * f, "coreset"))
+        bank = all_patches[chosen]
+        bank_owner = owner[chosen]
+        timings["coreset_s"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        report(0.7, "calibration")
+        good_scores, method = holdout_scores(originals, bank, bank_owner, seed)
+        defect_scores = np.array(
+            [float(np.max(nearest_distances(extractor(check_image_array(img)).patches, bank)))
+             for img in defect_images], dtype=np.float64)
+        calibration = calibrate(good_scores, config.target_false_reject_rate, method=method,
+                                defect_scores=defect_scores if len(defect_scores) else None)
+        timings["calibration_s"] = time.perf_counter() - t2
+
+        t3 = time.perf_counter()
+        report(0.9, "export")
+        resolution = config.resolution or spec.default_resolution
+        props = {
+            METADATA_PREFIX + "format_version": FORMAT_VERSION,
+            METADATA_PREFIX + "threshold": repr(calibration.threshold),
+            METADATA_PREFIX + "backbone": spec.name,
+            METADATA_PREFIX + "preprocessing": json.dumps({
+                "input": "image: uint8 [H, W, 3] RGB, any size; resized inside the graph",
+                "resize": f"shorter side to {resolution} px, aspect kept, longer side at most "
+                          f"{config.max_aspect:g}x that, sides rounded to multiples of "
+                          f"{spec.size_multiple}; linear, antialiased",
+                "normalise": f"(x - {list(spec.mean)}) / {list(spec.std)}",
+                "outputs": "score: float32 [1], max nearest-neighbour patch distance; "
+                           "anomaly_map: float32 [H, W]",
+                "decision": "anomalous when score > threshold",
+            }),
+            METADATA_PREFIX + "config": json.dumps(config.to_dict()),
+            METADATA_PREFIX + "calibration": json.dumps(calibration.to_dict()),
+            METADATA_PREFIX + "bank_size": str(len(bank)),
+            METADATA_PREFIX + "seed": str(seed),
+            **(metadata or {}),
+        }
+        model = build_scoring_model(spec, self.backbone(spec.name), resolution, config.max_aspect,
+                                    bank, config.blur_sigma, props)
+        onnx_bytes = model.SerializeToString()
+        timings["export_s"] = time.perf_counter() - t3
+        timings["total_s"] = time.perf_counter() - t0
+        report(1.0, "done")
+        return FittedModel(onnx_bytes=onnx_bytes, calibration=calibration, config=config,
+                           bank_size=len(bank), n_images=len(good_images), timings=timings)
+
+    def patch_scores(self, image: np.ndarray, bank: np.ndarray, config: DetectorConfig) -> PatchFeatures:
+        """The engine's own scoring path: ``(h * w,)`` nearest distances on the patch grid."""
+        feats = self.extractor(config)(check_image_array(image))
+        return PatchFeatures(patches=nearest_distances(feats.patches, bank), grid=feats.grid)
+
+
+def holdout_scores(originals: list[PatchFeatures], bank: np.ndarray, bank_owner: np.ndarray,
+                   seed: int) -> tuple[np.ndarray, str]:
+    """Scores of training images as if unseen: each against the bank minus its own patches.
+
+    Removing an image's members from the shared coreset approximates a coreset built without
+    it (slightly sparser, so slightly pessimistic). With one image: region hold-out.
+    """
+    if len(originals) == 1:
+        only = originals[0]
+        return np.array([region_holdout_score(only.patches, only.grid)]), "region-holdout"
+    images = np.arange(len(originals))
+    if len(images) > MAX_CALIBRATION_IMAGES:
+        rng = np.random.default_rng(seed + 1)
+        images = np.sort(rng.choice(len(images), MAX_CALIBRATION_IMAGES, replace=False))
+    scores = [float(np.max(nearest_distances(originals[i].patches, bank[bank_owner != i])))
+              for i in images]
+    return np.asarray(scores), "leave-one-out"
+
+
+def bank_size(n_patches: int, config: DetectorConfig) -> int:
+    """Coreset size: ``ratio * N``, but every patch while the bank is small, and never more
+    than ``max_bank_size`` (which bounds inference cost for large training sets)."""
+    target = max(math.ceil(config.coreset_ratio * n_patches), min(n_patches, config.min_bank_size))
+    return int(min(target, config.max_bank_size, n_patches))
+
+
+def bank_from_model(onnx_bytes: bytes) -> np.ndarray:
+    """The memory bank ``(M, C)`` stored inside a scoring ONNX file (for checks and tools)."""
+    model = onnx.load_from_string(onnx_bytes)
+    for init in model.graph.initializer:
+        if init.name.startswith("bank_") and not init.name.startswith(("bank_t", "bank_sq")):
+            return onnx.numpy_helper.to_array(init)
+    raise InvalidInputError("no memory bank found in this ONNX file")

@@ -1,0 +1,260 @@
+"""ONNX graphs of the detector, built with ``onnx.helper``.
+
+Two graphs share one front end, so the engine's own path and the shipped model cannot drift:
+
+``build_feature_extractor``
+    ``image`` uint8 ``(H, W, 3)`` RGB  ->  ``patches`` float32 ``(N, C)``, ``grid`` int64 ``(2,)``
+    resize (aspect kept, antialiased) -> normalise -> backbone -> 3x3 local average per layer
+    -> upsample coarser layers to the finest grid -> concatenate (PatchCore section 3.1).
+
+``build_scoring_model``
+    the extractor plus the memory bank as constants:
+    ``image``  ->  ``score`` float32 ``(1,)``, ``anomaly_map`` float32 ``(H, W)``
+    Nearest-neighbour distances use ``|x|^2 - 2 x.y + |y|^2`` over chunks of the bank (no
+    ``N x M x C`` broadcast); the chosen neighbour's distance is then recomputed exactly as
+    ``|x - y*|`` so that cancellation in the expansion never reaches the score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from app.detector.backbones import BackboneSpec
+
+OPSET = 18
+BACKBONE_PREFIX = "backbone/"
+BANK_CHUNK = 4096
+
+
+class _Graph:
+    """Small builder: unique names, constants, nodes."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def name(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def const(self, hint: str, value: np.ndarray) -> str:
+        name = self.name(hint)
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs: object) -> str:
+        out = self.name(hint or op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
+        return out
+
+    def op_n(self, op_type: str, inputs: list[str], n: int, **attrs: object) -> list[str]:
+        outs = [self.name(op_type.lower()) for _ in range(n)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, **attrs))
+        return outs
+
+
+def _i64(values: list[int]) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
+
+
+def _f32(values: float | list[float]) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32)
+
+
+def _target_size(g: _Graph, hw: str, resolution: int, max_aspect: float, multiple: int) -> str:
+    """int64 ``(2,)`` processed size: shorter side -> ``resolution``, aspect kept, longer side
+    capped at ``max_aspect * resolution``, both rounded to a multiple of the backbone stride."""
+    hw_f = g.op("Cast", [hw], to=TensorProto.FLOAT)
+    short = g.op("ReduceMin", [hw_f], keepdims=0)
+    long = g.op("ReduceMax", [hw_f], keepdims=0)
+    scale_short = g.op("Div", [g.const("res", _f32(float(resolution))), short])
+    scale_long = g.op("Div", [g.const("max_long", _f32(float(resolution) * max_aspect)), long])
+    scale = g.op("Min", [scale_short, scale_long])
+    scaled = g.op("Mul", [hw_f, scale])
+    mult = g.const("multiple", _f32(float(multiple)))
+    steps = g.op("Round", [g.op("Div", [scaled, mult])])
+    steps = g.op("Max", [steps, g.const("one", _f32(1.0))])
+    return g.op("Cast", [g.op("Mul", [steps, mult])], to=TensorProto.INT64)
+
+
+def _gaussian_kernel(sigma: float) -> np.ndarray:
+    """1-D Gaussian, radius ``int(4 sigma + 0.5)`` as in PatchCore's reference code."""
+    radius = max(1, int(4.0 * sigma + 0.5))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).astype(np.float32)
+
+
+def _merge_backbone(g: _Graph, backbone: onnx.ModelProto, pixels: str) -> None:
+    """Append the backbone's nodes, prefixed, reading its ``pixels`` input from ``pixels``."""
+    prefixed = onnx.compose.add_prefix(backbone, BACKBONE_PREFIX)
+    g.nodes.append(helper.make_node("Identity", [pixels], [BACKBONE_PREFIX + "pixels"]))
+    g.nodes.extend(prefixed.graph.node)
+    g.initializers.extend(prefixed.graph.initializer)
+
+
+def _front_end(
+    g: _Graph,
+    spec: BackboneSpec,
+    backbone: onnx.ModelProto,
+    resolution: int,
+    max_aspect: float,
+) -> tuple[str, str, str, str]:
+    """Builds image -> patch features. Returns names of
+    ``patches (N, C)``, ``grid (2,)``, ``image_hw (2,)``, ``processed_hw (2,)``."""
+    shape = g.op("Shape", ["image"])
+    image_hw = g.op("Slice", [shape, g.const("s0", _i64([0])), g.const("s2", _i64([2]))])
+    processed_hw = _target_size(g, image_hw, resolution, max_aspect, spec.size_multiple)
+
+    chw = g.op("Transpose", ["image"], perm=[2, 0, 1])
+    nchw = g.op("Unsqueeze", [chw, g.const("ax0", _i64([0]))])
+    nchw = g.op("Cast", [nchw], to=TensorProto.FLOAT)
+    sizes = g.op("Concat", [g.const("n_c", _i64([1, 3])), processed_hw], axis=0)
+    resized = g.op(
+        "Resize", [nchw, "", "", sizes], mode="linear", antialias=1,
+        coordinate_transformation_mode="half_pixel",
+    )
+    mean = g.const("mean", _f32(list(spec.mean)).reshape(1, 3, 1, 1))
+    inv_std = g.const("inv_std", (1.0 / _f32(list(spec.std))).reshape(1, 3, 1, 1))
+    pixels = g.op("Mul", [g.op("Sub", [resized, mean]), inv_std], hint="pixels")
+    _merge_backbone(g, backbone, pixels)
+
+    finest = min(spec.layers, key=lambda layer: layer.stride)
+    finest_map = _aggregate(g, spec, BACKBONE_PREFIX + finest.output)
+    grid = g.op("Slice", [g.op("Shape", [finest_map]), g.const("s2", _i64([2])), g.const("s4", _i64([4]))])
+    maps = []
+    for layer in spec.layers:
+        fmap = finest_map if layer is finest else _aggregate(g, spec, BACKBONE_PREFIX + layer.output)
+        if layer.stride != finest.stride:
+            size = g.op("Concat", [g.op("Slice", [g.op("Shape", [fmap]), g.const("s0", _i64([0])), g.const("s2", _i64([2]))]), grid], axis=0)
+            fmap = g.op("Resize", [fmap, "", "", size], mode="linear", coordinate_transformation_mode="half_pixel")
+        maps.append(fmap)
+    features = maps[0] if len(maps) == 1 else g.op("Concat", maps, axis=1)
+    nhwc = g.op("Transpose", [features], perm=[0, 2, 3, 1])
+    patches = g.op("Reshape", [nhwc, g.const("flat", _i64([-1, spec.feature_dim]))])
+    return patches, grid, image_hw, processed_hw
+
+
+def _aggregate(g: _Graph, spec: BackboneSpec, fmap: str) -> str:
+    """Local neighbourhood average (PatchCore's p x p aggregation, edges not zero-weighted)."""
+    p = spec.neighbourhood
+    if p <= 1:
+        return fmap
+    return g.op("AveragePool", [fmap], kernel_shape=[p, p], strides=[1, 1],
+                pads=[p // 2] * 4, count_include_pad=0)
+
+
+def _opsets(backbone: onnx.ModelProto) -> list[onnx.OperatorSetIdProto]:
+    versions = {imp.domain: imp.version for imp in backbone.opset_import}
+    versions[""] = max(versions.get("", OPSET), OPSET)
+    return [helper.make_opsetid(domain, version) for domain, version in versions.items()]
+
+
+def _model(g: _Graph, backbone: onnx.ModelProto, outputs: list[onnx.ValueInfoProto],
+           metadata: Mapping[str, str], name: str) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        g.nodes, name,
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["H", "W", 3])],
+        outputs, initializer=g.initializers,
+    )
+    model = helper.make_model(graph, opset_imports=_opsets(backbone), producer_name="nominal")
+    model.ir_version = max(backbone.ir_version, 8)
+    helper.set_model_props(model, dict(metadata))
+    return model
+
+
+def build_feature_extractor(spec: BackboneSpec, backbone: onnx.ModelProto, resolution: int,
+                            max_aspect: float) -> onnx.ModelProto:
+    """``image`` uint8 ``(H, W, 3)`` -> ``patches`` float32 ``(N, C)``, ``grid`` int64 ``(2,)``."""
+    g = _Graph()
+    patches, grid, _, _ = _front_end(g, spec, backbone, resolution, max_aspect)
+    g.nodes.append(helper.make_node("Identity", [patches], ["patches"]))
+    g.nodes.append(helper.make_node("Identity", [grid], ["grid"]))
+    outputs = [
+        helper.make_tensor_value_info("patches", TensorProto.FLOAT, ["N", spec.feature_dim]),
+        helper.make_tensor_value_info("grid", TensorProto.INT64, [2]),
+    ]
+    return _model(g, backbone, outputs, {"backbone": spec.name}, "nominal_features")
+
+
+def build_scoring_model(
+    spec: BackboneSpec,
+    backbone: onnx.ModelProto,
+    resolution: int,
+    max_aspect: float,
+    bank: np.ndarray,
+    blur_sigma: float,
+    metadata: Mapping[str, str],
+) -> onnx.ModelProto:
+    """The single-file model an integrator runs: memory bank ``(M, C)`` inside.
+
+    ``image`` uint8 ``(H, W, 3)`` -> ``score`` float32 ``(1,)``, ``anomaly_map`` float32 ``(H, W)``.
+    """
+    if bank.ndim != 2 or bank.shape[1] != spec.feature_dim or len(bank) == 0:
+        raise ValueError(f"bank must be (M, {spec.feature_dim}), got {bank.shape}")
+    g = _Graph()
+    patches, grid, image_hw, processed_hw = _front_end(g, spec, backbone, resolution, max_aspect)
+    patch_scores = _nearest_distances(g, patches, bank.astype(np.float32))
+
+    score_grid = g.op("Reshape", [patch_scores, g.op("Concat", [g.const("n_c", _i64([1, 1])), grid], axis=0)])
+    g.nodes.append(helper.make_node("ReduceMax", [patch_scores], ["score"], keepdims=1))
+
+    size = g.op("Concat", [g.const("n_c", _i64([1, 1])), processed_hw], axis=0)
+    up = g.op("Resize", [score_grid, "", "", size], mode="linear", coordinate_transformation_mode="half_pixel")
+    if blur_sigma > 0:
+        up = _blur(g, up, blur_sigma)
+    full = g.op("Resize", [up, "", "", g.op("Concat", [g.const("n_c", _i64([1, 1])), image_hw], axis=0)],
+                mode="linear", coordinate_transformation_mode="half_pixel")
+    g.nodes.append(helper.make_node("Reshape", [full, image_hw], ["anomaly_map"]))
+    outputs = [
+        helper.make_tensor_value_info("score", TensorProto.FLOAT, [1]),
+        helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["H", "W"]),
+    ]
+    return _model(g, backbone, outputs, metadata, "nominal_detector")
+
+
+def _nearest_distances(g: _Graph, patches: str, bank: np.ndarray) -> str:
+    """``patches (N, C)`` -> distance of each to its nearest bank row, ``(N,)``."""
+    mins: list[str] = []
+    idxs: list[str] = []
+    for start in range(0, len(bank), BANK_CHUNK):
+        chunk = bank[start:start + BANK_CHUNK]
+        # |y|^2 - 2 x.y: the |x|^2 term is constant per row and does not move the argmin.
+        neg2_yt = g.const("bank_t", (-2.0 * chunk.T).astype(np.float32))
+        y_sq = g.const("bank_sq", np.sum(chunk.astype(np.float64) ** 2, axis=1).astype(np.float32))
+        partial = g.op("Add", [g.op("MatMul", [patches, neg2_yt]), y_sq])  # (N, chunk)
+        mins.append(g.op("ReduceMin", [partial, g.const("ax1", _i64([1]))], keepdims=1))
+        local = g.op("ArgMin", [partial], axis=1, keepdims=1)
+        idxs.append(g.op("Add", [local, g.const("offset", _i64([start]))]))
+    if len(mins) == 1:
+        nearest = idxs[0]
+    else:
+        which = g.op("ArgMin", [g.op("Concat", mins, axis=1)], axis=1, keepdims=1)
+        nearest = g.op("GatherElements", [g.op("Concat", idxs, axis=1), which], axis=1)
+    nearest = g.op("Squeeze", [nearest, g.const("ax1", _i64([1]))])
+    neighbours = g.op("Gather", [g.const("bank", bank), nearest], axis=0)  # (N, C)
+    diff = g.op("Sub", [patches, neighbours])
+    sq = g.op("ReduceSumSquare", [diff, g.const("ax1", _i64([1]))], keepdims=0)
+    return g.op("Sqrt", [sq])
+
+
+def _blur(g: _Graph, score_map: str, sigma: float) -> str:
+    """Separable Gaussian blur of ``(1, 1, H, W)`` with reflected borders."""
+    kernel = _gaussian_kernel(sigma)
+    radius = len(kernel) // 2
+    # Edge padding: valid for any map size (reflect needs radius < side).
+    padded = g.op("Pad", [score_map, g.const("pads", _i64([0, 0, radius, radius, 0, 0, radius, radius]))],
+                  mode="edge")
+    vertical = g.op("Conv", [padded, g.const("kv", kernel.reshape(1, 1, -1, 1))])
+    return g.op("Conv", [vertical, g.const("kh", kernel.reshape(1, 1, 1, -1))])
+
+
+def bank_chunks(m: int) -> int:
+    """Number of bank chunks the scoring graph uses for a bank of ``m`` rows."""
+    return math.ceil(m / BANK_CHUNK)

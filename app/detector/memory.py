@@ -1,0 +1,88 @@
+"""Memory bank maths in numpy: coreset selection and nearest-neighbour distances.
+
+Both stay bounded in memory for hundreds of training images: nothing here builds an
+``N x N`` or ``N x M x C`` array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from app.detector.graph import BANK_CHUNK
+
+# Rows of the query processed per block in ``nearest_distances``: bounds the (rows, chunk)
+# distance block to 64 MiB.
+_QUERY_BLOCK = 4096
+
+
+def nearest_distances(patches: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    """Distance of each row of ``patches (N, C)`` to its nearest row of ``bank (M, C)``: ``(N,)``.
+
+    Same algorithm as the ONNX scoring graph (chunked ``|y|^2 - 2 x.y`` for the argmin, then
+    the exact ``|x - y*|``), so engine and shipped model agree to float rounding.
+    """
+    patches = np.ascontiguousarray(patches, dtype=np.float32)
+    bank = np.ascontiguousarray(bank, dtype=np.float32)
+    out = np.empty(len(patches), dtype=np.float32)
+    bank_sq = np.sum(bank.astype(np.float64) ** 2, axis=1).astype(np.float32)
+    for q0 in range(0, len(patches), _QUERY_BLOCK):
+        x = patches[q0:q0 + _QUERY_BLOCK]
+        best_val = np.full(len(x), np.inf, dtype=np.float32)
+        best_idx = np.zeros(len(x), dtype=np.int64)
+        for b0 in range(0, len(bank), BANK_CHUNK):
+            partial = bank_sq[b0:b0 + BANK_CHUNK] - 2.0 * (x @ bank[b0:b0 + BANK_CHUNK].T)
+            local = np.argmin(partial, axis=1)
+            val = partial[np.arange(len(x)), local]
+            better = val < best_val
+            best_val[better] = val[better]
+            best_idx[better] = local[better] + b0
+        diff = x - bank[best_idx]
+        out[q0:q0 + len(x)] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    return out
+
+
+def greedy_coreset(
+    features: np.ndarray,
+    size: int,
+    *,
+    seed: int,
+    projection_dim: int = 128,
+    should_stop: Callable[[float], None] | None = None,
+) -> np.ndarray:
+    """Indices of a greedy k-center coreset of ``features (N, C)`` (PatchCore, Alg. 1).
+
+    Each step adds the point farthest from the current selection, so the bank covers every
+    mode of normality, rare ones included. Distances are taken in a seeded Gaussian random
+    projection to ``projection_dim`` (Johnson-Lindenstrauss) for speed. Memory is ``O(N)``
+    besides the projected copy; time is ``O(N * size * projection_dim)``.
+
+    ``should_stop(progress)`` is called now and then with the fraction done; it may raise to
+    abort (training cancellation).
+    """
+    n = len(features)
+    if size >= n:
+        return np.arange(n)
+    if size < 1:
+        raise ValueError(f"coreset size must be >= 1, got {size}")
+    rng = np.random.default_rng(seed)
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    if x.shape[1] > projection_dim:
+        proj = rng.standard_normal((x.shape[1], projection_dim)).astype(np.float32)
+        x = x @ (proj / np.sqrt(projection_dim))
+    x_sq = np.einsum("ij,ij->i", x, x)
+    selected = np.empty(size, dtype=np.int64)
+    selected[0] = int(rng.integers(n))
+    min_d2 = np.full(n, np.inf, dtype=np.float32)
+    report_every = max(1, size // 50)
+    for i in range(1, size + 1):
+        c = selected[i - 1]
+        d2 = x_sq - 2.0 * (x @ x[c]) + x_sq[c]
+        np.minimum(min_d2, d2, out=min_d2)
+        if i == size:
+            break
+        selected[i] = int(np.argmax(min_d2))
+        if should_stop is not None and i % report_every == 0:
+            should_stop(i / size)
+    return selected

