@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seeds", type=int, default=3, help="random draws of the k images")
     evaluate.add_argument("--backbone", default=None, help="registry name (default: the default)")
     evaluate.add_argument("--resolution", type=int, default=None, help="shorter side in px")
+    evaluate.add_argument("--resize", default="fixed_scale",
+                          choices=["fixed_scale", "shorter_side", "square"])
     evaluate.add_argument("--augment", default="none", choices=["none", "flip", "rot90"])
     evaluate.add_argument("--coreset-ratio", type=float, default=None)
     evaluate.add_argument("--target-frr", type=float, default=None,

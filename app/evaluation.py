@@ -194,7 +194,8 @@ def format_table(rows: list[dict[str, float | int | None]]) -> str:
 def run_evaluation_command(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset)
     overrides: dict[str, object] = {"backbone": args.backbone or DEFAULT_BACKBONE,
-                                    "resolution": args.resolution, "augment": args.augment}
+                                    "resolution": args.resolution, "augment": args.augment,
+                                    "resize": args.resize}
     if args.coreset_ratio is not None:
         overrides["coreset_ratio"] = args.coreset_ratio
     if args.target_frr is not None:
@@ -218,7 +219,7 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
                   f"fit={result.fit_s:.2f}s {result.ms_per_image:.1f}ms/img", flush=True)
     rows = summarise(results)
     print(f"\n{dataset.root.name}: {config.backbone}, resolution {config.resolution or 'default'}, "
-          f"augment {config.augment}, {len(test_images)} test images; means over seeds\n")
+          f"resize {config.resize}, augment {config.augment}, {len(test_images)} test images; means over seeds\n")
     print(format_table(rows))
     if args.json:
         payload = {

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from app.errors import InvalidInputError
 
 Augmentation = Literal["none", "flip", "rot90"]
+ResizePolicy = Literal["fixed_scale", "shorter_side", "square"]
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -16,14 +17,19 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 class DetectorConfig:
     """Everything that shapes one trained model; stored with it so a model can be rebuilt.
 
-    ``resolution`` is the length of the image's *shorter* side after resizing; the aspect ratio
-    is kept (no centre crop), and the longer side is capped at ``max_aspect * resolution`` so
-    that a very long part cannot blow up the patch count.
+    ``resolution`` is the network input's shorter side in pixels; ``resize`` says how images
+    of other sizes get there (see ``graph.ResizePlan``): by default one fixed scale for all
+    images of the model, so crops of different sizes keep the same pixel scale. The aspect
+    ratio is always kept unless ``resize="square"``; there is never a centre crop.
     """
 
     backbone: str = DEFAULT_BACKBONE
     resolution: int | None = None  # None: the backbone's default
+    resize: ResizePolicy = "fixed_scale"
     max_aspect: float = 4.0
+    # Mirrored margin around the image, in backbone size multiples (16 px for Lite0), so that
+    # border patches are not judged on the backbone's zero padding.
+    border: int = 1
     coreset_ratio: float = 0.1
     # Banks smaller than this keep every patch: few-shot banks are small and subsampling
     # them only loses coverage (PatchCore's coreset is a speed device for large banks).
@@ -36,6 +42,12 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         if self.resolution is not None and not 64 <= self.resolution <= 1024:
             raise InvalidInputError(f"resolution must be within 64..1024, got {self.resolution}")
+        if self.resize not in ("fixed_scale", "shorter_side", "square"):
+            raise InvalidInputError(
+                f"resize must be fixed_scale, shorter_side or square, got {self.resize!r}"
+            )
+        if not 0 <= self.border <= 4:
+            raise InvalidInputError(f"border must be within 0..4, got {self.border}")
         if not 1.0 <= self.max_aspect <= 16.0:
             raise InvalidInputError(f"max_aspect must be within 1..16, got {self.max_aspect}")
         if not 0.0 < self.coreset_ratio <= 1.0:

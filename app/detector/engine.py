@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import onnx
 from app.detector.backbones import BackboneSpec, backbone_path, get_backbone
 from app.detector.calibration import Calibration, calibrate, region_holdout_score
 from app.detector.config import DetectorConfig
-from app.detector.graph import build_feature_extractor, build_scoring_model
+from app.detector.graph import ResizePlan, build_feature_extractor, build_scoring_model
 from app.detector.memory import greedy_coreset, nearest_distances
 from app.detector.runtime import FORMAT_VERSION, METADATA_PREFIX, RuntimeOptions, check_image_array
 from app.errors import InvalidInputError
@@ -60,9 +60,9 @@ class FittedModel:
 class FeatureExtractor:
     """ONNX session of the shared front end: ``image (H, W, 3)`` uint8 -> ``PatchFeatures``."""
 
-    def __init__(self, spec: BackboneSpec, backbone: onnx.ModelProto, resolution: int,
-                 max_aspect: float, options: RuntimeOptions) -> None:
-        model = build_feature_extractor(spec, backbone, resolution, max_aspect)
+    def __init__(self, spec: BackboneSpec, backbone: onnx.ModelProto, plan: ResizePlan,
+                 options: RuntimeOptions) -> None:
+        model = build_feature_extractor(spec, backbone, plan)
         self.session = options.session(model.SerializeToString())
 
     def __call__(self, image: np.ndarray) -> PatchFeatures:
@@ -88,7 +88,7 @@ class Detector:
         self.models_dir = Path(models_dir)
         self.options = options or RuntimeOptions()
         self._backbones: dict[str, onnx.ModelProto] = {}
-        self._extractors: dict[tuple[str, int, float], FeatureExtractor] = {}
+        self._extractors: dict[tuple[str, ResizePlan], FeatureExtractor] = {}
         self._lock = threading.Lock()
 
     def backbone(self, name: str) -> onnx.ModelProto:
@@ -97,15 +97,13 @@ class Detector:
                 self._backbones[name] = onnx.load(str(backbone_path(name, self.models_dir)))
             return self._backbones[name]
 
-    def extractor(self, config: DetectorConfig) -> FeatureExtractor:
+    def extractor(self, config: DetectorConfig, plan: ResizePlan) -> FeatureExtractor:
         spec = get_backbone(config.backbone)
-        resolution = config.resolution or spec.default_resolution
-        key = (spec.name, resolution, config.max_aspect)
+        key = (spec.name, plan)
         backbone = self.backbone(spec.name)
         with self._lock:
             if key not in self._extractors:
-                self._extractors[key] = FeatureExtractor(spec, backbone, resolution,
-                                                         config.max_aspect, self.options)
+                self._extractors[key] = FeatureExtractor(spec, backbone, plan, self.options)
             return self._extractors[key]
 
     def fit(
@@ -131,12 +129,14 @@ class Detector:
         t0 = time.perf_counter()
 
         report(0.0, "features")
-        extractor = self.extractor(config)
+        images = [check_image_array(image) for image in good_images]
+        plan = resize_plan(config, images)
+        extractor = self.extractor(config, plan)
         originals: list[PatchFeatures] = []  # the un-augmented view of each image
         chunks: list[np.ndarray] = []
         owners: list[np.ndarray] = []
-        for i, image in enumerate(good_images):
-            for j, view in enumerate(augment(check_image_array(image), config.augment)):
+        for i, image in enumerate(images):
+            for j, view in enumerate(augment(image, config.augment)):
                 feats = extractor(view)
                 if j == 0:
                     originals.append(feats)
@@ -168,29 +168,27 @@ class Detector:
 
         t3 = time.perf_counter()
         report(0.9, "export")
-        resolution = config.resolution or spec.default_resolution
         props = {
             METADATA_PREFIX + "format_version": FORMAT_VERSION,
             METADATA_PREFIX + "threshold": repr(calibration.threshold),
             METADATA_PREFIX + "backbone": spec.name,
             METADATA_PREFIX + "preprocessing": json.dumps({
                 "input": "image: uint8 [H, W, 3] RGB, any size; resized inside the graph",
-                "resize": f"shorter side to {resolution} px, aspect kept, longer side at most "
-                          f"{config.max_aspect:g}x that, sides rounded to multiples of "
-                          f"{spec.size_multiple}; linear, antialiased",
+                "resize": plan.describe(spec.size_multiple),
                 "normalise": f"(x - {list(spec.mean)}) / {list(spec.std)}",
                 "outputs": "score: float32 [1], max nearest-neighbour patch distance; "
                            "anomaly_map: float32 [H, W]",
                 "decision": "anomalous when score > threshold",
             }),
             METADATA_PREFIX + "config": json.dumps(config.to_dict()),
+            METADATA_PREFIX + "resize_plan": json.dumps(asdict(plan)),
             METADATA_PREFIX + "calibration": json.dumps(calibration.to_dict()),
             METADATA_PREFIX + "bank_size": str(len(bank)),
             METADATA_PREFIX + "seed": str(seed),
             **(metadata or {}),
         }
-        model = build_scoring_model(spec, self.backbone(spec.name), resolution, config.max_aspect,
-                                    bank, config.blur_sigma, props)
+        model = build_scoring_model(spec, self.backbone(spec.name), plan, bank, config.blur_sigma,
+                                    props)
         onnx_bytes = model.SerializeToString()
         timings["export_s"] = time.perf_counter() - t3
         timings["total_s"] = time.perf_counter() - t0
@@ -198,9 +196,10 @@ class Detector:
         return FittedModel(onnx_bytes=onnx_bytes, calibration=calibration, config=config,
                            bank_size=len(bank), n_images=len(good_images), timings=timings)
 
-    def patch_scores(self, image: np.ndarray, bank: np.ndarray, config: DetectorConfig) -> PatchFeatures:
+    def patch_scores(self, image: np.ndarray, bank: np.ndarray, config: DetectorConfig,
+                     plan: ResizePlan) -> PatchFeatures:
         """The engine's own scoring path: ``(h * w,)`` nearest distances on the patch grid."""
-        feats = self.extractor(config)(check_image_array(image))
+        feats = self.extractor(config, plan)(check_image_array(image))
         return PatchFeatures(patches=nearest_distances(feats.patches, bank), grid=feats.grid)
 
 
@@ -218,9 +217,31 @@ def holdout_scores(originals: list[PatchFeatures], bank: np.ndarray, bank_owner:
     if len(images) > MAX_CALIBRATION_IMAGES:
         rng = np.random.default_rng(seed + 1)
         images = np.sort(rng.choice(len(images), MAX_CALIBRATION_IMAGES, replace=False))
-    scores = [float(np.max(nearest_distances(originals[i].patches, bank[bank_owner != i])))
-              for i in images]
+    scores = []
+    for i in images:
+        others = bank[bank_owner != i]
+        view = originals[i]
+        # An image that owns the whole bank has nothing to be compared with: judge it
+        # against the rest of itself, as with one shot.
+        scores.append(float(np.max(nearest_distances(view.patches, others))) if len(others)
+                      else region_holdout_score(view.patches, view.grid))
     return np.asarray(scores), "leave-one-out"
+
+
+def resize_plan(config: DetectorConfig, images: Sequence[np.ndarray]) -> ResizePlan:
+    """The resize plan of a model fitted on ``images`` (fixed scale: their median shorter side)."""
+    spec = get_backbone(config.backbone)
+    reference = float(np.median([min(image.shape[:2]) for image in images]))
+    return ResizePlan(policy=config.resize, resolution=config.resolution or spec.default_resolution,
+                      max_aspect=config.max_aspect, border=config.border,
+                      reference_side=reference if config.resize == "fixed_scale" else None)
+
+
+def plan_from_model(onnx_bytes: bytes) -> ResizePlan:
+    """The resize plan recorded in a scoring ONNX file's metadata."""
+    model = onnx.load_from_string(onnx_bytes)
+    props = {p.key: p.value for p in model.metadata_props}
+    return ResizePlan(**json.loads(props[METADATA_PREFIX + "resize_plan"]))
 
 
 def bank_size(n_patches: int, config: DetectorConfig) -> int:

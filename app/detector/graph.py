@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -67,19 +68,66 @@ def _f32(values: float | list[float]) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
-def _target_size(g: _Graph, hw: str, resolution: int, max_aspect: float, multiple: int) -> str:
-    """int64 ``(2,)`` processed size: shorter side -> ``resolution``, aspect kept, longer side
-    capped at ``max_aspect * resolution``, both rounded to a multiple of the backbone stride."""
-    hw_f = g.op("Cast", [hw], to=TensorProto.FLOAT)
-    short = g.op("ReduceMin", [hw_f], keepdims=0)
-    long = g.op("ReduceMax", [hw_f], keepdims=0)
-    scale_short = g.op("Div", [g.const("res", _f32(float(resolution))), short])
-    scale_long = g.op("Div", [g.const("max_long", _f32(float(resolution) * max_aspect)), long])
-    scale = g.op("Min", [scale_short, scale_long])
-    scaled = g.op("Mul", [hw_f, scale])
+@dataclass(frozen=True)
+class ResizePlan:
+    """How an image of any size becomes the network input; every policy keeps one pixel scale
+    per image (no crop), and sides are rounded to the backbone's size multiple.
+
+    - ``fixed_scale``: every image is scaled by ``resolution / reference_side``, where the
+      reference is the median shorter side of the training images. A part keeps the same
+      pixel scale whatever the crop size (fixed cameras, crops of a larger surface).
+    - ``shorter_side``: the shorter side becomes ``resolution``, aspect kept.
+    - ``square``: both sides become ``resolution`` (aspect lost; the classic PatchCore input).
+
+    The longer side is capped at ``max_aspect * resolution`` so one long image cannot blow up
+    the patch count.
+    """
+
+    policy: str
+    resolution: int
+    max_aspect: float
+    reference_side: float | None = None
+    border: int = 0  # mirrored margin, in units of the backbone's size multiple
+
+    def __post_init__(self) -> None:
+        if self.policy not in RESIZE_POLICIES:
+            raise ValueError(f"unknown resize policy {self.policy!r}")
+        if self.policy == "fixed_scale" and not self.reference_side:
+            raise ValueError("fixed_scale needs the reference side of the training images")
+
+    def describe(self, multiple: int) -> str:
+        if self.policy == "square":
+            head = f"both sides to {self.resolution} px (aspect not kept)"
+        elif self.policy == "shorter_side":
+            head = f"shorter side to {self.resolution} px, aspect kept"
+        else:
+            head = (f"scaled by {self.resolution} / {self.reference_side:g} (aspect and pixel "
+                    "scale kept)")
+        return (f"{head}; longer side at most {self.max_aspect:g} x {self.resolution} px; sides "
+                f"rounded to multiples of {multiple}; bilinear, antialiased")
+
+
+RESIZE_POLICIES = ("fixed_scale", "shorter_side", "square")
+
+
+def _target_size(g: _Graph, hw: str, plan: ResizePlan, multiple: int) -> str:
+    """int64 ``(2,)`` processed size of an image of size ``hw`` under ``plan``."""
     mult = g.const("multiple", _f32(float(multiple)))
-    steps = g.op("Round", [g.op("Div", [scaled, mult])])
-    steps = g.op("Max", [steps, g.const("one", _f32(1.0))])
+    if plan.policy == "square":
+        side = max(4, round(plan.resolution / multiple)) * multiple
+        return g.const("square", _i64([side, side]))
+    hw_f = g.op("Cast", [hw], to=TensorProto.FLOAT)
+    long = g.op("ReduceMax", [hw_f], keepdims=0)
+    if plan.policy == "shorter_side":
+        short = g.op("ReduceMin", [hw_f], keepdims=0)
+        scale = g.op("Div", [g.const("res", _f32(float(plan.resolution))), short])
+    else:
+        scale = g.const("scale", _f32(plan.resolution / float(plan.reference_side or 1.0)))
+    max_long = g.const("max_long", _f32(float(plan.resolution) * plan.max_aspect))
+    scale = g.op("Min", [scale, g.op("Div", [max_long, long])])
+    steps = g.op("Round", [g.op("Div", [g.op("Mul", [hw_f, scale]), mult])])
+    # At least 4 steps a side: reflect padding and the blur need a few pixels to work with.
+    steps = g.op("Max", [steps, g.const("min_steps", _f32(4.0))])
     return g.op("Cast", [g.op("Mul", [steps, mult])], to=TensorProto.INT64)
 
 
@@ -103,14 +151,13 @@ def _front_end(
     g: _Graph,
     spec: BackboneSpec,
     backbone: onnx.ModelProto,
-    resolution: int,
-    max_aspect: float,
+    plan: ResizePlan,
 ) -> tuple[str, str, str, str]:
     """Builds image -> patch features. Returns names of
     ``patches (N, C)``, ``grid (2,)``, ``image_hw (2,)``, ``processed_hw (2,)``."""
     shape = g.op("Shape", ["image"])
     image_hw = g.op("Slice", [shape, g.const("s0", _i64([0])), g.const("s2", _i64([2]))])
-    processed_hw = _target_size(g, image_hw, resolution, max_aspect, spec.size_multiple)
+    processed_hw = _target_size(g, image_hw, plan, spec.size_multiple)
 
     chw = g.op("Transpose", ["image"], perm=[2, 0, 1])
     nchw = g.op("Unsqueeze", [chw, g.const("ax0", _i64([0]))])
@@ -123,6 +170,12 @@ def _front_end(
     mean = g.const("mean", _f32(list(spec.mean)).reshape(1, 3, 1, 1))
     inv_std = g.const("inv_std", (1.0 / _f32(list(spec.std))).reshape(1, 3, 1, 1))
     pixels = g.op("Mul", [g.op("Sub", [resized, mean]), inv_std], hint="pixels")
+    pad = plan.border * spec.size_multiple
+    if pad:
+        # Mirrored context around the image: border patches then see plausible content
+        # instead of the backbone's zero padding, and match the bank like inner patches.
+        pads = g.const("pads", _i64([0, 0, pad, pad, 0, 0, pad, pad]))
+        pixels = g.op("Pad", [pixels, pads], mode="reflect")
     _merge_backbone(g, backbone, pixels)
 
     finest = min(spec.layers, key=lambda layer: layer.stride)
@@ -136,6 +189,12 @@ def _front_end(
             fmap = g.op("Resize", [fmap, "", "", size], mode="linear", coordinate_transformation_mode="half_pixel")
         maps.append(fmap)
     features = maps[0] if len(maps) == 1 else g.op("Concat", maps, axis=1)
+    if pad:
+        cells = pad // finest.stride
+        features = g.op("Slice", [features, g.const("crop0", _i64([cells, cells])),
+                                  g.const("crop1", _i64([-cells, -cells])),
+                                  g.const("axes", _i64([2, 3]))])
+        grid = g.op("Slice", [g.op("Shape", [features]), g.const("s2", _i64([2])), g.const("s4", _i64([4]))])
     nhwc = g.op("Transpose", [features], perm=[0, 2, 3, 1])
     patches = g.op("Reshape", [nhwc, g.const("flat", _i64([-1, spec.feature_dim]))])
     return patches, grid, image_hw, processed_hw
@@ -169,11 +228,11 @@ def _model(g: _Graph, backbone: onnx.ModelProto, outputs: list[onnx.ValueInfoPro
     return model
 
 
-def build_feature_extractor(spec: BackboneSpec, backbone: onnx.ModelProto, resolution: int,
-                            max_aspect: float) -> onnx.ModelProto:
+def build_feature_extractor(spec: BackboneSpec, backbone: onnx.ModelProto,
+                            plan: ResizePlan) -> onnx.ModelProto:
     """``image`` uint8 ``(H, W, 3)`` -> ``patches`` float32 ``(N, C)``, ``grid`` int64 ``(2,)``."""
     g = _Graph()
-    patches, grid, _, _ = _front_end(g, spec, backbone, resolution, max_aspect)
+    patches, grid, _, _ = _front_end(g, spec, backbone, plan)
     g.nodes.append(helper.make_node("Identity", [patches], ["patches"]))
     g.nodes.append(helper.make_node("Identity", [grid], ["grid"]))
     outputs = [
@@ -186,8 +245,7 @@ def build_feature_extractor(spec: BackboneSpec, backbone: onnx.ModelProto, resol
 def build_scoring_model(
     spec: BackboneSpec,
     backbone: onnx.ModelProto,
-    resolution: int,
-    max_aspect: float,
+    plan: ResizePlan,
     bank: np.ndarray,
     blur_sigma: float,
     metadata: Mapping[str, str],
@@ -199,7 +257,7 @@ def build_scoring_model(
     if bank.ndim != 2 or bank.shape[1] != spec.feature_dim or len(bank) == 0:
         raise ValueError(f"bank must be (M, {spec.feature_dim}), got {bank.shape}")
     g = _Graph()
-    patches, grid, image_hw, processed_hw = _front_end(g, spec, backbone, resolution, max_aspect)
+    patches, grid, image_hw, processed_hw = _front_end(g, spec, backbone, plan)
     patch_scores = _nearest_distances(g, patches, bank.astype(np.float32))
 
     score_grid = g.op("Reshape", [patch_scores, g.op("Concat", [g.const("n_c", _i64([1, 1])), grid], axis=0)])
@@ -245,7 +303,7 @@ def _nearest_distances(g: _Graph, patches: str, bank: np.ndarray) -> str:
 
 
 def _blur(g: _Graph, score_map: str, sigma: float) -> str:
-    """Separable Gaussian blur of ``(1, 1, H, W)`` with reflected borders."""
+    """Separable Gaussian blur of ``(1, 1, H, W)``, borders extended by edge values."""
     kernel = _gaussian_kernel(sigma)
     radius = len(kernel) // 2
     # Edge padding: valid for any map size (reflect needs radius < side).

@@ -25,6 +25,8 @@ def nearest_distances(patches: np.ndarray, bank: np.ndarray) -> np.ndarray:
     """
     patches = np.ascontiguousarray(patches, dtype=np.float32)
     bank = np.ascontiguousarray(bank, dtype=np.float32)
+    if len(bank) == 0:
+        raise ValueError("cannot score against an empty memory bank")
     out = np.empty(len(patches), dtype=np.float32)
     bank_sq = np.sum(bank.astype(np.float64) ** 2, axis=1).astype(np.float32)
     for q0 in range(0, len(patches), _QUERY_BLOCK):
@@ -70,7 +72,7 @@ def greedy_coreset(
     x = np.ascontiguousarray(features, dtype=np.float32)
     if x.shape[1] > projection_dim:
         proj = rng.standard_normal((x.shape[1], projection_dim)).astype(np.float32)
-        x = x @ (proj / np.sqrt(projection_dim))
+        x = x @ (proj / np.float32(np.sqrt(projection_dim)))  # stay float32
     x_sq = np.einsum("ij,ij->i", x, x)
     selected = np.empty(size, dtype=np.int64)
     selected[0] = int(rng.integers(n))

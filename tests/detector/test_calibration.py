@@ -1,0 +1,190 @@
+"""Threshold choice from good scores (and defects), the normalised score, one-shot hold-out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.detector.calibration import (
+    MIN_RELATIVE_SPREAD,
+    calibrate,
+    f1_threshold,
+    normalize_score,
+    region_holdout_score,
+    threshold_from_good,
+)
+from app.detector.config import DetectorConfig
+from app.detector.engine import Detector, resize_plan
+
+# --- threshold_from_good -----------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "scores",
+    [[3.0], [1.0, 1.1, 1.2], [2.0, 2.0, 9.0], [5.0, 4.0, 4.5, 4.2, 4.8, 4.1]],
+)
+@pytest.mark.parametrize("rate", [0.001, 0.01, 0.2, 0.49])
+def test_threshold_accepts_every_calibration_image(scores: list[float], rate: float) -> None:
+    assert threshold_from_good(np.asarray(scores), rate) >= max(scores)
+
+
+def test_threshold_is_monotone_in_the_target_rate() -> None:
+    scores = np.array([2.0, 2.3, 2.1, 2.6, 2.2, 2.4])
+    rates = [0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.45]
+    thresholds = [threshold_from_good(scores, r) for r in rates]
+    # A higher tolerated false-reject rate can only lower (never raise) the threshold ...
+    assert all(a >= b for a, b in zip(thresholds, thresholds[1:], strict=False))
+    # ... and it really moves while above the max good score.
+    assert thresholds[0] > thresholds[2] > max(scores)
+
+
+def test_identical_scores_use_the_spread_floor() -> None:
+    rate = 0.01
+    z = NormalDist().inv_cdf(1 - rate)
+    threshold = threshold_from_good(np.array([4.0, 4.0, 4.0]), rate)
+    assert threshold == pytest.approx(4.0 + z * MIN_RELATIVE_SPREAD * 4.0)
+    assert threshold > 4.0
+    # One shot: no sample spread at all, the floor again.
+    assert threshold_from_good(np.array([4.0]), rate) == pytest.approx(threshold)
+
+
+def test_threshold_rejects_empty_scores() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        threshold_from_good(np.array([]), 0.01)
+    with pytest.raises(ValueError):
+        calibrate(np.array([]), 0.01, method="leave-one-out")
+
+
+# --- f1_threshold and calibrate ----------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("good", "defect"),
+    [
+        ([1.0, 2.0, 3.0], [5.0, 6.0]),
+        ([0.5], [0.6]),
+        ([10.0, 10.5, 11.0, 12.0], [12.5, 40.0, 13.0]),
+    ],
+)
+def test_f1_threshold_separates_separable_sets(good: list[float], defect: list[float]) -> None:
+    cut = f1_threshold(np.asarray(good), np.asarray(defect))
+    assert max(good) <= cut < min(defect)
+
+
+def test_f1_threshold_with_overlap_maximises_f1() -> None:
+    good = np.array([1.0, 2.0, 3.0, 7.0])
+    defect = np.array([6.0, 8.0, 9.0])
+    cut = f1_threshold(good, defect)
+    # Best: flag 6, 7, 8, 9 (tp 3, fp 1) -> F1 6/7; flagging only 8, 9 gives 4/5.
+    assert 3.0 <= cut < 6.0
+
+
+def test_calibrate_without_defects_keeps_the_method() -> None:
+    cal = calibrate(np.array([1.0, 1.2, 1.1]), 0.01, method="leave-one-out")
+    assert cal.method == "leave-one-out"
+    assert cal.threshold >= 1.2
+    assert cal.defect_scores == []
+    assert cal.good_mean == pytest.approx(1.1)
+
+
+def test_calibrate_with_defects_switches_to_f1() -> None:
+    good = np.array([1.0, 1.2, 1.1])
+    defects = np.array([3.0, 4.0])
+    cal = calibrate(good, 0.01, method="leave-one-out", defect_scores=defects)
+    assert cal.method == "f1-with-defects"
+    assert 1.2 <= cal.threshold < 3.0
+    assert cal.defect_scores == [3.0, 4.0]
+    assert cal.good_scores == [1.0, 1.2, 1.1]
+    # Empty defects are "no defects".
+    assert calibrate(good, 0.01, method="x", defect_scores=np.array([])).method == "x"
+
+
+def test_calibration_round_trips_through_a_dict() -> None:
+    cal = calibrate(np.array([1.0, 1.5]), 0.05, method="leave-one-out")
+    assert type(cal).from_dict(cal.to_dict()) == cal
+    assert cal.normalize(cal.threshold) == pytest.approx(0.5)
+
+
+# --- normalize_score ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("threshold", [0.01, 1.0, 3.7, 250.0])
+def test_normalize_score_fixed_points(threshold: float) -> None:
+    assert normalize_score(threshold, threshold) == pytest.approx(0.5)
+    assert normalize_score(0.0, threshold) == 0.0
+    assert normalize_score(2 * threshold, threshold) == pytest.approx(1.0)
+    assert normalize_score(10 * threshold, threshold) == 1.0
+    assert normalize_score(-threshold, threshold) == 0.0
+
+
+def test_normalize_score_is_monotone_and_bounded() -> None:
+    threshold = 2.5
+    scores = np.linspace(-1.0, 8.0, 301)
+    values = [normalize_score(float(s), threshold) for s in scores]
+    assert all(0.0 <= v <= 1.0 for v in values)
+    assert all(a <= b for a, b in zip(values, values[1:], strict=False))
+    below = [v for s, v in zip(scores, values, strict=True) if 0 < s < threshold]
+    assert all(v < 0.5 for v in below)
+
+
+def test_normalize_score_with_a_zero_threshold() -> None:
+    assert normalize_score(0.0, 0.0) == 0.0
+    assert normalize_score(1e-6, 0.0) == 1.0
+
+
+# --- region_holdout_score ----------------------------------------------------------------
+
+def _periodic_patches(h: int, w: int, dim: int, seed: int, noise: float = 0.01) -> np.ndarray:
+    """Patch features of a period-2 texture: each patch has exact look-alikes 4 cells away."""
+    rng = np.random.default_rng(seed)
+    motifs = rng.standard_normal((2, 2, dim))
+    rows, cols = np.divmod(np.arange(h * w), w)
+    patches = motifs[rows % 2, cols % 2] + noise * rng.standard_normal((h * w, dim))
+    return patches.astype(np.float32)
+
+
+def test_region_holdout_is_larger_for_a_unique_blob() -> None:
+    h, w, dim = 8, 8, 32
+    texture = _periodic_patches(h, w, dim, seed=0)
+    with_blob = texture.copy()
+    with_blob[3 * w + 4] += 5.0  # one patch unlike any other
+    plain = region_holdout_score(texture, (h, w))
+    blob = region_holdout_score(with_blob, (h, w))
+    assert plain > 0.0
+    assert blob > 10 * plain
+
+
+def test_region_holdout_on_real_features(
+    detector: Detector, good_image: Callable[..., np.ndarray], defect_image: Callable[..., Any],
+) -> None:
+    # A 12 x 18 grid: at 8 x 8 the radius-2 window hides most of the image and the border
+    # patches of a plain texture already look unique (the documented upper bias).
+    config = DetectorConfig(resolution=96)
+    image = good_image(0, 96, 144)
+    extractor = detector.extractor(config, resize_plan(config, [image]))
+    plain = extractor(image)
+    blob = extractor(defect_image(0, 96, 144).image)
+    assert plain.grid == (12, 18)
+    plain_score = region_holdout_score(plain.patches, plain.grid)
+    blob_score = region_holdout_score(blob.patches, blob.grid)
+    assert plain_score > 0.0
+    assert blob_score > 1.4 * plain_score
+
+
+def test_region_holdout_excludes_the_neighbourhood() -> None:
+    """A patch duplicated right next to itself (inside the window) is still unexplained."""
+    h, w, dim = 8, 8, 16
+    patches = _periodic_patches(h, w, dim, seed=1)
+    patches[2 * w + 2] = patches[2 * w + 3] = 7.0  # a two-patch blob
+    assert region_holdout_score(patches, (h, w)) > 10 * region_holdout_score(
+        _periodic_patches(h, w, dim, seed=1), (h, w)
+    )
+    # With radius 0 only the patch itself is held out: its twin explains it.
+    assert region_holdout_score(patches, (h, w), radius=0) < 1.0
+
+
+def test_region_holdout_rejects_a_grid_too_small() -> None:
+    patches = np.random.default_rng(0).standard_normal((9, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="too small"):
+        region_holdout_score(patches, (3, 3), radius=2)

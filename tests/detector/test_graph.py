@@ -1,0 +1,126 @@
+"""The feature extractor's resize: aspect kept (or not, for ``square``), patch grid as planned."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.detector.backbones import get_backbone
+from app.detector.config import DetectorConfig
+from app.detector.engine import Detector, resize_plan
+from app.detector.graph import ResizePlan
+
+SPEC = get_backbone("efficientnet_lite0")
+MULTIPLE = SPEC.size_multiple  # 16
+STRIDE = SPEC.patch_stride  # 8
+CONFIG = DetectorConfig(resolution=64)
+MIN_STEPS = 4  # sides are never below 4 multiples (64 px): reflect padding and blur need room
+
+
+def _expected_grid(height: int, width: int, plan: ResizePlan) -> tuple[int, int]:
+    """Reference in plain Python of the documented resize rule."""
+    if plan.policy == "square":
+        side = max(MIN_STEPS, round(plan.resolution / MULTIPLE)) * MULTIPLE
+        return side // STRIDE, side // STRIDE
+    if plan.policy == "shorter_side":
+        scale = plan.resolution / min(height, width)
+    else:
+        assert plan.reference_side
+        scale = plan.resolution / plan.reference_side
+    scale = min(scale, plan.resolution * plan.max_aspect / max(height, width))
+    sides = [max(MIN_STEPS, round(s * scale / MULTIPLE)) * MULTIPLE for s in (height, width)]
+    return sides[0] // STRIDE, sides[1] // STRIDE
+
+
+def _grid(detector: Detector, plan: ResizePlan, height: int, width: int) -> tuple[int, int]:
+    image = np.random.default_rng(height * width).integers(0, 256, (height, width, 3),
+                                                           dtype=np.uint8)
+    feats = detector.extractor(CONFIG, plan)(image)
+    assert feats.patches.shape == (feats.grid[0] * feats.grid[1], SPEC.feature_dim)
+    assert feats.patches.dtype == np.float32
+    assert np.isfinite(feats.patches).all()
+    return feats.grid
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "grid"),
+    [
+        (64, 64, (8, 8)),
+        (64, 128, (8, 16)),  # aspect 2 kept
+        (100, 300, (8, 24)),  # 64 x 192
+        (300, 100, (24, 8)),  # portrait
+        (97, 131, (8, 10)),  # 64 x 86.4 -> 64 x 80
+        (60, 500, (8, 32)),  # aspect 8 > max_aspect 4: longer side capped at 256 px
+        (32, 32, (8, 8)),  # upscaled
+    ],
+)
+def test_shorter_side_policy_keeps_the_aspect_ratio(
+    detector: Detector, height: int, width: int, grid: tuple[int, int]
+) -> None:
+    plan = ResizePlan(policy="shorter_side", resolution=64, max_aspect=4.0)
+    assert _expected_grid(height, width, plan) == grid
+    assert _grid(detector, plan, height, width) == grid
+
+
+def test_max_aspect_caps_the_longer_side(detector: Detector) -> None:
+    plan = ResizePlan(policy="shorter_side", resolution=128, max_aspect=2.0)
+    # 128 x 512: the longer side is capped at 256 px, so the shorter one shrinks to 64.
+    assert _expected_grid(128, 512, plan) == (8, 32)
+    assert _grid(detector, plan, 128, 512) == (8, 32)
+
+
+@pytest.mark.parametrize(("height", "width"), [(8, 8), (20, 300), (64, 2000)])
+def test_sides_never_shrink_below_the_floor(detector: Detector, height: int, width: int) -> None:
+    plan = ResizePlan(policy="shorter_side", resolution=64, max_aspect=4.0)
+    grid = _grid(detector, plan, height, width)
+    assert min(grid) >= MIN_STEPS * MULTIPLE // STRIDE
+    assert grid == _expected_grid(height, width, plan)
+
+
+@pytest.mark.parametrize("border", [1, 2])
+def test_mirrored_border_does_not_change_the_grid(detector: Detector, border: int) -> None:
+    plain = ResizePlan(policy="shorter_side", resolution=64, max_aspect=4.0)
+    padded = ResizePlan(policy="shorter_side", resolution=64, max_aspect=4.0, border=border)
+    assert _grid(detector, padded, 100, 300) == _grid(detector, plain, 100, 300) == (8, 24)
+
+
+@pytest.mark.parametrize(("height", "width"), [(64, 64), (100, 300), (300, 100), (40, 200)])
+def test_square_policy_ignores_the_aspect_ratio(detector: Detector, height: int,
+                                                width: int) -> None:
+    plan = ResizePlan(policy="square", resolution=64, max_aspect=4.0)
+    assert _grid(detector, plan, height, width) == (8, 8)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "grid"),
+    [
+        (96, 96, (8, 8)),  # the reference size -> the resolution
+        (144, 96, (12, 8)),  # a larger crop keeps the pixel scale: more patches
+        (192, 240, (16, 20)),
+        (48, 96, (8, 8)),  # 32 x 64, raised to the 64 px floor
+        (120, 480, (8, 32)),  # capped at 4 x 64 = 256 px along the longer side
+    ],
+)
+def test_fixed_scale_policy_keeps_the_pixel_scale(
+    detector: Detector, height: int, width: int, grid: tuple[int, int]
+) -> None:
+    plan = ResizePlan(policy="fixed_scale", resolution=64, max_aspect=4.0, reference_side=96.0)
+    assert _expected_grid(height, width, plan) == grid
+    assert _grid(detector, plan, height, width) == grid
+
+
+def test_resize_plan_uses_the_median_shorter_side() -> None:
+    images = [np.zeros((h, w, 3), np.uint8) for h, w in [(80, 200), (120, 100), (300, 90)]]
+    plan = resize_plan(CONFIG, images)
+    assert plan.policy == CONFIG.resize == "fixed_scale"
+    assert plan.reference_side == 90.0  # shorter sides 80, 100, 90
+    assert plan.resolution == 64
+    other = resize_plan(DetectorConfig(resolution=64, resize="shorter_side"), images)
+    assert other.reference_side is None
+
+
+def test_fixed_scale_plan_needs_a_reference() -> None:
+    with pytest.raises(ValueError, match="reference"):
+        ResizePlan(policy="fixed_scale", resolution=64, max_aspect=4.0)
+    with pytest.raises(ValueError, match="policy"):
+        ResizePlan(policy="stretch", resolution=64, max_aspect=4.0)
