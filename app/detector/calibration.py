@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from app.detector.memory import image_score
+
 # Floor on the relative spread of good scores: with 1-3 shots the sample spread is unreliable.
 MIN_RELATIVE_SPREAD = 0.05
 
@@ -111,7 +113,8 @@ def calibrate(
     )
 
 
-def region_holdout_score(patches: np.ndarray, grid: tuple[int, int], radius: int = 2) -> float:
+def region_holdout_score(patches: np.ndarray, grid: tuple[int, int], radius: int = 2,
+                         top_fraction: float = 0.0) -> float:
     """One-shot proxy score: each patch's distance to the nearest patch of the *same* image
     outside a ``(2 radius + 1)^2`` window around it; the image score is the maximum.
 
@@ -130,4 +133,4 @@ def region_holdout_score(patches: np.ndarray, grid: tuple[int, int], radius: int
     nearest = np.min(d2, axis=1)
     if not np.all(np.isfinite(nearest)):
         raise ValueError(f"grid {grid} too small for region hold-out with radius {radius}")
-    return float(np.sqrt(max(float(np.max(nearest)), 0.0)))
+    return image_score(np.sqrt(np.maximum(nearest, 0.0)), top_fraction)

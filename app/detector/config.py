@@ -37,6 +37,8 @@ class DetectorConfig:
     max_bank_size: int = 32768
     target_false_reject_rate: float = 0.01
     augment: Augmentation = "none"
+    # 0: image score = max patch score (PatchCore); > 0: mean of that top fraction of patches.
+    score_top_fraction: float = 0.0
     blur_sigma: float = 4.0  # at the processed resolution, as in PatchCore
 
     def __post_init__(self) -> None:
@@ -64,6 +66,10 @@ class DetectorConfig:
             )
         if self.augment not in ("none", "flip", "rot90"):
             raise InvalidInputError(f"augment must be none, flip or rot90, got {self.augment!r}")
+        if not 0.0 <= self.score_top_fraction <= 0.5:
+            raise InvalidInputError(
+                f"score_top_fraction must be within 0..0.5, got {self.score_top_fraction}"
+            )
         if not 0.0 <= self.blur_sigma <= 16.0:
             raise InvalidInputError(f"blur_sigma must be within 0..16, got {self.blur_sigma}")
 

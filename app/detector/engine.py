@@ -23,7 +23,7 @@ from app.detector.backbones import BackboneSpec, backbone_path, get_backbone
 from app.detector.calibration import Calibration, calibrate, region_holdout_score
 from app.detector.config import DetectorConfig
 from app.detector.graph import ResizePlan, build_feature_extractor, build_scoring_model
-from app.detector.memory import greedy_coreset, nearest_distances
+from app.detector.memory import greedy_coreset, image_score, nearest_distances
 from app.detector.runtime import FORMAT_VERSION, METADATA_PREFIX, RuntimeOptions, check_image_array
 from app.errors import InvalidInputError
 
@@ -158,10 +158,11 @@ class Detector:
 
         t2 = time.perf_counter()
         report(0.7, "calibration")
-        good_scores, method = holdout_scores(originals, bank, bank_owner, seed)
+        good_scores, method = holdout_scores(originals, bank, bank_owner, seed,
+                                             config.score_top_fraction)
         defect_scores = np.array(
-            [float(np.max(nearest_distances(extractor(check_image_array(img)).patches, bank)))
-             for img in defect_images], dtype=np.float64)
+            [image_score(nearest_distances(extractor(check_image_array(img)).patches, bank),
+                         config.score_top_fraction) for img in defect_images], dtype=np.float64)
         calibration = calibrate(good_scores, config.target_false_reject_rate, method=method,
                                 defect_scores=defect_scores if len(defect_scores) else None)
         timings["calibration_s"] = time.perf_counter() - t2
@@ -188,7 +189,7 @@ class Detector:
             **(metadata or {}),
         }
         model = build_scoring_model(spec, self.backbone(spec.name), plan, bank, config.blur_sigma,
-                                    props)
+                                    props, top_fraction=config.score_top_fraction)
         onnx_bytes = model.SerializeToString()
         timings["export_s"] = time.perf_counter() - t3
         timings["total_s"] = time.perf_counter() - t0
@@ -204,7 +205,7 @@ class Detector:
 
 
 def holdout_scores(originals: list[PatchFeatures], bank: np.ndarray, bank_owner: np.ndarray,
-                   seed: int) -> tuple[np.ndarray, str]:
+                   seed: int, top_fraction: float) -> tuple[np.ndarray, str]:
     """Scores of training images as if unseen: each against the bank minus its own patches.
 
     Removing an image's members from the shared coreset approximates a coreset built without
@@ -212,7 +213,8 @@ def holdout_scores(originals: list[PatchFeatures], bank: np.ndarray, bank_owner:
     """
     if len(originals) == 1:
         only = originals[0]
-        return np.array([region_holdout_score(only.patches, only.grid)]), "region-holdout"
+        score = region_holdout_score(only.patches, only.grid, top_fraction=top_fraction)
+        return np.array([score]), "region-holdout"
     images = np.arange(len(originals))
     if len(images) > MAX_CALIBRATION_IMAGES:
         rng = np.random.default_rng(seed + 1)
@@ -223,8 +225,9 @@ def holdout_scores(originals: list[PatchFeatures], bank: np.ndarray, bank_owner:
         view = originals[i]
         # An image that owns the whole bank has nothing to be compared with: judge it
         # against the rest of itself, as with one shot.
-        scores.append(float(np.max(nearest_distances(view.patches, others))) if len(others)
-                      else region_holdout_score(view.patches, view.grid))
+        scores.append(image_score(nearest_distances(view.patches, others), top_fraction)
+                      if len(others)
+                      else region_holdout_score(view.patches, view.grid, top_fraction=top_fraction))
     return np.asarray(scores), "leave-one-out"
 
 

@@ -249,6 +249,8 @@ def build_scoring_model(
     bank: np.ndarray,
     blur_sigma: float,
     metadata: Mapping[str, str],
+    *,
+    top_fraction: float = 0.0,
 ) -> onnx.ModelProto:
     """The single-file model an integrator runs: memory bank ``(M, C)`` inside.
 
@@ -261,7 +263,7 @@ def build_scoring_model(
     patch_scores = _nearest_distances(g, patches, bank.astype(np.float32))
 
     score_grid = g.op("Reshape", [patch_scores, g.op("Concat", [g.const("n_c", _i64([1, 1])), grid], axis=0)])
-    g.nodes.append(helper.make_node("ReduceMax", [patch_scores], ["score"], keepdims=1))
+    _image_score(g, patch_scores, top_fraction)
 
     size = g.op("Concat", [g.const("n_c", _i64([1, 1])), processed_hw], axis=0)
     up = g.op("Resize", [score_grid, "", "", size], mode="linear", coordinate_transformation_mode="half_pixel")
@@ -275,6 +277,19 @@ def build_scoring_model(
         helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["H", "W"]),
     ]
     return _model(g, backbone, outputs, metadata, "nominal_detector")
+
+
+def _image_score(g: _Graph, patch_scores: str, top_fraction: float) -> None:
+    """``score (1,)``: max patch score, or the mean of the top ``ceil(fraction * N)``
+    (same rule as ``memory.image_score``)."""
+    if top_fraction <= 0:
+        g.nodes.append(helper.make_node("ReduceMax", [patch_scores], ["score"], keepdims=1))
+        return
+    n = g.op("Cast", [g.op("Shape", [patch_scores])], to=TensorProto.FLOAT)
+    k = g.op("Ceil", [g.op("Mul", [n, g.const("fraction", _f32([top_fraction]))])])
+    k = g.op("Cast", [g.op("Max", [k, g.const("one", _f32([1.0]))])], to=TensorProto.INT64)
+    top, _ = g.op_n("TopK", [patch_scores, k], 2, axis=0, largest=1, sorted=0)
+    g.nodes.append(helper.make_node("ReduceMean", [top], ["score"], keepdims=1))
 
 
 def _nearest_distances(g: _Graph, patches: str, bank: np.ndarray) -> str:

@@ -6,6 +6,7 @@ Both stay bounded in memory for hundreds of training images: nothing here builds
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -43,6 +44,16 @@ def nearest_distances(patches: np.ndarray, bank: np.ndarray) -> np.ndarray:
         diff = x - bank[best_idx]
         out[q0:q0 + len(x)] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
     return out
+
+
+def image_score(patch_scores: np.ndarray, top_fraction: float) -> float:
+    """Image score from patch scores ``(N,)``: the maximum (PatchCore), or with
+    ``top_fraction > 0`` the mean of the highest ``ceil(top_fraction * N)`` patches, which one
+    noisy patch cannot dominate (AnomalyDINO uses the top 1 %)."""
+    if top_fraction <= 0:
+        return float(np.max(patch_scores))
+    k = max(1, math.ceil(top_fraction * len(patch_scores)))
+    return float(np.mean(np.partition(patch_scores, len(patch_scores) - k)[-k:]))
 
 
 def greedy_coreset(

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import onnx
+import onnx.version_converter
 
 from app.detector.backbones.base import BackboneSpec, FeatureLayer
 from app.errors import InvalidInputError
@@ -39,17 +40,29 @@ def get_backbone(name: str) -> BackboneSpec:
         raise InvalidInputError(f"unknown backbone {name!r}; known: {known}") from None
 
 
+# The detector's graphs are opset 18; a backbone is converted once, when its file is built.
+BACKBONE_OPSET = 18
+
+
+def _at_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    current = next((imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx")), opset)
+    if current == opset:
+        return model
+    return onnx.version_converter.convert_version(model, opset)
+
+
 def backbone_path(name: str, models_dir: Path) -> Path:
     """Path of the backbone's ONNX file, building it atomically if it is not there yet."""
     spec = get_backbone(name)
     path = models_dir / f"{spec.name}.onnx"
     if not path.exists():
         models_dir.mkdir(parents=True, exist_ok=True)
-        model = spec.build()
+        model = _at_opset(spec.build(), BACKBONE_OPSET)
         fd, tmp = tempfile.mkstemp(dir=models_dir, suffix=".onnx.tmp")
         os.close(fd)
         try:
             onnx.save(model, tmp)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users (containers) must read it
             os.replace(tmp, path)  # atomic: concurrent builders never see half a file
         finally:
             if os.path.exists(tmp):
