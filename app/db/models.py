@@ -1,0 +1,186 @@
+"""Tables. Everything a replica needs lives here, blobs included, so that any replica can serve
+any variant and a database backup is a backup of everything.
+
+    variant ─┬─< image                  uploaded bytes, one row per distinct sha256 per variant
+             ├─< model ──1 model_artifact   training job + result; the ONNX blob apart
+             └── active_model_id ─> model   the version inspect uses (NULL until one is ready)
+
+Blobs (``image.data``, ``model_artifact.onnx``) are deferred or in their own table, so listing
+rows never reads megabytes.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# Explicit constraint names: Alembic can then drop and alter them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend (SQLite stores naive strings)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: store UTC-aware timestamps only")
+        value = value.astimezone(UTC)
+        # SQLite compares timestamps as text: store them naive, all in UTC, so that they sort.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ImageLabel(enum.StrEnum):
+    good = "good"
+    defect = "defect"
+
+
+class ModelStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    ready = "ready"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (ModelStatus.ready, ModelStatus.failed, ModelStatus.cancelled)
+
+
+class Variant(Base):
+    """A product variant: one kind of part, inspected by its own models."""
+
+    __tablename__ = "variant"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    # Detector settings as given (omitted keys take the detector's defaults at training time).
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # use_alter: variant and model reference each other.
+    active_model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model.id", ondelete="SET NULL", use_alter=True), nullable=True
+    )
+    # Last model version handed out: versions are never reused, even after a deletion, so a
+    # downloaded "v2" always means the same file.
+    last_model_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow,
+                                                 onupdate=utcnow)
+
+
+class Image(Base):
+    """An uploaded image, stored as sent (validated at upload, decoded again at training)."""
+
+    __tablename__ = "image"
+    __table_args__ = (
+        UniqueConstraint("variant_id", "sha256"),
+        CheckConstraint("label IN ('good', 'defect')", name="label"),
+        Index("ix_image_variant_id_label", "variant_id", "label"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variant.id", ondelete="CASCADE"))
+    sha256: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(16), default=ImageLabel.good.value)
+    filename: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    format: Mapped[str] = mapped_column(String(16))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = deferred(mapped_column(LargeBinary, nullable=False))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Model(Base):
+    """One training job and, once ready, the model it produced (``version`` per variant)."""
+
+    __tablename__ = "model"
+    __table_args__ = (
+        UniqueConstraint("variant_id", "version"),
+        CheckConstraint("status IN ('queued', 'running', 'ready', 'failed', 'cancelled')",
+                        name="status"),
+        CheckConstraint("progress >= 0 AND progress <= 1", name="progress"),
+        Index("ix_model_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variant.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=ModelStatus.queued.value)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    stage: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    seed: Mapped[int] = mapped_column(BigInteger, default=0)
+    activate: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Full detector configuration used (defaults resolved at job creation).
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    calibration: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    bank_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    n_good_images: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    n_defect_images: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    timings: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ModelArtifact(Base):
+    """The shippable single-file ONNX model of a ready ``model`` (kept apart: megabytes)."""
+
+    __tablename__ = "model_artifact"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    onnx: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,0 +1,185 @@
+"""Inspecting images with a variant's active model.
+
+Per request: one indexed query finds the active (variant, version) -- so an activation on any
+replica is seen at once -- then the ``ModelCache`` hands out the loaded ONNX session, reading
+the artefact from the database only on a miss. Decoding and scoring are CPU work: callers run
+these functions in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import select
+
+from app.db.models import Model, ModelArtifact, Variant
+from app.db.session import Database
+from app.detector.heatmap import render_heatmap_png
+from app.detector.runtime import CompiledModel, RuntimeOptions, Verdict
+from app.errors import NoActiveModelError, NotFoundError
+from app.services.images import decode
+from app.services.metrics import Metrics
+
+CacheKey = tuple[int, int]  # (variant id, model version)
+
+
+class ModelCache:
+    """LRU of loaded ``CompiledModel`` sessions keyed by (variant id, version), at most
+    ``capacity`` of them. Thread-safe; concurrent misses of one key load it once."""
+
+    def __init__(self, capacity: int, options: RuntimeOptions,
+                 on_change: Callable[[int], None] | None = None) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        self.capacity = capacity
+        self.options = options
+        self._entries: OrderedDict[CacheKey, CompiledModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[CacheKey, threading.Lock] = {}
+        self._on_change = on_change or (lambda size: None)
+        self.loads = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def keys(self) -> list[CacheKey]:
+        with self._lock:
+            return list(self._entries)
+
+    def get(self, key: CacheKey, load_bytes: Callable[[], bytes]) -> CompiledModel:
+        """The session for ``key``, built from ``load_bytes()`` on a miss."""
+        with self._lock:
+            model = self._entries.get(key)
+            if model is not None:
+                self._entries.move_to_end(key)
+                return model
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:  # one loader per key; others wait for it instead of loading again
+            with self._lock:
+                model = self._entries.get(key)
+                if model is not None:
+                    self._entries.move_to_end(key)
+                    return model
+            model = CompiledModel(load_bytes(), self.options)
+            with self._lock:
+                self._entries[key] = model
+                self._entries.move_to_end(key)
+                while len(self._entries) > self.capacity:
+                    self._entries.popitem(last=False)
+                self._loading.pop(key, None)
+                self.loads += 1
+                size = len(self._entries)
+        self._on_change(size)
+        return model
+
+    def evict_variant(self, variant_id: int) -> None:
+        """Drop every version of a variant (it was deleted)."""
+        with self._lock:
+            for key in [k for k in self._entries if k[0] == variant_id]:
+                del self._entries[key]
+            size = len(self._entries)
+        self._on_change(size)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+        self._on_change(0)
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    variant_id: int
+    variant: str
+    model_id: int
+    version: int
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """One inspected image: the verdict of the active model and where it came from."""
+
+    variant: str
+    model_version: int
+    verdict: Verdict
+    latency_ms: float
+    width: int
+    height: int
+    heatmap_png: bytes | None = None
+
+
+def active_model(database: Database, *, name: str) -> ActiveModel:
+    """The variant's active model, read fresh from the database (cheap: two indexed keys)."""
+    with database.reading() as session:
+        row = session.execute(
+            select(Variant.id, Variant.active_model_id, Model.version)
+            .outerjoin(Model, Model.id == Variant.active_model_id)
+            .where(Variant.name == name)
+        ).one_or_none()
+    if row is None:
+        raise NotFoundError(f"variant {name!r} not found")
+    variant_id, model_id, version = row
+    if model_id is None:
+        raise NoActiveModelError(
+            f"variant {name!r} has no active model yet; train one with POST "
+            f"/v1/variants/{name}/models and wait until it is ready"
+        )
+    return ActiveModel(variant_id=variant_id, variant=name, model_id=model_id, version=version)
+
+
+def load_model(database: Database, cache: ModelCache, active: ActiveModel) -> CompiledModel:
+    def read_artifact() -> bytes:
+        with database.reading() as session:
+            data = session.scalar(select(ModelArtifact.onnx)
+                                  .where(ModelArtifact.model_id == active.model_id))
+        if data is None:
+            raise NotFoundError(f"model version {active.version} of {active.variant!r} has no "
+                                "stored ONNX file")
+        return bytes(data)
+
+    return cache.get((active.variant_id, active.version), read_artifact)
+
+
+def inspect_images(database: Database, cache: ModelCache, metrics: Metrics, *, name: str,
+                   images: Sequence[bytes], max_pixels: int, heatmap: bool = False,
+                   labels: Sequence[str] | None = None) -> list[Inspection]:
+    """Decode and score ``images`` with the variant's active model, in order (blocking).
+
+    Every image is decoded before any is scored, so a bad file in a batch fails the request
+    without scoring work; ``labels`` name the files in error messages.
+    """
+    started = time.perf_counter()
+    active = active_model(database, name=name)
+    names = list(labels) if labels is not None else ["image"] * len(images)
+    decoded = []
+    decode_s = []
+    for data, label in zip(images, names, strict=True):
+        t0 = time.perf_counter()
+        decoded.append(decode(data, max_pixels=max_pixels, what=label))
+        decode_s.append(time.perf_counter() - t0)
+    model = load_model(database, cache, active)
+    # The first image also carries the shared cost: lookup and, on a cache miss, model load.
+    shared_s = time.perf_counter() - started - sum(decode_s)
+    results: list[Inspection] = []
+    for image, own_decode_s in zip(decoded, decode_s, strict=True):
+        t0 = time.perf_counter()
+        verdict = model.inspect(image.pixels, with_map=heatmap)
+        png = None
+        if heatmap:
+            assert verdict.anomaly_map is not None
+            png = render_heatmap_png(image.pixels, np.asarray(verdict.anomaly_map),
+                                     verdict.threshold)
+        latency = time.perf_counter() - t0 + own_decode_s + (shared_s if not results else 0.0)
+        results.append(Inspection(variant=name, model_version=active.version, verdict=verdict,
+                                  latency_ms=round(latency * 1000.0, 3), width=image.width,
+                                  height=image.height, heatmap_png=png))
+        metrics.inspect_latency.labels(variant=name).observe(latency)
+        metrics.inspect_score.labels(variant=name).observe(verdict.normalized_score)
+        metrics.inspections.labels(variant=name).inc()
+        if verdict.is_anomalous:
+            metrics.anomalies.labels(variant=name).inc()
+    return results

@@ -1,0 +1,146 @@
+"""Variants: create, list, read, change and delete, with their detector settings."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db.models import Image, ImageLabel, Model, Variant, utcnow
+from app.detector.backbones import get_backbone
+from app.detector.config import DetectorConfig
+from app.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+# The detector settings a variant may set; everything else of DetectorConfig stays internal.
+SETTING_KEYS = ("backbone", "resolution", "coreset_ratio", "target_false_reject_rate", "augment",
+                "max_aspect", "blur_sigma", "min_bank_size", "max_bank_size")
+
+
+@dataclass(frozen=True)
+class VariantSummary:
+    """A variant row with the figures its public view shows (one query for a whole page)."""
+
+    variant: Variant
+    active_model_version: int | None
+    n_good_images: int
+    n_defect_images: int
+    n_models: int
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise InvalidInputError(
+            f"variant name {name!r} must match {NAME_PATTERN} (lowercase slug, at most 63 chars)"
+        )
+    return name
+
+
+def resolve_settings(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``current`` updated with ``changes``, every omitted key at the detector's default,
+    validated by ``DetectorConfig`` (so a variant can never hold settings training rejects)."""
+    unknown = set(changes) - set(SETTING_KEYS)
+    if unknown:
+        raise InvalidInputError(f"unknown settings {sorted(unknown)}; known: {list(SETTING_KEYS)}")
+    defaults = DetectorConfig().to_dict()
+    merged = {key: defaults[key] for key in SETTING_KEYS}
+    merged.update({k: v for k, v in current.items() if k in SETTING_KEYS})
+    merged.update(changes)
+    get_backbone(merged["backbone"])  # unknown backbone -> InvalidInputError naming the known ones
+    DetectorConfig.from_dict(merged)
+    return merged
+
+
+def detector_config(settings: dict[str, Any]) -> DetectorConfig:
+    return DetectorConfig.from_dict(resolve_settings(settings, {}))
+
+
+def create_variant(session: Session, *, name: str, description: str = "",
+                   settings: dict[str, Any] | None = None) -> Variant:
+    """Create a variant; a taken name is ``AlreadyExistsError``."""
+    check_name(name)
+    resolved = resolve_settings({}, settings or {})
+    variant = Variant(name=name, description=description, settings=resolved)
+    session.add(variant)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise AlreadyExistsError(f"variant {name!r} already exists") from None
+    return variant
+
+
+def get_variant(session: Session, *, name: str) -> Variant:
+    """The variant called ``name`` or ``NotFoundError``."""
+    variant = session.scalar(select(Variant).where(Variant.name == name))
+    if variant is None:
+        raise NotFoundError(f"variant {name!r} not found")
+    return variant
+
+
+def summarize(session: Session, variants: list[Variant]) -> list[VariantSummary]:
+    """Image counts and active versions for ``variants`` in two grouped queries."""
+    ids = [v.id for v in variants]
+    if not ids:
+        return []
+    counts: dict[tuple[int, str], int] = {
+        (vid, label): n
+        for vid, label, n in session.execute(
+            select(Image.variant_id, Image.label, func.count())
+            .where(Image.variant_id.in_(ids)).group_by(Image.variant_id, Image.label)
+        )
+    }
+    models: dict[int, int] = dict(
+        session.execute(  # type: ignore[arg-type]
+            select(Model.variant_id, func.count()).where(Model.variant_id.in_(ids))
+            .group_by(Model.variant_id)
+        ).all()
+    )
+    active_ids = [v.active_model_id for v in variants if v.active_model_id is not None]
+    versions: dict[int, int] = dict(
+        session.execute(select(Model.id, Model.version).where(Model.id.in_(active_ids))).all()  # type: ignore[arg-type]
+    ) if active_ids else {}
+    return [
+        VariantSummary(
+            variant=v,
+            active_model_version=versions.get(v.active_model_id) if v.active_model_id else None,
+            n_good_images=counts.get((v.id, ImageLabel.good.value), 0),
+            n_defect_images=counts.get((v.id, ImageLabel.defect.value), 0),
+            n_models=models.get(v.id, 0),
+        )
+        for v in variants
+    ]
+
+
+def list_variants(session: Session, *, limit: int, offset: int) -> tuple[list[Variant], int]:
+    """A page of variants by name, and the total count."""
+    total = session.scalar(select(func.count()).select_from(Variant)) or 0
+    rows = session.scalars(select(Variant).order_by(Variant.name).limit(limit).offset(offset))
+    return list(rows), total
+
+
+def update_variant(session: Session, *, variant: Variant, description: str | None = None,
+                   settings: dict[str, Any] | None = None) -> Variant:
+    """Change the description and/or merge ``settings`` (affects models trained afterwards)."""
+    if description is not None:
+        variant.description = description
+    if settings is not None:
+        variant.settings = resolve_settings(variant.settings, settings)
+    variant.updated_at = utcnow()
+    session.commit()
+    return variant
+
+
+def delete_variant(session: Session, *, variant: Variant) -> None:
+    """Delete a variant with its images, models and artefacts (database cascades)."""
+    # Break the variant <-> model cycle first, then let ON DELETE CASCADE do the rest.
+    session.execute(update(Variant).where(Variant.id == variant.id).values(active_model_id=None))
+    session.execute(delete(Variant).where(Variant.id == variant.id))
+    session.commit()
+    session.expunge(variant)

@@ -1,0 +1,143 @@
+"""The one configuration object of the service, read from ``NOMINAL_*`` environment variables.
+
+Every value is validated when the process starts (fail fast): a typo in a limit or a database
+URL stops ``nominal serve`` with a message naming the variable, instead of surfacing as a 500
+on the first request that needs it.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Service settings; each field is ``NOMINAL_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="NOMINAL_", env_file=None, extra="ignore",
+                                      frozen=True)
+
+    # Storage: SQLite file by default, PostgreSQL via postgresql+psycopg://user@host/db.
+    database_url: str = "sqlite:///./data/nominal.db"
+    db_timeout_s: float = Field(default=10.0, gt=0, le=300,
+                                description="connect / lock-wait timeout of the database")
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+
+    # Where backbone ONNX files live (built by `nominal build-backbones`).
+    models_dir: Path = Path("models")
+    preload_backbones: tuple[str, ...] = ("efficientnet_lite0",)
+
+    # Authentication: when set, every /v1 request must carry it in X-API-Key.
+    admin_key: SecretStr | None = None
+
+    # Limits on what callers may send.
+    max_upload_bytes: int = Field(default=20 * MiB, ge=1024, description="per image file")
+    max_request_bytes: int = Field(default=128 * MiB, ge=1024,
+                                   description="per request body (all files together)")
+    max_image_pixels: int = Field(default=40_000_000, ge=64)
+    max_images_per_variant: int = Field(default=1000, ge=1)
+    max_batch_files: int = Field(default=32, ge=1, le=1024)
+
+    # Inference.
+    model_cache_size: int = Field(
+        default=16, ge=1, le=1024,
+        description="ONNX sessions kept loaded, LRU over (variant, version)")
+    inference_threads: int = Field(default=2, ge=1, le=256,
+                                   description="intra-op threads per session")
+    inference_workers: int = Field(
+        default_factory=lambda: max(2, os.cpu_count() or 2), ge=1, le=256,
+        description="concurrent decode+score calls (thread pool size)")
+
+    # Training jobs.
+    training_workers: int = Field(default=1, ge=0, le=64,
+                                  description="training threads on this replica; 0 = serve only")
+    training_threads: int = Field(default=2, ge=1, le=256,
+                                  description="intra-op threads while fitting")
+    job_poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    job_heartbeat_interval_s: float = Field(default=5.0, gt=0, le=300)
+    job_stale_after_s: float = Field(
+        default=60.0, gt=0, le=86400,
+        description="a running job without heartbeat this long is failed")
+    job_progress_interval_s: float = Field(default=0.5, ge=0, le=60,
+                                           description="minimum time between progress writes")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"NOMINAL_DATABASE_URL is not a database URL: {value!r}") from exc
+        if url.drivername in ("postgres", "postgresql"):
+            # The usual libpq-style URL: use the psycopg 3 driver we ship.
+            url = url.set(drivername="postgresql+psycopg")
+            value = url.render_as_string(hide_password=False)
+        backend = url.get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(
+                f"NOMINAL_DATABASE_URL must be sqlite:/// or postgresql+psycopg://, got {backend!r}"
+            )
+        if backend == "postgresql" and url.get_driver_name() != "psycopg":
+            raise ValueError(
+                "use the psycopg 3 driver for PostgreSQL: postgresql+psycopg://..., "
+                f"got driver {url.get_driver_name()!r}"
+            )
+        if backend == "sqlite":
+            if not url.database or url.database == ":memory:":
+                # Each connection of an in-memory database is a different, empty database:
+                # the training worker would never see the API's rows.
+                raise ValueError("NOMINAL_DATABASE_URL must name a SQLite file, not :memory:")
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        return value
+
+    @field_validator("preload_backbones")
+    @classmethod
+    def _check_backbones(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from app.detector.backbones import REGISTRY
+
+        unknown = [name for name in value if name not in REGISTRY]
+        if unknown:
+            raise ValueError(f"unknown backbones in NOMINAL_PRELOAD_BACKBONES: {unknown}; "
+                             f"known: {sorted(REGISTRY)}")
+        return value
+
+    @field_validator("admin_key")
+    @classmethod
+    def _check_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None  # NOMINAL_ADMIN_KEY= (empty) means no key, not a key of length 0
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("NOMINAL_ADMIN_KEY must be at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> Settings:
+        if self.max_request_bytes < self.max_upload_bytes:
+            raise ValueError(
+                f"NOMINAL_MAX_REQUEST_BYTES ({self.max_request_bytes}) must be at least "
+                f"NOMINAL_MAX_UPLOAD_BYTES ({self.max_upload_bytes})"
+            )
+        if self.job_stale_after_s <= 2 * self.job_heartbeat_interval_s:
+            raise ValueError(
+                f"NOMINAL_JOB_STALE_AFTER_S ({self.job_stale_after_s}) must exceed twice "
+                f"NOMINAL_JOB_HEARTBEAT_INTERVAL_S ({self.job_heartbeat_interval_s})"
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return make_url(self.database_url).get_backend_name() == "sqlite"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,65 @@
+"""Settings fail fast with messages that name the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.settings import Settings
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("NOMINAL_DATABASE_URL", "NOMINAL_ADMIN_KEY", "NOMINAL_MAX_UPLOAD_BYTES",
+                 "NOMINAL_MAX_IMAGE_PIXELS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.database_url == "sqlite:///./data/nominal.db"
+    assert (tmp_path / "data").is_dir()  # the folder is created
+    assert settings.max_upload_bytes == 20 * 1024 * 1024
+    assert settings.max_image_pixels == 40_000_000
+    assert settings.admin_key is None
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NOMINAL_DATABASE_URL", f"sqlite:///{tmp_path}/x/y.db")
+    monkeypatch.setenv("NOMINAL_MAX_BATCH_FILES", "7")
+    monkeypatch.setenv("NOMINAL_ADMIN_KEY", "")
+    settings = Settings()
+    assert settings.max_batch_files == 7 and settings.admin_key is None
+    assert (tmp_path / "x").is_dir()
+
+
+@pytest.mark.parametrize("url, message", [
+    ("mysql://x@y/z", "sqlite"),
+    ("postgresql+psycopg2://u@h/d", "psycopg 3"),
+    ("sqlite://", "SQLite file"),
+    ("not a url", "not a database URL"),
+])
+def test_bad_database_urls(url: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(database_url=url)
+
+
+def test_plain_postgres_url_uses_psycopg() -> None:
+    settings = Settings(database_url="postgresql://postgres@127.0.0.1:5432/test")
+    assert settings.database_url.startswith("postgresql+psycopg://")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("max_upload_bytes", 0), ("max_image_pixels", -1), ("model_cache_size", 0),
+    ("inference_threads", 0), ("job_poll_interval_s", 0), ("training_workers", -1),
+])
+def test_bad_limits(tmp_path: Path, field: str, value: int) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Settings(database_url=f"sqlite:///{tmp_path}/n.db", **{field: value})
+
+
+def test_related_limits(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="NOMINAL_MAX_REQUEST_BYTES"):
+        Settings(database_url=f"sqlite:///{tmp_path}/n.db", max_upload_bytes=10_000,
+                 max_request_bytes=5_000)
+    with pytest.raises(ValidationError, match="unknown backbones"):
+        Settings(database_url=f"sqlite:///{tmp_path}/n.db", preload_backbones=("nope",))
