@@ -28,13 +28,13 @@ class DetectorConfig:
     resize: ResizePolicy = "fixed_scale"
     max_aspect: float = 4.0
     # Mirrored margin around the image, in backbone size multiples (16 px for Lite0), so that
-    # border patches are not judged on the backbone's zero padding.
-    border: int = 1
+    # border patches are not judged on a CNN's zero padding. None: the backbone's default.
+    border: int | None = None
     coreset_ratio: float = 0.1
     # Banks smaller than this keep every patch: few-shot banks are small and subsampling
     # them only loses coverage (PatchCore's coreset is a speed device for large banks).
     min_bank_size: int = 4096
-    max_bank_size: int = 32768
+    max_bank_size: int = 16384
     target_false_reject_rate: float = 0.01
     augment: Augmentation = "none"
     # 0: image score = max patch score (PatchCore); > 0: mean of that top fraction of patches.
@@ -48,7 +48,7 @@ class DetectorConfig:
             raise InvalidInputError(
                 f"resize must be fixed_scale, shorter_side or square, got {self.resize!r}"
             )
-        if not 0 <= self.border <= 4:
+        if self.border is not None and not 0 <= self.border <= 4:
             raise InvalidInputError(f"border must be within 0..4, got {self.border}")
         if not 1.0 <= self.max_aspect <= 16.0:
             raise InvalidInputError(f"max_aspect must be within 1..16, got {self.max_aspect}")

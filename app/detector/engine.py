@@ -27,6 +27,8 @@ from app.detector.memory import greedy_coreset, image_score, nearest_distances
 from app.detector.runtime import FORMAT_VERSION, METADATA_PREFIX, RuntimeOptions, check_image_array
 from app.errors import InvalidInputError
 
+# Patches the greedy coreset chooses from; beyond this a seeded random sample is used.
+MAX_CORESET_CANDIDATES = 65536
 # Training images scored for leave-one-out calibration; beyond this a seeded subset is used.
 MAX_CALIBRATION_IMAGES = 50
 
@@ -150,8 +152,16 @@ class Detector:
 
         t1 = time.perf_counter()
         size = bank_size(len(all_patches), config)
-        chosen = greedy_coreset(all_patches, size, seed=seed,
-                                should_stop=lambda f: report(0.4 + 0.3 * f, "coreset"))
+        candidates = np.arange(len(all_patches))
+        if len(candidates) > MAX_CORESET_CANDIDATES and size < len(candidates):
+            # Greedy k-center costs O(N * size): beyond this many patches it runs on a seeded
+            # random sample, which bounds training time for hundreds of images.
+            rng = np.random.default_rng(seed)
+            candidates = np.sort(rng.choice(len(candidates), MAX_CORESET_CANDIDATES, replace=False))
+            size = min(size, len(candidates))
+        chosen = candidates[greedy_coreset(
+            all_patches[candidates], size, seed=seed,
+            should_stop=lambda f: report(0.4 + 0.3 * f, "coreset"))]
         bank = all_patches[chosen]
         bank_owner = owner[chosen]
         timings["coreset_s"] = time.perf_counter() - t1
@@ -236,7 +246,8 @@ def resize_plan(config: DetectorConfig, images: Sequence[np.ndarray]) -> ResizeP
     spec = get_backbone(config.backbone)
     reference = float(np.median([min(image.shape[:2]) for image in images]))
     return ResizePlan(policy=config.resize, resolution=config.resolution or spec.default_resolution,
-                      max_aspect=config.max_aspect, border=config.border,
+                      max_aspect=config.max_aspect,
+                      border=spec.border if config.border is None else config.border,
                       reference_side=reference if config.resize == "fixed_scale" else None)
 
 

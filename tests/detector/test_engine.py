@@ -211,7 +211,7 @@ def test_fit_bank_size_follows_the_config(detector: Detector,
         (192, {}, 192),  # below min_bank_size: everything
         (20_000, {}, 4096),  # ratio gives 2000 < min 4096
         (100_000, {}, 10_000),  # ratio
-        (1_000_000, {}, 32_768),  # capped
+        (1_000_000, {}, DetectorConfig().max_bank_size),  # capped
         (192, {"min_bank_size": 1}, 20),  # ceil(19.2)
         (192, {"min_bank_size": 1, "coreset_ratio": 1.0}, 192),
         (10, {"min_bank_size": 1, "coreset_ratio": 0.01}, 1),  # never zero

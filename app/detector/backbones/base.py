@@ -44,6 +44,9 @@ class BackboneSpec:
     build: Callable[[], onnx.ModelProto] = field(repr=False, compare=False)
     # Patch neighbourhood for local averaging (PatchCore's p = 3); 1 disables it.
     neighbourhood: int = 3
+    # Default mirrored margin (in size multiples): CNNs zero-pad, so their border patches
+    # benefit from real-looking context; a ViT has no padding and needs none.
+    border: int = 1
     # Measured figures shown by GET /v1/backbones (see BENCHMARKS.md).
     figures: dict[str, float] = field(default_factory=dict, compare=False)
 

@@ -236,6 +236,7 @@ def _spec(layer: int) -> BackboneSpec:
         default_resolution=224,
         build=functools.partial(build_vit_small, layer),
         neighbourhood=1,
+        border=0,
     )
 
 
