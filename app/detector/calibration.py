@@ -60,15 +60,41 @@ def normalize_score(score: float, threshold: float) -> float:
 
 
 def threshold_from_good(scores: np.ndarray, target_false_reject_rate: float) -> float:
-    """Threshold at the ``1 - target`` point of a normal fit to good scores, never below the
-    highest good score seen (a model must accept the images it was calibrated on)."""
+    """Upper one-sided prediction bound for the score of a *new* good image.
+
+    With ``n`` held-out good scores of mean ``m`` and spread ``s``, the next good score stays
+    below ``m + t(n-1, 1 - target) * s * sqrt(1 + 1/n)`` with probability ``1 - target`` under
+    a normal model (Student-t prediction interval). Few shots give a wide, cautious bound; it
+    tightens as shots are added. Never below the highest good score seen.
+    """
     if len(scores) == 0:
         raise ValueError("need at least one good score to calibrate")
+    n = len(scores)
     mean = float(np.mean(scores))
-    std = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
+    std = float(np.std(scores, ddof=1)) if n > 1 else 0.0
     spread = max(std, MIN_RELATIVE_SPREAD * abs(mean))
-    z = NormalDist().inv_cdf(1.0 - target_false_reject_rate)
-    return max(float(np.max(scores)), mean + z * spread)
+    p = 1.0 - target_false_reject_rate
+    # One score has no spread estimate: the normal quantile on the floor spread. With 2-3
+    # scores the exact t tails (1-2 dof) are so wide that nothing would ever be rejected:
+    # those use 3 dof, still wider than the normal.
+    quantile = student_t_quantile(p, max(n - 1, 3)) if n > 1 else NormalDist().inv_cdf(p)
+    return max(float(np.max(scores)), mean + quantile * spread * math.sqrt(1.0 + 1.0 / n))
+
+
+def student_t_quantile(p: float, dof: int) -> float:
+    """Quantile of Student's t: exact for 1 and 2 degrees of freedom, Cornish-Fisher
+    expansion in ``1/dof`` beyond (error < 1 % for dof >= 3 at p <= 0.999)."""
+    if dof < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {dof}")
+    if dof == 1:
+        return math.tan(math.pi * (p - 0.5))
+    if dof == 2:
+        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+    z = NormalDist().inv_cdf(p)
+    v = float(dof)
+    return (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
+            + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4))
 
 
 def f1_threshold(good: np.ndarray, defect: np.ndarray) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from statistics import NormalDist
 from typing import Any
@@ -15,6 +17,7 @@ from app.detector.calibration import (
     f1_threshold,
     normalize_score,
     region_holdout_score,
+    student_t_quantile,
     threshold_from_good,
 )
 from app.detector.config import DetectorConfig
@@ -43,12 +46,29 @@ def test_threshold_is_monotone_in_the_target_rate() -> None:
 
 def test_identical_scores_use_the_spread_floor() -> None:
     rate = 0.01
-    z = NormalDist().inv_cdf(1 - rate)
+    t3 = student_t_quantile(1 - rate, 3)
     threshold = threshold_from_good(np.array([4.0, 4.0, 4.0]), rate)
-    assert threshold == pytest.approx(4.0 + z * MIN_RELATIVE_SPREAD * 4.0)
+    # Prediction bound on the floor spread, t with (at least) 3 degrees of freedom.
+    assert threshold == pytest.approx(4.0 + t3 * MIN_RELATIVE_SPREAD * 4.0 * math.sqrt(1 + 1 / 3))
     assert threshold > 4.0
-    # One shot: no sample spread at all, the floor again.
-    assert threshold_from_good(np.array([4.0]), rate) == pytest.approx(threshold)
+    # One shot: no sample spread at all, the floor with the normal quantile.
+    z = NormalDist().inv_cdf(1 - rate)
+    one = threshold_from_good(np.array([4.0]), rate)
+    assert one == pytest.approx(4.0 + z * MIN_RELATIVE_SPREAD * 4.0 * math.sqrt(2))
+
+
+@pytest.mark.parametrize(("dof", "expected"), [(1, 31.821), (2, 6.965), (3, 4.541),
+                                               (5, 3.365), (10, 2.764), (30, 2.457)])
+def test_student_t_quantile_matches_tables(dof: int, expected: float) -> None:
+    assert student_t_quantile(0.99, dof) == pytest.approx(expected, rel=5e-3)
+
+
+def test_threshold_bound_tightens_with_more_shots() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.normal(10.0, 1.0, 64)
+    few = threshold_from_good(scores[:4], 0.01) - np.mean(scores[:4])
+    many = threshold_from_good(scores, 0.01) - np.mean(scores)
+    assert few / np.std(scores[:4], ddof=1) > many / np.std(scores, ddof=1)
 
 
 def test_threshold_rejects_empty_scores() -> None:
