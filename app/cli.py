@@ -26,8 +26,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     upgrade_to_head(settings.database_url)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None,
-                proxy_headers=True, timeout_graceful_shutdown=10)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        proxy_headers=True,
+        timeout_graceful_shutdown=10,
+    )
     return 0
 
 
@@ -53,19 +59,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="few-shot evaluation on an MVTec-AD-layout folder")
     evaluate.add_argument("dataset", type=Path, help="folder with train/good and test/<label>")
-    evaluate.add_argument("--shots", default="1,2,4,8,16",
-                          help="comma-separated k values; 'all' uses every training image")
+    evaluate.add_argument(
+        "--shots",
+        default="1,2,4,8,16",
+        help="comma-separated k values; 'all' uses every training image",
+    )
     evaluate.add_argument("--seeds", type=int, default=3, help="random draws of the k images")
     evaluate.add_argument("--backbone", default=None, help="registry name (default: the default)")
     evaluate.add_argument("--resolution", type=int, default=None, help="shorter side in px")
-    evaluate.add_argument("--resize", default="fixed_scale",
-                          choices=["fixed_scale", "shorter_side", "square"])
+    evaluate.add_argument(
+        "--resize", default="fixed_scale", choices=["fixed_scale", "shorter_side", "square"]
+    )
     evaluate.add_argument("--augment", default="none", choices=["none", "flip", "rot90"])
     evaluate.add_argument("--coreset-ratio", type=float, default=None)
-    evaluate.add_argument("--target-frr", type=float, default=None,
-                          help="target false-reject rate for the calibrated threshold")
-    evaluate.add_argument("--max-test", type=int, default=None,
-                          help="score at most this many test images (default: the whole split)")
+    evaluate.add_argument(
+        "--target-frr",
+        type=float,
+        default=None,
+        help="target false-reject rate for the calibrated threshold",
+    )
+    evaluate.add_argument(
+        "--max-test",
+        type=int,
+        default=None,
+        help="score at most this many test images (default: the whole split)",
+    )
     evaluate.add_argument("--models-dir", default="models")
     evaluate.add_argument("--threads", type=int, default=2)
     evaluate.add_argument("--json", type=Path, default=None, help="write results here")

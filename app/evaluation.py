@@ -106,8 +106,14 @@ def _mask(item: TestImage, shape: tuple[int, int]) -> np.ndarray:
         return np.asarray(mask.convert("L")) > 127
 
 
-def evaluate_draw(detector: Detector, dataset: Dataset, config: DetectorConfig, k: int,
-                  seed: int, test_images: list[tuple[TestImage, np.ndarray]]) -> DrawResult:
+def evaluate_draw(
+    detector: Detector,
+    dataset: Dataset,
+    config: DetectorConfig,
+    k: int,
+    seed: int,
+    test_images: list[tuple[TestImage, np.ndarray]],
+) -> DrawResult:
     """Fit on a seeded draw of k training images and score the test split."""
     rng = np.random.default_rng(seed)
     k_eff = min(k, len(dataset.train))
@@ -140,11 +146,16 @@ def evaluate_draw(detector: Detector, dataset: Dataset, config: DetectorConfig, 
         pixel = auroc(np.concatenate(pixel_scores), np.concatenate(pixel_labels))
     flagged = s > fitted.threshold
     return DrawResult(
-        k=k_eff, seed=seed, image_auroc=auroc(s, y), pixel_auroc=pixel,
+        k=k_eff,
+        seed=seed,
+        image_auroc=auroc(s, y),
+        pixel_auroc=pixel,
         false_reject_rate=float(flagged[~y].mean()) if (~y).any() else float("nan"),
         defect_recall=float(flagged[y].mean()) if y.any() else float("nan"),
-        threshold=fitted.threshold, fit_s=fit_s,
-        ms_per_image=1000.0 * statistics.median(times), bank_size=fitted.bank_size,
+        threshold=fitted.threshold,
+        fit_s=fit_s,
+        ms_per_image=1000.0 * statistics.median(times),
+        bank_size=fitted.bank_size,
     )
 
 
@@ -168,12 +179,24 @@ def summarise(results: list[DrawResult]) -> list[dict[str, float | int | None]]:
     rows = []
     for k in sorted({r.k for r in results}):
         group = [r for r in results if r.k == k]
-        rows.append({
-            "k": k, "draws": len(group),
-            **{f: _mean([getattr(r, f) for r in group]) for f in (
-                "image_auroc", "pixel_auroc", "false_reject_rate", "defect_recall",
-                "fit_s", "ms_per_image", "bank_size")},
-        })
+        rows.append(
+            {
+                "k": k,
+                "draws": len(group),
+                **{
+                    f: _mean([getattr(r, f) for r in group])
+                    for f in (
+                        "image_auroc",
+                        "pixel_auroc",
+                        "false_reject_rate",
+                        "defect_recall",
+                        "fit_s",
+                        "ms_per_image",
+                        "bank_size",
+                    )
+                },
+            }
+        )
     return rows
 
 
@@ -181,21 +204,28 @@ def format_table(rows: list[dict[str, float | int | None]]) -> str:
     def fmt(v: float | int | None, digits: int = 3) -> str:
         return "n/a" if v is None else f"{v:.{digits}f}"
 
-    lines = ["| k | draws | image AUROC | pixel AUROC | FRR (test good) | defect recall | fit s | ms/image |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| k | draws | image AUROC | pixel AUROC | FRR (test good) | defect recall | fit s "
+        "| ms/image |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['k']} | {r['draws']} | {fmt(r['image_auroc'])} | {fmt(r['pixel_auroc'])} | "
             f"{fmt(r['false_reject_rate'])} | {fmt(r['defect_recall'])} | {fmt(r['fit_s'], 2)} | "
-            f"{fmt(r['ms_per_image'], 1)} |")
+            f"{fmt(r['ms_per_image'], 1)} |"
+        )
     return "\n".join(lines)
 
 
 def run_evaluation_command(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset)
-    overrides: dict[str, object] = {"backbone": args.backbone or DEFAULT_BACKBONE,
-                                    "resolution": args.resolution, "augment": args.augment,
-                                    "resize": args.resize}
+    overrides: dict[str, object] = {
+        "backbone": args.backbone or DEFAULT_BACKBONE,
+        "resolution": args.resolution,
+        "augment": args.augment,
+        "resize": args.resize,
+    }
     if args.coreset_ratio is not None:
         overrides["coreset_ratio"] = args.coreset_ratio
     if args.target_frr is not None:
@@ -213,22 +243,34 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
         for seed in seeds:
             result = evaluate_draw(detector, dataset, config, k, seed, test_images)
             results.append(result)
-            print(f"k={result.k} seed={seed} image_auroc={result.image_auroc:.4f} "
-                  f"pixel_auroc={result.pixel_auroc if result.pixel_auroc is None else round(result.pixel_auroc, 4)} "
-                  f"frr={result.false_reject_rate:.3f} recall={result.defect_recall:.3f} "
-                  f"fit={result.fit_s:.2f}s {result.ms_per_image:.1f}ms/img", flush=True)
+            pixel = "n/a" if result.pixel_auroc is None else f"{result.pixel_auroc:.4f}"
+            print(
+                f"k={result.k} seed={seed} image_auroc={result.image_auroc:.4f} "
+                f"pixel_auroc={pixel} "
+                f"frr={result.false_reject_rate:.3f} recall={result.defect_recall:.3f} "
+                f"fit={result.fit_s:.2f}s {result.ms_per_image:.1f}ms/img",
+                flush=True,
+            )
     rows = summarise(results)
-    print(f"\n{dataset.root.name}: {config.backbone}, resolution {config.resolution or 'default'}, "
-          f"resize {config.resize}, augment {config.augment}, {len(test_images)} test images; means over seeds\n")
+    print(
+        f"\n{dataset.root.name}: {config.backbone}, resolution {config.resolution or 'default'}, "
+        f"resize {config.resize}, augment {config.augment}, {len(test_images)} test images; "
+        "means over seeds\n"
+    )
     print(format_table(rows))
     if args.json:
         payload = {
-            "dataset": str(dataset.root), "config": config.to_dict(),
-            "test_images": len(test_images), "results": [asdict(r) for r in results],
+            "dataset": str(dataset.root),
+            "config": config.to_dict(),
+            "test_images": len(test_images),
+            "results": [asdict(r) for r in results],
             "summary": rows,
-            "machine": {"python": platform.python_version(), "onnxruntime": ort.__version__,
-                        "processor": platform.processor() or platform.machine(),
-                        "threads": args.threads},
+            "machine": {
+                "python": platform.python_version(),
+                "onnxruntime": ort.__version__,
+                "processor": platform.processor() or platform.machine(),
+                "threads": args.threads,
+            },
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2))

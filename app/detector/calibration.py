@@ -92,9 +92,13 @@ def student_t_quantile(p: float, dof: int) -> float:
         return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
     z = NormalDist().inv_cdf(p)
     v = float(dof)
-    return (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
-            + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4))
+    return (
+        z
+        + (z**3 + z) / (4 * v)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
+        + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4)
+    )
 
 
 def f1_threshold(good: np.ndarray, defect: np.ndarray) -> float:
@@ -139,8 +143,9 @@ def calibrate(
     )
 
 
-def region_holdout_score(patches: np.ndarray, grid: tuple[int, int], radius: int = 2,
-                         top_fraction: float = 0.0) -> float:
+def region_holdout_score(
+    patches: np.ndarray, grid: tuple[int, int], radius: int = 2, top_fraction: float = 0.0
+) -> float:
     """One-shot proxy score: each patch's distance to the nearest patch of the *same* image
     outside a ``(2 radius + 1)^2`` window around it; the image score is the maximum.
 

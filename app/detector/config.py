@@ -61,8 +61,7 @@ class DetectorConfig:
             )
         if not 0.0 < self.target_false_reject_rate < 0.5:
             raise InvalidInputError(
-                "target_false_reject_rate must be in (0, 0.5), got "
-                f"{self.target_false_reject_rate}"
+                f"target_false_reject_rate must be in (0, 0.5), got {self.target_false_reject_rate}"
             )
         if self.augment not in ("none", "flip", "rot90"):
             raise InvalidInputError(f"augment must be none, flip or rot90, got {self.augment!r}")

@@ -1,9 +1,9 @@
 """The detector engine: fit a memory bank from good images, calibrate it, ship one ONNX file.
 
-    fit:   images -> feature extractor (ONNX) -> patches (N, C) -> greedy coreset -> bank (M, C)
-           -> leave-one-out scores of the training images -> threshold -> scoring ONNX file
-    score: the scoring ONNX file alone (``CompiledModel``), or, for checks, the engine's own
-           path: feature extractor + ``memory.nearest_distances``.
+fit:   images -> feature extractor (ONNX) -> patches (N, C) -> greedy coreset -> bank (M, C)
+       -> leave-one-out scores of the training images -> threshold -> scoring ONNX file
+score: the scoring ONNX file alone (``CompiledModel``), or, for checks, the engine's own
+       path: feature extractor + ``memory.nearest_distances``.
 """
 
 from __future__ import annotations
@@ -62,8 +62,13 @@ class FittedModel:
 class FeatureExtractor:
     """ONNX session of the shared front end: ``image (H, W, 3)`` uint8 -> ``PatchFeatures``."""
 
-    def __init__(self, spec: BackboneSpec, backbone: onnx.ModelProto, plan: ResizePlan,
-                 options: RuntimeOptions) -> None:
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        backbone: onnx.ModelProto,
+        plan: ResizePlan,
+        options: RuntimeOptions,
+    ) -> None:
         model = build_feature_extractor(spec, backbone, plan)
         self.session = options.session(model.SerializeToString())
 
@@ -159,22 +164,39 @@ class Detector:
             rng = np.random.default_rng(seed)
             candidates = np.sort(rng.choice(len(candidates), MAX_CORESET_CANDIDATES, replace=False))
             size = min(size, len(candidates))
-        chosen = candidates[greedy_coreset(
-            all_patches[candidates], size, seed=seed,
-            should_stop=lambda f: report(0.4 + 0.3 * f, "coreset"))]
+        chosen = candidates[
+            greedy_coreset(
+                all_patches[candidates],
+                size,
+                seed=seed,
+                should_stop=lambda f: report(0.4 + 0.3 * f, "coreset"),
+            )
+        ]
         bank = all_patches[chosen]
         bank_owner = owner[chosen]
         timings["coreset_s"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
         report(0.7, "calibration")
-        good_scores, method = holdout_scores(originals, bank, bank_owner, seed,
-                                             config.score_top_fraction)
+        good_scores, method = holdout_scores(
+            originals, bank, bank_owner, seed, config.score_top_fraction
+        )
         defect_scores = np.array(
-            [image_score(nearest_distances(extractor(check_image_array(img)).patches, bank),
-                         config.score_top_fraction) for img in defect_images], dtype=np.float64)
-        calibration = calibrate(good_scores, config.target_false_reject_rate, method=method,
-                                defect_scores=defect_scores if len(defect_scores) else None)
+            [
+                image_score(
+                    nearest_distances(extractor(check_image_array(img)).patches, bank),
+                    config.score_top_fraction,
+                )
+                for img in defect_images
+            ],
+            dtype=np.float64,
+        )
+        calibration = calibrate(
+            good_scores,
+            config.target_false_reject_rate,
+            method=method,
+            defect_scores=defect_scores if len(defect_scores) else None,
+        )
         timings["calibration_s"] = time.perf_counter() - t2
 
         t3 = time.perf_counter()
@@ -183,14 +205,16 @@ class Detector:
             METADATA_PREFIX + "format_version": FORMAT_VERSION,
             METADATA_PREFIX + "threshold": repr(calibration.threshold),
             METADATA_PREFIX + "backbone": spec.name,
-            METADATA_PREFIX + "preprocessing": json.dumps({
-                "input": "image: uint8 [H, W, 3] RGB, any size; resized inside the graph",
-                "resize": plan.describe(spec.size_multiple),
-                "normalise": f"(x - {list(spec.mean)}) / {list(spec.std)}",
-                "outputs": "score: float32 [1], max nearest-neighbour patch distance; "
-                           "anomaly_map: float32 [H, W]",
-                "decision": "anomalous when score > threshold",
-            }),
+            METADATA_PREFIX + "preprocessing": json.dumps(
+                {
+                    "input": "image: uint8 [H, W, 3] RGB, any size; resized inside the graph",
+                    "resize": plan.describe(spec.size_multiple),
+                    "normalise": f"(x - {list(spec.mean)}) / {list(spec.std)}",
+                    "outputs": "score: float32 [1], max nearest-neighbour patch distance; "
+                    "anomaly_map: float32 [H, W]",
+                    "decision": "anomalous when score > threshold",
+                }
+            ),
             METADATA_PREFIX + "config": json.dumps(config.to_dict()),
             METADATA_PREFIX + "resize_plan": json.dumps(asdict(plan)),
             METADATA_PREFIX + "calibration": json.dumps(calibration.to_dict()),
@@ -198,24 +222,43 @@ class Detector:
             METADATA_PREFIX + "seed": str(seed),
             **(metadata or {}),
         }
-        model = build_scoring_model(spec, self.backbone(spec.name), plan, bank, config.blur_sigma,
-                                    props, top_fraction=config.score_top_fraction)
+        model = build_scoring_model(
+            spec,
+            self.backbone(spec.name),
+            plan,
+            bank,
+            config.blur_sigma,
+            props,
+            top_fraction=config.score_top_fraction,
+        )
         onnx_bytes = model.SerializeToString()
         timings["export_s"] = time.perf_counter() - t3
         timings["total_s"] = time.perf_counter() - t0
         report(1.0, "done")
-        return FittedModel(onnx_bytes=onnx_bytes, calibration=calibration, config=config,
-                           bank_size=len(bank), n_images=len(good_images), timings=timings)
+        return FittedModel(
+            onnx_bytes=onnx_bytes,
+            calibration=calibration,
+            config=config,
+            bank_size=len(bank),
+            n_images=len(good_images),
+            timings=timings,
+        )
 
-    def patch_scores(self, image: np.ndarray, bank: np.ndarray, config: DetectorConfig,
-                     plan: ResizePlan) -> PatchFeatures:
+    def patch_scores(
+        self, image: np.ndarray, bank: np.ndarray, config: DetectorConfig, plan: ResizePlan
+    ) -> PatchFeatures:
         """The engine's own scoring path: ``(h * w,)`` nearest distances on the patch grid."""
         feats = self.extractor(config, plan)(check_image_array(image))
         return PatchFeatures(patches=nearest_distances(feats.patches, bank), grid=feats.grid)
 
 
-def holdout_scores(originals: list[PatchFeatures], bank: np.ndarray, bank_owner: np.ndarray,
-                   seed: int, top_fraction: float) -> tuple[np.ndarray, str]:
+def holdout_scores(
+    originals: list[PatchFeatures],
+    bank: np.ndarray,
+    bank_owner: np.ndarray,
+    seed: int,
+    top_fraction: float,
+) -> tuple[np.ndarray, str]:
     """Scores of training images as if unseen: each against the bank minus its own patches.
 
     Removing an image's members from the shared coreset approximates a coreset built without
@@ -235,9 +278,11 @@ def holdout_scores(originals: list[PatchFeatures], bank: np.ndarray, bank_owner:
         view = originals[i]
         # An image that owns the whole bank has nothing to be compared with: judge it
         # against the rest of itself, as with one shot.
-        scores.append(image_score(nearest_distances(view.patches, others), top_fraction)
-                      if len(others)
-                      else region_holdout_score(view.patches, view.grid, top_fraction=top_fraction))
+        scores.append(
+            image_score(nearest_distances(view.patches, others), top_fraction)
+            if len(others)
+            else region_holdout_score(view.patches, view.grid, top_fraction=top_fraction)
+        )
     return np.asarray(scores), "leave-one-out"
 
 
@@ -245,10 +290,13 @@ def resize_plan(config: DetectorConfig, images: Sequence[np.ndarray]) -> ResizeP
     """The resize plan of a model fitted on ``images`` (fixed scale: their median shorter side)."""
     spec = get_backbone(config.backbone)
     reference = float(np.median([min(image.shape[:2]) for image in images]))
-    return ResizePlan(policy=config.resize, resolution=config.resolution or spec.default_resolution,
-                      max_aspect=config.max_aspect,
-                      border=spec.border if config.border is None else config.border,
-                      reference_side=reference if config.resize == "fixed_scale" else None)
+    return ResizePlan(
+        policy=config.resize,
+        resolution=config.resolution or spec.default_resolution,
+        max_aspect=config.max_aspect,
+        border=spec.border if config.border is None else config.border,
+        reference_side=reference if config.resize == "fixed_scale" else None,
+    )
 
 
 def plan_from_model(onnx_bytes: bytes) -> ResizePlan:

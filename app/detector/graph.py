@@ -101,10 +101,14 @@ class ResizePlan:
         elif self.policy == "shorter_side":
             head = f"shorter side to {self.resolution} px, aspect kept"
         else:
-            head = (f"scaled by {self.resolution} / {self.reference_side:g} (aspect and pixel "
-                    "scale kept)")
-        return (f"{head}; longer side at most {self.max_aspect:g} x {self.resolution} px; sides "
-                f"rounded to multiples of {multiple}; bilinear, antialiased")
+            head = (
+                f"scaled by {self.resolution} / {self.reference_side:g} (aspect and pixel "
+                "scale kept)"
+            )
+        return (
+            f"{head}; longer side at most {self.max_aspect:g} x {self.resolution} px; sides "
+            f"rounded to multiples of {multiple}; bilinear, antialiased"
+        )
 
 
 RESIZE_POLICIES = ("fixed_scale", "shorter_side", "square")
@@ -164,7 +168,10 @@ def _front_end(
     nchw = g.op("Cast", [nchw], to=TensorProto.FLOAT)
     sizes = g.op("Concat", [g.const("n_c", _i64([1, 3])), processed_hw], axis=0)
     resized = g.op(
-        "Resize", [nchw, "", "", sizes], mode="linear", antialias=1,
+        "Resize",
+        [nchw, "", "", sizes],
+        mode="linear",
+        antialias=1,
         coordinate_transformation_mode="half_pixel",
     )
     mean = g.const("mean", _f32(list(spec.mean)).reshape(1, 3, 1, 1))
@@ -180,21 +187,48 @@ def _front_end(
 
     finest = min(spec.layers, key=lambda layer: layer.stride)
     finest_map = _aggregate(g, spec, BACKBONE_PREFIX + finest.output)
-    grid = g.op("Slice", [g.op("Shape", [finest_map]), g.const("s2", _i64([2])), g.const("s4", _i64([4]))])
+    grid = g.op(
+        "Slice", [g.op("Shape", [finest_map]), g.const("s2", _i64([2])), g.const("s4", _i64([4]))]
+    )
     maps = []
     for layer in spec.layers:
-        fmap = finest_map if layer is finest else _aggregate(g, spec, BACKBONE_PREFIX + layer.output)
+        fmap = (
+            finest_map if layer is finest else _aggregate(g, spec, BACKBONE_PREFIX + layer.output)
+        )
         if layer.stride != finest.stride:
-            size = g.op("Concat", [g.op("Slice", [g.op("Shape", [fmap]), g.const("s0", _i64([0])), g.const("s2", _i64([2]))]), grid], axis=0)
-            fmap = g.op("Resize", [fmap, "", "", size], mode="linear", coordinate_transformation_mode="half_pixel")
+            size = g.op(
+                "Concat",
+                [
+                    g.op(
+                        "Slice",
+                        [g.op("Shape", [fmap]), g.const("s0", _i64([0])), g.const("s2", _i64([2]))],
+                    ),
+                    grid,
+                ],
+                axis=0,
+            )
+            fmap = g.op(
+                "Resize",
+                [fmap, "", "", size],
+                mode="linear",
+                coordinate_transformation_mode="half_pixel",
+            )
         maps.append(fmap)
     features = maps[0] if len(maps) == 1 else g.op("Concat", maps, axis=1)
     if pad:
         cells = pad // finest.stride
-        features = g.op("Slice", [features, g.const("crop0", _i64([cells, cells])),
-                                  g.const("crop1", _i64([-cells, -cells])),
-                                  g.const("axes", _i64([2, 3]))])
-        grid = g.op("Slice", [g.op("Shape", [features]), g.const("s2", _i64([2])), g.const("s4", _i64([4]))])
+        features = g.op(
+            "Slice",
+            [
+                features,
+                g.const("crop0", _i64([cells, cells])),
+                g.const("crop1", _i64([-cells, -cells])),
+                g.const("axes", _i64([2, 3])),
+            ],
+        )
+        grid = g.op(
+            "Slice", [g.op("Shape", [features]), g.const("s2", _i64([2])), g.const("s4", _i64([4]))]
+        )
     nhwc = g.op("Transpose", [features], perm=[0, 2, 3, 1])
     patches = g.op("Reshape", [nhwc, g.const("flat", _i64([-1, spec.feature_dim]))])
     return patches, grid, image_hw, processed_hw
@@ -205,8 +239,14 @@ def _aggregate(g: _Graph, spec: BackboneSpec, fmap: str) -> str:
     p = spec.neighbourhood
     if p <= 1:
         return fmap
-    return g.op("AveragePool", [fmap], kernel_shape=[p, p], strides=[1, 1],
-                pads=[p // 2] * 4, count_include_pad=0)
+    return g.op(
+        "AveragePool",
+        [fmap],
+        kernel_shape=[p, p],
+        strides=[1, 1],
+        pads=[p // 2] * 4,
+        count_include_pad=0,
+    )
 
 
 def _opsets(backbone: onnx.ModelProto) -> list[onnx.OperatorSetIdProto]:
@@ -215,12 +255,19 @@ def _opsets(backbone: onnx.ModelProto) -> list[onnx.OperatorSetIdProto]:
     return [helper.make_opsetid(domain, version) for domain, version in versions.items()]
 
 
-def _model(g: _Graph, backbone: onnx.ModelProto, outputs: list[onnx.ValueInfoProto],
-           metadata: Mapping[str, str], name: str) -> onnx.ModelProto:
+def _model(
+    g: _Graph,
+    backbone: onnx.ModelProto,
+    outputs: list[onnx.ValueInfoProto],
+    metadata: Mapping[str, str],
+    name: str,
+) -> onnx.ModelProto:
     graph = helper.make_graph(
-        g.nodes, name,
+        g.nodes,
+        name,
         [helper.make_tensor_value_info("image", TensorProto.UINT8, ["H", "W", 3])],
-        outputs, initializer=g.initializers,
+        outputs,
+        initializer=g.initializers,
     )
     model = helper.make_model(graph, opset_imports=_opsets(backbone), producer_name="nominal")
     model.ir_version = max(backbone.ir_version, 8)
@@ -228,8 +275,9 @@ def _model(g: _Graph, backbone: onnx.ModelProto, outputs: list[onnx.ValueInfoPro
     return model
 
 
-def build_feature_extractor(spec: BackboneSpec, backbone: onnx.ModelProto,
-                            plan: ResizePlan) -> onnx.ModelProto:
+def build_feature_extractor(
+    spec: BackboneSpec, backbone: onnx.ModelProto, plan: ResizePlan
+) -> onnx.ModelProto:
     """``image`` uint8 ``(H, W, 3)`` -> ``patches`` float32 ``(N, C)``, ``grid`` int64 ``(2,)``."""
     g = _Graph()
     patches, grid, _, _ = _front_end(g, spec, backbone, plan)
@@ -262,15 +310,26 @@ def build_scoring_model(
     patches, grid, image_hw, processed_hw = _front_end(g, spec, backbone, plan)
     patch_scores = _nearest_distances(g, patches, bank.astype(np.float32))
 
-    score_grid = g.op("Reshape", [patch_scores, g.op("Concat", [g.const("n_c", _i64([1, 1])), grid], axis=0)])
+    score_grid = g.op(
+        "Reshape", [patch_scores, g.op("Concat", [g.const("n_c", _i64([1, 1])), grid], axis=0)]
+    )
     _image_score(g, patch_scores, top_fraction)
 
     size = g.op("Concat", [g.const("n_c", _i64([1, 1])), processed_hw], axis=0)
-    up = g.op("Resize", [score_grid, "", "", size], mode="linear", coordinate_transformation_mode="half_pixel")
+    up = g.op(
+        "Resize",
+        [score_grid, "", "", size],
+        mode="linear",
+        coordinate_transformation_mode="half_pixel",
+    )
     if blur_sigma > 0:
         up = _blur(g, up, blur_sigma)
-    full = g.op("Resize", [up, "", "", g.op("Concat", [g.const("n_c", _i64([1, 1])), image_hw], axis=0)],
-                mode="linear", coordinate_transformation_mode="half_pixel")
+    full = g.op(
+        "Resize",
+        [up, "", "", g.op("Concat", [g.const("n_c", _i64([1, 1])), image_hw], axis=0)],
+        mode="linear",
+        coordinate_transformation_mode="half_pixel",
+    )
     g.nodes.append(helper.make_node("Reshape", [full, image_hw], ["anomaly_map"]))
     outputs = [
         helper.make_tensor_value_info("score", TensorProto.FLOAT, [1]),
@@ -297,7 +356,7 @@ def _nearest_distances(g: _Graph, patches: str, bank: np.ndarray) -> str:
     mins: list[str] = []
     idxs: list[str] = []
     for start in range(0, len(bank), BANK_CHUNK):
-        chunk = bank[start:start + BANK_CHUNK]
+        chunk = bank[start : start + BANK_CHUNK]
         # |y|^2 - 2 x.y: the |x|^2 term is constant per row and does not move the argmin.
         neg2_yt = g.const("bank_t", (-2.0 * chunk.T).astype(np.float32))
         y_sq = g.const("bank_sq", np.sum(chunk.astype(np.float64) ** 2, axis=1).astype(np.float32))
@@ -322,8 +381,11 @@ def _blur(g: _Graph, score_map: str, sigma: float) -> str:
     kernel = _gaussian_kernel(sigma)
     radius = len(kernel) // 2
     # Edge padding: valid for any map size (reflect needs radius < side).
-    padded = g.op("Pad", [score_map, g.const("pads", _i64([0, 0, radius, radius, 0, 0, radius, radius]))],
-                  mode="edge")
+    padded = g.op(
+        "Pad",
+        [score_map, g.const("pads", _i64([0, 0, radius, radius, 0, 0, radius, radius]))],
+        mode="edge",
+    )
     vertical = g.op("Conv", [padded, g.const("kv", kernel.reshape(1, 1, -1, 1))])
     return g.op("Conv", [vertical, g.const("kh", kernel.reshape(1, 1, 1, -1))])
 

@@ -88,8 +88,7 @@ def _check_size(width: int, height: int, limits: ImageLimits) -> None:
         )
     if width * height > limits.max_pixels:
         raise ImageTooLargeError(
-            f"image is {width}x{height} = {width * height} px; the limit is "
-            f"{limits.max_pixels} px"
+            f"image is {width}x{height} = {width * height} px; the limit is {limits.max_pixels} px"
         )
 
 

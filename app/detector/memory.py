@@ -31,18 +31,18 @@ def nearest_distances(patches: np.ndarray, bank: np.ndarray) -> np.ndarray:
     out = np.empty(len(patches), dtype=np.float32)
     bank_sq = np.sum(bank.astype(np.float64) ** 2, axis=1).astype(np.float32)
     for q0 in range(0, len(patches), _QUERY_BLOCK):
-        x = patches[q0:q0 + _QUERY_BLOCK]
+        x = patches[q0 : q0 + _QUERY_BLOCK]
         best_val = np.full(len(x), np.inf, dtype=np.float32)
         best_idx = np.zeros(len(x), dtype=np.int64)
         for b0 in range(0, len(bank), BANK_CHUNK):
-            partial = bank_sq[b0:b0 + BANK_CHUNK] - 2.0 * (x @ bank[b0:b0 + BANK_CHUNK].T)
+            partial = bank_sq[b0 : b0 + BANK_CHUNK] - 2.0 * (x @ bank[b0 : b0 + BANK_CHUNK].T)
             local = np.argmin(partial, axis=1)
             val = partial[np.arange(len(x)), local]
             better = val < best_val
             best_val[better] = val[better]
             best_idx[better] = local[better] + b0
         diff = x - bank[best_idx]
-        out[q0:q0 + len(x)] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        out[q0 : q0 + len(x)] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
     return out
 
 

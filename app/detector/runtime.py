@@ -53,7 +53,9 @@ def check_image_array(image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8:
         raise InvalidInputError(f"image must be uint8, got {image.dtype}")
     if min(image.shape[:2]) < 8:
-        raise InvalidInputError(f"image must be at least 8x8 px, got {image.shape[1]}x{image.shape[0]}")
+        raise InvalidInputError(
+            f"image must be at least 8x8 px, got {image.shape[1]}x{image.shape[0]}"
+        )
     return np.ascontiguousarray(image)
 
 
@@ -76,7 +78,9 @@ class CompiledModel:
 
     def run(self, image: np.ndarray) -> tuple[float, np.ndarray]:
         """``image (H, W, 3)`` uint8 -> (score, anomaly map ``(H, W)``)."""
-        score, anomaly_map = self.session.run(["score", "anomaly_map"], {"image": check_image_array(image)})
+        score, anomaly_map = self.session.run(
+            ["score", "anomaly_map"], {"image": check_image_array(image)}
+        )
         return float(score[0]), anomaly_map
 
     def score(self, image: np.ndarray) -> float:

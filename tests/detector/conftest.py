@@ -22,8 +22,9 @@ MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 GOOD_SIZE = (96, 96)  # (H, W) of the training images in these tests
 
 
-def make_good(seed: int, height: int = GOOD_SIZE[0], width: int = GOOD_SIZE[1],
-              noise: float = 4.0) -> np.ndarray:
+def make_good(
+    seed: int, height: int = GOOD_SIZE[0], width: int = GOOD_SIZE[1], noise: float = 4.0
+) -> np.ndarray:
     """A textured "good" part: product of sines (period 12 x 16 px) in three tints, plus noise."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -42,9 +43,15 @@ class Defect:
     radius: int
 
 
-def make_defect(seed: int, height: int = GOOD_SIZE[0], width: int = GOOD_SIZE[1], *,
-                centre: tuple[int, int] | None = None, radius: int = 6,
-                colour: tuple[int, int, int] = (20, 20, 20)) -> Defect:
+def make_defect(
+    seed: int,
+    height: int = GOOD_SIZE[0],
+    width: int = GOOD_SIZE[1],
+    *,
+    centre: tuple[int, int] | None = None,
+    radius: int = 6,
+    colour: tuple[int, int, int] = (20, 20, 20),
+) -> Defect:
     """A good image with a filled dark disc drawn on it (centre defaults to the middle)."""
     image = make_good(seed, height, width).copy()
     cy, cx = centre if centre is not None else (height // 2, width // 2)
@@ -82,7 +89,8 @@ def train_images() -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="session")
-def fitted(detector: Detector, config: DetectorConfig,
-           train_images: list[np.ndarray]) -> FittedModel:
+def fitted(
+    detector: Detector, config: DetectorConfig, train_images: list[np.ndarray]
+) -> FittedModel:
     """A model fitted on three good 96 x 96 images at resolution 64 (seed 0)."""
     return detector.fit(train_images, config, seed=0)

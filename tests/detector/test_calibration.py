@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 from statistics import NormalDist
 from typing import Any
@@ -24,6 +23,7 @@ from app.detector.config import DetectorConfig
 from app.detector.engine import Detector, resize_plan
 
 # --- threshold_from_good -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "scores",
@@ -57,8 +57,9 @@ def test_identical_scores_use_the_spread_floor() -> None:
     assert one == pytest.approx(4.0 + z * MIN_RELATIVE_SPREAD * 4.0 * math.sqrt(2))
 
 
-@pytest.mark.parametrize(("dof", "expected"), [(1, 31.821), (2, 6.965), (3, 4.541),
-                                               (5, 3.365), (10, 2.764), (30, 2.457)])
+@pytest.mark.parametrize(
+    ("dof", "expected"), [(1, 31.821), (2, 6.965), (3, 4.541), (5, 3.365), (10, 2.764), (30, 2.457)]
+)
 def test_student_t_quantile_matches_tables(dof: int, expected: float) -> None:
     assert student_t_quantile(0.99, dof) == pytest.approx(expected, rel=5e-3)
 
@@ -79,6 +80,7 @@ def test_threshold_rejects_empty_scores() -> None:
 
 
 # --- f1_threshold and calibrate ----------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("good", "defect"),
@@ -129,6 +131,7 @@ def test_calibration_round_trips_through_a_dict() -> None:
 
 # --- normalize_score ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("threshold", [0.01, 1.0, 3.7, 250.0])
 def test_normalize_score_fixed_points(threshold: float) -> None:
     assert normalize_score(threshold, threshold) == pytest.approx(0.5)
@@ -155,6 +158,7 @@ def test_normalize_score_with_a_zero_threshold() -> None:
 
 # --- region_holdout_score ----------------------------------------------------------------
 
+
 def _periodic_patches(h: int, w: int, dim: int, seed: int, noise: float = 0.01) -> np.ndarray:
     """Patch features of a period-2 texture: each patch has exact look-alikes 4 cells away."""
     rng = np.random.default_rng(seed)
@@ -176,7 +180,9 @@ def test_region_holdout_is_larger_for_a_unique_blob() -> None:
 
 
 def test_region_holdout_on_real_features(
-    detector: Detector, good_image: Callable[..., np.ndarray], defect_image: Callable[..., Any],
+    detector: Detector,
+    good_image: Callable[..., np.ndarray],
+    defect_image: Callable[..., Any],
 ) -> None:
     # A 12 x 18 grid: at 8 x 8 the radius-2 window hides most of the image and the border
     # patches of a plain texture already look unique (the documented upper bias).

@@ -36,8 +36,11 @@ def _onnx_score(session: ort.InferenceSession, image: np.ndarray) -> float:
 
 # --- the shipped ONNX file ---------------------------------------------------------------
 
+
 def test_onnx_file_runs_alone_on_another_size(
-    fitted: FittedModel, detector: Detector, config: DetectorConfig,
+    fitted: FittedModel,
+    detector: Detector,
+    config: DetectorConfig,
     good_image: Callable[..., np.ndarray],
 ) -> None:
     session = _plain_session(fitted.onnx_bytes)
@@ -52,8 +55,9 @@ def test_onnx_file_runs_alone_on_another_size(
     assert anomaly_map.min() >= 0.0
     assert anomaly_map.max() <= score[0] * (1 + 1e-5)
 
-    engine = detector.patch_scores(image, bank_from_model(fitted.onnx_bytes), config,
-                                   plan_from_model(fitted.onnx_bytes))
+    engine = detector.patch_scores(
+        image, bank_from_model(fitted.onnx_bytes), config, plan_from_model(fitted.onnx_bytes)
+    )
     assert engine.patches.shape == (engine.grid[0] * engine.grid[1],)
     engine_score = float(engine.patches.max())
     assert abs(score[0] - engine_score) / engine_score < 1e-4
@@ -71,15 +75,17 @@ def test_onnx_file_carries_its_metadata(fitted: FittedModel, config: DetectorCon
     assert bank_from_model(fitted.onnx_bytes).shape == (fitted.bank_size, 152)
 
 
-def test_extra_metadata_is_stored(detector: Detector, config: DetectorConfig,
-                                  train_images: list[np.ndarray]) -> None:
+def test_extra_metadata_is_stored(
+    detector: Detector, config: DetectorConfig, train_images: list[np.ndarray]
+) -> None:
     model = detector.fit(train_images[:2], config, metadata={"nominal.variant": "bottle"})
     props = _plain_session(model.onnx_bytes).get_modelmeta().custom_metadata_map
     assert props["nominal.variant"] == "bottle"
 
 
 def test_defect_scores_above_threshold_and_every_good_image(
-    fitted: FittedModel, good_image: Callable[..., np.ndarray],
+    fitted: FittedModel,
+    good_image: Callable[..., np.ndarray],
     defect_image: Callable[..., Any],
 ) -> None:
     session = _plain_session(fitted.onnx_bytes)
@@ -117,8 +123,10 @@ def test_anomaly_map_peaks_on_the_blob(
 
 # --- fit ---------------------------------------------------------------------------------
 
-def test_fit_is_deterministic_for_a_seed(detector: Detector,
-                                         train_images: list[np.ndarray]) -> None:
+
+def test_fit_is_deterministic_for_a_seed(
+    detector: Detector, train_images: list[np.ndarray]
+) -> None:
     a = detector.fit(train_images, CORESET_CONFIG, seed=3)
     b = detector.fit(train_images, CORESET_CONFIG, seed=3)
     c = detector.fit(train_images, CORESET_CONFIG, seed=4)
@@ -129,16 +137,18 @@ def test_fit_is_deterministic_for_a_seed(detector: Detector,
     assert not np.array_equal(bank_a, bank_from_model(c.onnx_bytes))
 
 
-def test_fit_accepts_images_of_different_sizes(detector: Detector, config: DetectorConfig,
-                                               good_image: Callable[..., np.ndarray]) -> None:
+def test_fit_accepts_images_of_different_sizes(
+    detector: Detector, config: DetectorConfig, good_image: Callable[..., np.ndarray]
+) -> None:
     images = [good_image(0, 96, 96), good_image(1, 80, 120), good_image(2, 112, 96)]
     model = detector.fit(images, config)
     assert model.n_images == 3
     assert plan_from_model(model.onnx_bytes).reference_side == 96.0
 
 
-def test_one_image_uses_region_holdout(detector: Detector, config: DetectorConfig,
-                                       train_images: list[np.ndarray]) -> None:
+def test_one_image_uses_region_holdout(
+    detector: Detector, config: DetectorConfig, train_images: list[np.ndarray]
+) -> None:
     model = detector.fit(train_images[:1], config)
     assert model.calibration.method == "region-holdout"
     assert model.threshold > 0
@@ -146,7 +156,9 @@ def test_one_image_uses_region_holdout(detector: Detector, config: DetectorConfi
 
 
 def test_defect_images_refine_the_threshold(
-    detector: Detector, config: DetectorConfig, train_images: list[np.ndarray],
+    detector: Detector,
+    config: DetectorConfig,
+    train_images: list[np.ndarray],
     defect_image: Callable[..., Any],
 ) -> None:
     model = detector.fit(train_images, config, defect_images=[defect_image(30).image])
@@ -173,35 +185,47 @@ _BAD_IMAGES = {
 
 
 @pytest.mark.parametrize("name", sorted(_BAD_IMAGES))
-def test_bad_arrays_are_refused(detector: Detector, config: DetectorConfig,
-                                train_images: list[np.ndarray], fitted: FittedModel,
-                                name: str) -> None:
+def test_bad_arrays_are_refused(
+    detector: Detector,
+    config: DetectorConfig,
+    train_images: list[np.ndarray],
+    fitted: FittedModel,
+    name: str,
+) -> None:
     bad = _BAD_IMAGES[name]
     with pytest.raises(InvalidInputError):
         detector.fit([train_images[0], bad], config)  # type: ignore[list-item]
     with pytest.raises(InvalidInputError):
         detector.fit(train_images, config, defect_images=[bad])  # type: ignore[list-item]
     with pytest.raises(InvalidInputError):
-        detector.patch_scores(bad, bank_from_model(fitted.onnx_bytes), config,  # type: ignore[arg-type]
-                              plan_from_model(fitted.onnx_bytes))
+        detector.patch_scores(
+            bad,
+            bank_from_model(fitted.onnx_bytes),
+            config,  # type: ignore[arg-type]
+            plan_from_model(fitted.onnx_bytes),
+        )
 
 
 @pytest.mark.parametrize(("mode", "views"), [("none", 1), ("flip", 3), ("rot90", 6)])
-def test_augmentation_grows_the_bank(detector: Detector, train_images: list[np.ndarray],
-                                     mode: str, views: int) -> None:
+def test_augmentation_grows_the_bank(
+    detector: Detector, train_images: list[np.ndarray], mode: str, views: int
+) -> None:
     # Square images: every view has the same 8 x 8 grid; below 4096 patches all are kept.
     model = detector.fit(train_images, DetectorConfig(resolution=64, augment=mode))
     assert model.bank_size == views * len(train_images) * 64
 
 
-def test_fit_bank_size_follows_the_config(detector: Detector,
-                                          train_images: list[np.ndarray]) -> None:
-    model = detector.fit(train_images, DetectorConfig(resolution=64, min_bank_size=1,
-                                                      coreset_ratio=0.1))
+def test_fit_bank_size_follows_the_config(
+    detector: Detector, train_images: list[np.ndarray]
+) -> None:
+    model = detector.fit(
+        train_images, DetectorConfig(resolution=64, min_bank_size=1, coreset_ratio=0.1)
+    )
     assert model.bank_size == 20  # ceil(0.1 * 192)
     assert bank_from_model(model.onnx_bytes).shape == (20, 152)
-    capped = detector.fit(train_images, DetectorConfig(resolution=64, min_bank_size=1,
-                                                       max_bank_size=7))
+    capped = detector.fit(
+        train_images, DetectorConfig(resolution=64, min_bank_size=1, max_bank_size=7)
+    )
     assert capped.bank_size == 7
 
 
@@ -235,8 +259,9 @@ def test_progress_rises_to_one(detector: Detector, train_images: list[np.ndarray
 
 
 @pytest.mark.parametrize("stage", ["features", "coreset", "calibration", "export"])
-def test_cancelling_from_progress_aborts_fit(detector: Detector, train_images: list[np.ndarray],
-                                             stage: str) -> None:
+def test_cancelling_from_progress_aborts_fit(
+    detector: Detector, train_images: list[np.ndarray], stage: str
+) -> None:
     seen: list[str] = []
 
     def progress(fraction: float, current: str) -> None:
@@ -249,8 +274,7 @@ def test_cancelling_from_progress_aborts_fit(detector: Detector, train_images: l
     assert "done" not in seen
 
 
-def test_a_one_row_bank_does_not_crash(detector: Detector,
-                                       train_images: list[np.ndarray]) -> None:
+def test_a_one_row_bank_does_not_crash(detector: Detector, train_images: list[np.ndarray]) -> None:
     config = DetectorConfig(resolution=64, min_bank_size=1, max_bank_size=1)
     try:
         model = detector.fit(train_images, config)
@@ -261,6 +285,7 @@ def test_a_one_row_bank_does_not_crash(detector: Detector,
 
 
 # --- DetectorConfig ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("settings", "shown"),

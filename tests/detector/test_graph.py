@@ -33,8 +33,9 @@ def _expected_grid(height: int, width: int, plan: ResizePlan) -> tuple[int, int]
 
 
 def _grid(detector: Detector, plan: ResizePlan, height: int, width: int) -> tuple[int, int]:
-    image = np.random.default_rng(height * width).integers(0, 256, (height, width, 3),
-                                                           dtype=np.uint8)
+    image = np.random.default_rng(height * width).integers(
+        0, 256, (height, width, 3), dtype=np.uint8
+    )
     feats = detector.extractor(CONFIG, plan)(image)
     assert feats.patches.shape == (feats.grid[0] * feats.grid[1], SPEC.feature_dim)
     assert feats.patches.dtype == np.float32
@@ -85,8 +86,9 @@ def test_mirrored_border_does_not_change_the_grid(detector: Detector, border: in
 
 
 @pytest.mark.parametrize(("height", "width"), [(64, 64), (100, 300), (300, 100), (40, 200)])
-def test_square_policy_ignores_the_aspect_ratio(detector: Detector, height: int,
-                                                width: int) -> None:
+def test_square_policy_ignores_the_aspect_ratio(
+    detector: Detector, height: int, width: int
+) -> None:
     plan = ResizePlan(policy="square", resolution=64, max_aspect=4.0)
     assert _grid(detector, plan, height, width) == (8, 8)
 

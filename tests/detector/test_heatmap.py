@@ -41,8 +41,9 @@ def test_a_score_gets_the_same_colour_whatever_the_rest_of_the_map() -> None:
 def test_no_per_image_min_max_stretch() -> None:
     """A map entirely below the threshold must not use the top of the scale."""
     image = _gray()
-    low = np.tile(np.linspace(0.0, 0.3 * THRESHOLD, image.shape[1], dtype=np.float32),
-                  (image.shape[0], 1))
+    low = np.tile(
+        np.linspace(0.0, 0.3 * THRESHOLD, image.shape[1], dtype=np.float32), (image.shape[0], 1)
+    )
     high = low * 10.0  # same shape of map, ten times the scores
     out_low = overlay(image, low, THRESHOLD).astype(int)
     out_high = overlay(image, high, THRESHOLD).astype(int)
@@ -84,7 +85,7 @@ def test_opacity_and_scale_position_are_monotone() -> None:
     scores = np.linspace(0.0, 3.0 * THRESHOLD, 60, dtype=np.float32)
     anomaly_map = np.tile(scores, (8, 1))
     out = overlay(image[:8, :60], anomaly_map, THRESHOLD).astype(int)
-    darkening = (255 * 3 - out[0].sum(axis=1))
+    darkening = 255 * 3 - out[0].sum(axis=1)
     pos = scale_position(scores, THRESHOLD)
     assert pos[0] == 0.0 and pos[-1] == 1.0
     assert np.all(np.diff(pos) >= 0)
@@ -109,8 +110,9 @@ def test_png_decodes_to_the_image_size(height: int, width: int) -> None:
     decoded = Image.open(io.BytesIO(data))
     assert decoded.size == (width, height)
     assert decoded.mode == "RGB"
-    np.testing.assert_array_equal(np.asarray(decoded),
-                                  overlay(image, anomaly_map * 2 * THRESHOLD, THRESHOLD))
+    np.testing.assert_array_equal(
+        np.asarray(decoded), overlay(image, anomaly_map * 2 * THRESHOLD, THRESHOLD)
+    )
 
 
 def test_shape_mismatch_raises() -> None:

@@ -29,14 +29,17 @@ def _rgb(height: int = 24, width: int = 40, seed: int = 0) -> np.ndarray:
 def _smooth_rgb(height: int = 24, width: int = 40) -> np.ndarray:
     """A gradient: survives JPEG with small errors."""
     yy, xx = np.mgrid[0:height, 0:width]
-    return np.stack([xx * 255 // width, yy * 255 // height, np.full_like(xx, 90)],
-                    axis=2).astype(np.uint8)
+    return np.stack([xx * 255 // width, yy * 255 // height, np.full_like(xx, 90)], axis=2).astype(
+        np.uint8
+    )
 
 
 # --- formats and modes -------------------------------------------------------------------
 
-@pytest.mark.parametrize(("fmt", "lossless"), [("PNG", True), ("BMP", True), ("TIFF", True),
-                                               ("JPEG", False)])
+
+@pytest.mark.parametrize(
+    ("fmt", "lossless"), [("PNG", True), ("BMP", True), ("TIFF", True), ("JPEG", False)]
+)
 def test_formats_decode_to_rgb_uint8(fmt: str, lossless: bool) -> None:
     pixels = _rgb() if lossless else _smooth_rgb()
     decoded = decode_image(_encode(Image.fromarray(pixels), fmt))
@@ -143,8 +146,10 @@ def test_exif_orientation_is_applied() -> None:
     data = _encode(Image.fromarray(pixels), "JPEG", quality=95, exif=exif.tobytes())
     decoded = decode_image(data)
     assert decoded.pixels.shape == (40, 20, 3)
-    left, right = decoded.pixels[:, :6].reshape(-1, 3).mean(0), decoded.pixels[:, -6:].reshape(
-        -1, 3).mean(0)
+    left, right = (
+        decoded.pixels[:, :6].reshape(-1, 3).mean(0),
+        decoded.pixels[:, -6:].reshape(-1, 3).mean(0),
+    )
     assert right[0] > 200 and right[2] < 60  # red on the right
     assert left[2] > 200 and left[0] < 60  # blue on the left
 
@@ -156,6 +161,7 @@ def test_encode_png_round_trips() -> None:
 
 # --- refusals ----------------------------------------------------------------------------
 
+
 def _truncated(fmt: str) -> bytes:
     data = _encode(Image.fromarray(_rgb(64, 64)), fmt)
     return data[: len(data) // 2]
@@ -165,8 +171,10 @@ def _truncated(fmt: str) -> bytes:
     ("data", "message"),
     [
         (b"", "empty"),
-        (np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
-         "not a recognised image"),
+        (
+            np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+            "not a recognised image",
+        ),
         (b"name,score\nbottle_01,0.3\nbottle_02,0.7\n" * 20, "not a recognised image"),
         (b"\x89PNG\r\n\x1a\n", "not a recognised image"),  # a signature alone
     ],

@@ -26,6 +26,7 @@ def _coverage_radius(points: np.ndarray, selected: np.ndarray) -> float:
 
 # --- nearest_distances -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("n", "m", "bank_chunk", "query_block"),
     [
@@ -85,6 +86,7 @@ def test_nearest_distances_zero_for_bank_members() -> None:
 
 
 # --- greedy_coreset ----------------------------------------------------------------------
+
 
 def _clustered(n_per: list[int], dim: int, seed: int) -> np.ndarray:
     """Gaussian clusters of unequal sizes (some rare) with well separated centres."""

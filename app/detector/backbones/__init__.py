@@ -45,7 +45,9 @@ BACKBONE_OPSET = 18
 
 
 def _at_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    current = next((imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx")), opset)
+    current = next(
+        (imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx")), opset
+    )
     if current == opset:
         return model
     return onnx.version_converter.convert_version(model, opset)
