@@ -33,7 +33,7 @@ class DetectorConfig:
     coreset_ratio: float = 0.1
     # Banks smaller than this keep every patch: few-shot banks are small and subsampling
     # them only loses coverage (PatchCore's coreset is a speed device for large banks).
-    min_bank_size: int = 4096
+    min_bank_size: int = 2048
     max_bank_size: int = 16384
     target_false_reject_rate: float = 0.01
     augment: Augmentation = "none"

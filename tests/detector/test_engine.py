@@ -20,7 +20,7 @@ from app.detector.engine import (
 )
 from app.errors import InvalidInputError, TrainingCancelledError
 
-# Small banks that really go through the coreset (the default keeps every patch below 4096).
+# Small banks that really go through the coreset (the default keeps every patch below 2048).
 CORESET_CONFIG = DetectorConfig(resolution=64, min_bank_size=1, coreset_ratio=0.25)
 
 
@@ -210,7 +210,7 @@ def test_bad_arrays_are_refused(
 def test_augmentation_grows_the_bank(
     detector: Detector, train_images: list[np.ndarray], mode: str, views: int
 ) -> None:
-    # Square images: every view has the same 8 x 8 grid; below 4096 patches all are kept.
+    # Square images: every view has the same 8 x 8 grid; below 2048 patches all are kept.
     model = detector.fit(train_images, DetectorConfig(resolution=64, augment=mode))
     assert model.bank_size == views * len(train_images) * 64
 
@@ -233,7 +233,7 @@ def test_fit_bank_size_follows_the_config(
     ("n", "settings", "expected"),
     [
         (192, {}, 192),  # below min_bank_size: everything
-        (20_000, {}, 4096),  # ratio gives 2000 < min 4096
+        (20_000, {}, 2048),  # ratio 2000 < min 2048
         (100_000, {}, 10_000),  # ratio
         (1_000_000, {}, DetectorConfig().max_bank_size),  # capped
         (192, {"min_bank_size": 1}, 20),  # ceil(19.2)
