@@ -1,4 +1,5 @@
-"""Builds the FastAPI app: routers, middleware, error handlers and the lifespan that owns the
+"""Builds the FastAPI app: logging, routers (each /v1 route with its access decision),
+middleware (request ids, metrics, body limits), error handlers and the lifespan that owns the
 process-wide objects (database engine, detector + backbones, model cache, training worker).
 
 The schema is not created here: ``nominal serve`` runs ``app.db.migrate.upgrade_to_head``
@@ -10,22 +11,26 @@ from __future__ import annotations
 import logging
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import app as package
-from app.api.deps import authenticate
 from app.api.errors import install_error_handlers, problem
-from app.api.routes import backbones, health, images, inspect, models, variants
+from app.api.routes import api_keys, backbones, health, images, inspect, models, variants
+from app.api.security import check_access_decisions
 from app.db.session import Database
 from app.detector.engine import Detector
 from app.detector.runtime import RuntimeOptions
+from app.logs import configure_logging, request_id_var
+from app.services import api_keys as api_key_service
 from app.services.backbones import BackboneLoader
 from app.services.inspection import ModelCache
 from app.services.metrics import Metrics
@@ -33,6 +38,7 @@ from app.services.training import TrainingWorker
 from app.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("app.access")
 
 JSON_BODY_LIMIT = 1024 * 1024  # variants and models take small JSON bodies only
 
@@ -48,13 +54,23 @@ Typical flow:
    poll `GET /v1/variants/bolt-m8/models/1` until `ready`
 4. `POST /v1/variants/bolt-m8/inspect` with the image (raw body or multipart `file`)
 
-Every error is an RFC 9457 problem document (`application/problem+json`). When
-`NOMINAL_ADMIN_KEY` is set, `/v1` requires it in `X-API-Key`.
+Every error is an RFC 9457 problem document (`application/problem+json`).
+
+Every `/v1` request carries an API key in `X-API-Key` (401 without a valid one). An `admin` key
+may do everything, key management (`/v1/api-keys`) included; an `inspector` key may inspect and
+read variants and model status, and gets 403 for anything that changes state.
+`NOMINAL_ADMIN_KEY` is an admin key from the environment, to create the first keys with.
 """
 
 
-class MetricsMiddleware:
-    """Counts requests and their latency by method, route *template* and status."""
+class ObservabilityMiddleware:
+    """Per request: the request id, metrics by route *template*, and one structured access line.
+
+    The id comes from ``X-Request-ID`` when the caller (or the load balancer) sends a sane one,
+    else it is generated; it is echoed in the response and stamped on every log line of the
+    request. Routers carry their full prefix (/v1/...), so the matched route's path is the
+    template; requests that match no route are counted as ``<unmatched>``, never by raw path.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -65,24 +81,43 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        sent = Headers(scope=scope).get("x-request-id", "")
+        request_id = sent if _REQUEST_ID.match(sent) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
         status = 500
 
-        async def send_with_status(message: Message) -> None:
+        async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                message["headers"] = [*message.get("headers", []),
+                                      (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_status)
+            await self.app(scope, receive, send_with_id)
         finally:
-            # Routers carry their full prefix (/v1/...), so the route's path is the template.
+            elapsed = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", None) or "<unmatched>"
             method = scope.get("method", "")
             self.metrics.requests.labels(method=method, route=template, status=str(status)).inc()
-            self.metrics.request_latency.labels(method=method, route=template).observe(
-                time.perf_counter() - started)
+            self.metrics.request_latency.labels(method=method, route=template).observe(elapsed)
+            client = scope.get("client")
+            access_log.log(
+                logging.DEBUG if template in _QUIET_ROUTES and status < 400 else logging.INFO,
+                "%s %s %d", method, template, status,
+                extra={"method": method, "route": template, "path": scope.get("path", ""),
+                       "status": status, "duration_ms": round(elapsed * 1000.0, 3),
+                       "client": client[0] if client else None})
+            request_id_var.reset(token)
+
+
+# Probes and scrapes arrive every few seconds: logged at DEBUG unless they fail.
+_QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+# What we accept as a caller's request id: bounded and printable, so it is safe in logs.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@+=/-]{1,128}$")
 
 
 class RequestTooLargeError(StarletteHTTPException):
@@ -160,6 +195,7 @@ _IMAGE_ROUTE = re.compile(r"^/v1/variants/[^/]+/(images|inspect|inspect/batch)/?
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI app for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_format)
     metrics = Metrics()
 
     @asynccontextmanager
@@ -189,6 +225,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.inference_limiter = anyio.CapacityLimiter(settings.inference_workers)
         log.info("nominal %s ready (database %s, worker %s)", package.__version__,
                  database.engine.url.render_as_string(hide_password=True), worker.worker_id)
+        await anyio.to_thread.run_sync(_warn_about_auth, settings, database)
         try:
             yield
         finally:
@@ -207,22 +244,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "models", "description": "training jobs, activation, ONNX download"},
             {"name": "inspect", "description": "scoring images with the active model"},
             {"name": "backbones", "description": "available feature extractors"},
-            {"name": "health", "description": "probes and metrics (no API key)"},
+            {"name": "api-keys", "description": "who may call the service (admin only)"},
+            {"name": "health", "description": "probes (no API key) and metrics"},
         ],
     )
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
-    # Added last = outermost: metrics see every answer, the 413 guard's included.
+    # Added last = outermost: request ids, metrics and access lines cover every answer, the
+    # 413 guard's included.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes,
                        json_max_bytes=JSON_BODY_LIMIT)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
 
-    auth = [Depends(authenticate)]
-    app.include_router(variants.router, dependencies=auth)
-    app.include_router(images.router, dependencies=auth)
-    app.include_router(models.router, dependencies=auth)
-    app.include_router(inspect.router, dependencies=auth)
-    app.include_router(backbones.router, dependencies=auth)
+    # Each /v1 route declares who may call it (app.api.security); no router-wide default.
+    for module in (variants, images, models, inspect, backbones, api_keys):
+        app.include_router(module.router)
     app.include_router(health.router)
+    if settings.metrics_access != "off":
+        app.include_router(health.metrics_router(settings.metrics_access))
+    check_access_decisions(app.routes)
     return app
+
+
+def _warn_about_auth(settings: Settings, database: Database) -> None:
+    """Say loudly when nobody is checked, or when nobody could manage keys."""
+    if not settings.auth_enabled:
+        log.warning("authentication is OFF (NOMINAL_AUTH_ENABLED=false): every caller acts as "
+                    "admin. For local development only; never expose this instance.")
+        return
+    if settings.admin_key is not None:
+        return
+    try:
+        with database.reading() as session:
+            admins = api_key_service.count_admin_keys(session)
+    except SQLAlchemyError:
+        return  # readiness reports the database
+    if admins == 0:
+        log.warning("no admin key: NOMINAL_ADMIN_KEY is not set and the database holds no admin "
+                    "API key, so nobody can create keys; set NOMINAL_ADMIN_KEY")

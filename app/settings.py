@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,8 +36,17 @@ class Settings(BaseSettings):
     models_dir: Path = Path("models")
     preload_backbones: tuple[str, ...] = ("efficientnet_lite0",)
 
-    # Authentication: when set, every /v1 request must carry it in X-API-Key.
+    # Authentication: on unless turned off explicitly (local development; a warning is logged).
+    # Every /v1 request carries a key in X-API-Key; NOMINAL_ADMIN_KEY is an admin key that
+    # lives in the environment only (bootstrap: create the stored keys with it).
+    auth_enabled: bool = True
     admin_key: SecretStr | None = None
+
+    # Observability.
+    metrics_access: Literal["open", "key", "off"] = Field(
+        default="open", description="/metrics: open to scrapers, behind any valid key, or off")
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # Limits on what callers may send.
     max_upload_bytes: int = Field(default=20 * MiB, ge=1024, description="per image file")
@@ -117,6 +127,11 @@ class Settings(BaseSettings):
         if len(value.get_secret_value()) < 16:
             raise ValueError("NOMINAL_ADMIN_KEY must be at least 16 characters")
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check_relations(self) -> Settings:

@@ -4,7 +4,8 @@ the real app behind a TestClient, and generated images.
 ``database_url`` is parametrised, so every test that uses it runs twice: ``[sqlite]`` on a
 fresh file, ``[postgresql]`` in a fresh schema of the server at 127.0.0.1:5432 (dropped after
 the test). Where that server does not answer, the PostgreSQL half is skipped with the reason.
-Set ``NOMINAL_TEST_POSTGRES_URL`` to use another server.
+Set ``NOMINAL_TEST_POSTGRES_URL`` to use another server, and ``NOMINAL_TEST_REQUIRE_POSTGRES=1``
+(as .ci/run does) to fail instead of skipping when it does not answer.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,8 @@ from app.settings import Settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = ROOT / "models"
+# The bootstrap admin key of test apps; ``client`` sends it unless told otherwise.
+ADMIN_KEY = "test-admin-key-0123456789"
 POSTGRES_URL = os.environ.get("NOMINAL_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -56,6 +60,12 @@ def _postgres_unavailable() -> str | None:
     return _postgres_error  # type: ignore[return-value]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "replicas: two uvicorn processes on PostgreSQL (about 20 s; in the normal "
+                   "suite, deselect with -m 'not replicas')")
+
+
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """The repository's models/ with the default backbone built (once, if set-up has not)."""
@@ -65,15 +75,16 @@ def models_dir() -> Path:
     return MODELS_DIR
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A freshly migrated database: a new SQLite file, or a new PostgreSQL schema."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'nominal.db'}"
-        upgrade_to_head(url)
-        yield url
+@contextmanager
+def fresh_database(kind: str, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a new SQLite file, or a new schema on the PostgreSQL server (dropped
+    afterwards; the URL pins ``search_path`` to it). Skips when PostgreSQL does not answer."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'nominal.db'}"
         return
     reason = _postgres_unavailable()
+    if reason and os.environ.get("NOMINAL_TEST_REQUIRE_POSTGRES"):
+        pytest.fail(f"{reason} (NOMINAL_TEST_REQUIRE_POSTGRES is set, as in CI)")
     if reason:
         pytest.skip(reason)
     schema = f"t_{uuid.uuid4().hex[:12]}"
@@ -81,14 +92,40 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     with admin.begin() as connection:
         connection.execute(text(f'CREATE SCHEMA "{schema}"'))
     url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    rendered = url.render_as_string(hide_password=False)
     try:
-        upgrade_to_head(rendered)
-        yield rendered
+        yield url.render_as_string(hide_password=False)
     finally:
         with admin.begin() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(name="fresh_database", scope="session")
+def _fresh_database_fixture() -> Callable[[str, Path], AbstractContextManager[str]]:
+    """``fresh_database(kind, tmp_path)`` for fixtures of a wider scope than a test."""
+    return fresh_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database without any table, on each backend."""
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def database_url(empty_database_url: str) -> str:
+    """A freshly migrated database (``upgrade head``), on each backend."""
+    upgrade_to_head(empty_database_url)
+    return empty_database_url
+
+
+@pytest.fixture
+def postgres_database_url(tmp_path: Path) -> Iterator[str]:
+    """A freshly migrated PostgreSQL schema, for tests that only make sense there."""
+    with fresh_database("postgresql", tmp_path) as url:
+        upgrade_to_head(url)
+        yield url
 
 
 def make_settings(database_url: str, models_dir: Path, **overrides: Any) -> Settings:
@@ -104,10 +141,17 @@ def make_settings(database_url: str, models_dir: Path, **overrides: Any) -> Sett
         "inference_threads": 1,
         "inference_workers": 2,
         "db_pool_size": 4,
-        "admin_key": None,  # whatever the developer's shell exports
+        "auth_enabled": True,
+        "admin_key": ADMIN_KEY,  # not whatever the developer's shell exports
     }
     values.update(overrides)
     return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def admin_key() -> str:
+    """The bootstrap admin key (NOMINAL_ADMIN_KEY) of test apps."""
+    return ADMIN_KEY
 
 
 @pytest.fixture
@@ -117,12 +161,14 @@ def settings(database_url: str, models_dir: Path) -> Settings:
 
 @pytest.fixture
 def make_client(models_dir: Path, database_url: str) -> Iterator[Callable[..., TestClient]]:
-    """``make_client(**setting_overrides)``: a started app on this test's database. Clients
-    are closed (lifespan shutdown) at the end of the test."""
+    """``make_client(api_key=..., **setting_overrides)``: a started app on this test's database,
+    sending ``api_key`` (default: the bootstrap admin key; None: no key) with every request.
+    Clients are closed (lifespan shutdown) at the end of the test."""
     opened: list[TestClient] = []
 
-    def make(**overrides: Any) -> TestClient:
-        client = TestClient(create_app(make_settings(database_url, models_dir, **overrides)))
+    def make(api_key: str | None = ADMIN_KEY, **overrides: Any) -> TestClient:
+        client = TestClient(create_app(make_settings(database_url, models_dir, **overrides)),
+                            headers={"X-API-Key": api_key} if api_key else None)
         client.__enter__()
         opened.append(client)
         return client

@@ -6,19 +6,15 @@ app's lifespan and live on ``app.state``; these functions hand them to handlers.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 
-from fastapi import Depends, Path, Request, Security
-from fastapi.security import APIKeyHeader
+from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 
 from app.db.models import Variant
 from app.db.session import Database
 from app.detector.engine import Detector
-from app.errors import AuthenticationError
 from app.services import variants as variant_service
 from app.services.backbones import BackboneLoader
 from app.services.inspection import ModelCache
@@ -91,38 +87,3 @@ ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 WorkerDep = Annotated[TrainingWorker, Depends(get_worker)]
 BackboneLoaderDep = Annotated[BackboneLoader, Depends(get_backbone_loader)]
-
-
-# ---------------------------------------------------------------------------- authentication
-
-Role = Literal["admin", "inspector", "anonymous"]
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling. Today: the admin (key configured and given) or anonymous (no key
-    configured). Roles per key (admin / inspector) drop in here later; handlers that need a
-    role will depend on ``require_role(...)`` built on this."""
-
-    role: Role
-    key_id: str | None = None
-
-
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
-                               description="required when NOMINAL_ADMIN_KEY is set")
-
-
-def authenticate(settings: SettingsDep,
-                 api_key: Annotated[str | None, Security(_api_key_header)] = None) -> Principal:
-    """Check ``X-API-Key`` against ``NOMINAL_ADMIN_KEY`` in constant time (401 otherwise)."""
-    if settings.admin_key is None:
-        return Principal(role="anonymous")
-    if not api_key:
-        raise AuthenticationError("missing X-API-Key header")
-    expected = settings.admin_key.get_secret_value().encode()
-    if not hmac.compare_digest(api_key.encode(), expected):
-        raise AuthenticationError("invalid API key")
-    return Principal(role="admin", key_id="admin")
-
-
-ApiKeyDep = Annotated[Principal, Depends(authenticate)]

@@ -136,9 +136,18 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem(500, "an unexpected error occurred; it has been logged",
-                   type_=TYPE_PREFIX + "internal", instance=request.url.path)
+    # Starlette runs this handler outside every middleware, so the request id comes from the
+    # scope's state (set by the observability middleware), not from the context variable.
+    request_id: str | None = getattr(request.state, "request_id", None)
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc,
+                  extra={"request_id": request_id})
+    if request_id is None:
+        return problem(500, "an unexpected error occurred; it has been logged",
+                       type_=TYPE_PREFIX + "internal", instance=request.url.path)
+    return problem(500, f"an unexpected error occurred; it has been logged with request id "
+                        f"{request_id}", type_=TYPE_PREFIX + "internal",
+                   instance=request.url.path, headers={"X-Request-ID": request_id},
+                   request_id=request_id)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.db.models import Image, ImageLabel, Model, ModelStatus
+from app.db.models import ApiKey, ApiKeyRole, Image, ImageLabel, Model, ModelStatus
 from app.detector.config import DEFAULT_BACKBONE
 from app.services.backbones import BackboneInfo
 from app.services.inspection import Inspection
@@ -374,3 +374,43 @@ class ReadinessPublic(BaseModel):
 
     status: Literal["ready"]
     checks: dict[str, str]
+
+
+# ---------------------------------------------------------------------------- API keys
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"name": "line-3-camera", "role": "inspector"}]})
+
+    name: str = Field(min_length=1, max_length=63, description="who or what uses the key")
+    role: ApiKeyRole = Field(description="admin: everything; inspector: inspect and read "
+                                         "variants and model status, change nothing")
+
+
+_API_KEY_EXAMPLE: dict[str, Any] = {"id": 3, "name": "line-3-camera", "role": "inspector",
+                                    "created_at": _NOW}
+
+
+class ApiKeyPublic(BaseModel):
+    """A stored key without its secret (which is never stored)."""
+
+    model_config = _examples(_API_KEY_EXAMPLE)
+
+    id: int
+    name: str
+    role: ApiKeyRole
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: ApiKey) -> ApiKeyPublic:
+        return cls(id=row.id, name=row.name, role=ApiKeyRole(row.role), created_at=row.created_at)
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    """The new key, with ``key``: shown this once, never again."""
+
+    model_config = _examples({
+        **_API_KEY_EXAMPLE, "key": "nom_3f9a0c1b2d4e_q7yJ0v3k9vXo2mQ8mG3l0b2eYtq9xq0sXb1rJt7mH4k"})
+
+    key: str = Field(description="send it in X-API-Key; store it now, it cannot be shown again")

@@ -4,6 +4,7 @@ any variant and a database backup is a backup of everything.
     variant ─┬─< image                  uploaded bytes, one row per distinct sha256 per variant
              ├─< model ──1 model_artifact   training job + result; the ONNX blob apart
              └── active_model_id ─> model   the version inspect uses (NULL until one is ready)
+    api_key                         callers: a role and the sha256 of a random key, never the key
 
 Blobs (``image.data``, ``model_artifact.onnx``) are deferred or in their own table, so listing
 rows never reads megabytes.
@@ -183,4 +184,30 @@ class ModelArtifact(Base):
     onnx: Mapped[bytes] = mapped_column(LargeBinary)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ApiKeyRole(enum.StrEnum):
+    """What a key may do: ``admin`` everything; ``inspector`` read and inspect, change nothing."""
+
+    admin = "admin"
+    inspector = "inspector"
+
+
+class ApiKey(Base):
+    """A caller's credential. The key itself is shown once at creation and never stored: only
+    ``lookup`` (the public part embedded in the key, to find the row without scanning) and the
+    sha256 of the whole key, compared in constant time."""
+
+    __tablename__ = "api_key"
+    __table_args__ = (
+        UniqueConstraint("lookup"),
+        CheckConstraint("role IN ('admin', 'inspector')", name="role"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    role: Mapped[str] = mapped_column(String(16))
+    lookup: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

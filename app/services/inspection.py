@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -25,11 +26,15 @@ from app.errors import NoActiveModelError, NotFoundError
 from app.services.images import decode
 from app.services.metrics import Metrics
 
-CacheKey = tuple[int, int]  # (variant id, model version)
+# (variant id, model version, artefact sha256, ...): the first item is the variant, for eviction.
+# The sha256 makes a key name one file for good: SQLite reuses the ids of deleted rows, and
+# another process (a second replica or uvicorn worker) never hears of a deletion, so
+# (variant id, version) alone could come back meaning a different model.
+CacheKey = tuple[Any, ...]
 
 
 class ModelCache:
-    """LRU of loaded ``CompiledModel`` sessions keyed by (variant id, version), at most
+    """LRU of loaded ``CompiledModel`` sessions keyed by ``CacheKey``, at most
     ``capacity`` of them. Thread-safe; concurrent misses of one key load it once."""
 
     def __init__(self, capacity: int, options: RuntimeOptions,
@@ -97,6 +102,7 @@ class ActiveModel:
     variant: str
     model_id: int
     version: int
+    artifact_sha256: str | None  # None: the model's file is gone (deleted meanwhile)
 
 
 @dataclass(frozen=True)
@@ -113,35 +119,47 @@ class Inspection:
 
 
 def active_model(database: Database, *, name: str) -> ActiveModel:
-    """The variant's active model, read fresh from the database (cheap: two indexed keys)."""
+    """The variant's active model, read fresh from the database on every request (one query
+    over three primary / unique keys), so an activation on any replica is served at once."""
     with database.reading() as session:
         row = session.execute(
-            select(Variant.id, Variant.active_model_id, Model.version)
+            select(Variant.id, Variant.active_model_id, Model.version, ModelArtifact.sha256)
             .outerjoin(Model, Model.id == Variant.active_model_id)
+            .outerjoin(ModelArtifact, ModelArtifact.model_id == Variant.active_model_id)
             .where(Variant.name == name)
         ).one_or_none()
     if row is None:
         raise NotFoundError(f"variant {name!r} not found")
-    variant_id, model_id, version = row
+    variant_id, model_id, version, sha256 = row
     if model_id is None:
         raise NoActiveModelError(
             f"variant {name!r} has no active model yet; train one with POST "
             f"/v1/variants/{name}/models and wait until it is ready"
         )
-    return ActiveModel(variant_id=variant_id, variant=name, model_id=model_id, version=version)
+    return ActiveModel(variant_id=variant_id, variant=name, model_id=model_id, version=version,
+                       artifact_sha256=sha256)
+
+
+def _gone(active: ActiveModel) -> NotFoundError:
+    """A variant or model deleted while this request was under way: a clean 404."""
+    return NotFoundError(f"model version {active.version} of variant {active.variant!r} is no "
+                         "longer stored (deleted meanwhile)")
 
 
 def load_model(database: Database, cache: ModelCache, active: ActiveModel) -> CompiledModel:
+    if active.artifact_sha256 is None:
+        raise _gone(active)
+
     def read_artifact() -> bytes:
         with database.reading() as session:
             data = session.scalar(select(ModelArtifact.onnx)
-                                  .where(ModelArtifact.model_id == active.model_id))
+                                  .where(ModelArtifact.model_id == active.model_id,
+                                         ModelArtifact.sha256 == active.artifact_sha256))
         if data is None:
-            raise NotFoundError(f"model version {active.version} of {active.variant!r} has no "
-                                "stored ONNX file")
+            raise _gone(active)
         return bytes(data)
 
-    return cache.get((active.variant_id, active.version), read_artifact)
+    return cache.get((active.variant_id, active.version, active.artifact_sha256), read_artifact)
 
 
 def inspect_images(database: Database, cache: ModelCache, metrics: Metrics, *, name: str,

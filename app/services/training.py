@@ -348,6 +348,11 @@ class TrainingWorker:
             elapsed = time.perf_counter() - started
             self.metrics.training_duration.labels(outcome=outcome).observe(elapsed)
             self.metrics.training_jobs.labels(outcome=outcome).inc()
+            log.info("training job %d (variant %d, version %d) %s in %.2f s", claim.model_id,
+                     claim.variant_id, claim.version, outcome, elapsed,
+                     extra={"job_id": claim.model_id, "variant_id": claim.variant_id,
+                            "version": claim.version, "outcome": outcome,
+                            "duration_s": round(elapsed, 3), "worker": self.worker_id})
 
     def _fit(self, claim: _Claim) -> FittedModel:
         with self.database.reading() as session:

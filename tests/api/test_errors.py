@@ -36,17 +36,21 @@ def test_statuses_match_the_documented_tree() -> None:
             assert lines[0].rstrip().endswith(str(status)), (cls.__name__, lines[0])
 
 
-def test_unexpected_error_is_a_500_problem_without_internals(settings: Any) -> None:
+def test_unexpected_error_is_a_500_problem_without_internals(settings: Any,
+                                                            admin_key: str) -> None:
     app = create_app(settings)
 
     def boom() -> None:
         raise RuntimeError("secret internals: password=hunter2")
 
     app.dependency_overrides[get_variant] = boom
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False,
+                    headers={"X-API-Key": admin_key, "X-Request-ID": "req-500"}) as client:
         response = client.get("/v1/variants/bolt")
     assert response.status_code == 500
     assert response.headers["content-type"].startswith("application/problem+json")
     body = response.json()
     assert body["status"] == 500 and body["title"] == "Internal Server Error"
     assert "hunter2" not in response.text and "Traceback" not in response.text
+    # The id to quote to whoever reads the logs, where the traceback went.
+    assert body["request_id"] == "req-500" == response.headers["x-request-id"]

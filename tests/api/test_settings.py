@@ -13,7 +13,8 @@ from app.settings import Settings
 def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     for name in ("NOMINAL_DATABASE_URL", "NOMINAL_ADMIN_KEY", "NOMINAL_MAX_UPLOAD_BYTES",
-                 "NOMINAL_MAX_IMAGE_PIXELS"):
+                 "NOMINAL_MAX_IMAGE_PIXELS", "NOMINAL_AUTH_ENABLED", "NOMINAL_METRICS_ACCESS",
+                 "NOMINAL_LOG_FORMAT", "NOMINAL_LOG_LEVEL"):
         monkeypatch.delenv(name, raising=False)
     settings = Settings()
     assert settings.database_url == "sqlite:///./data/nominal.db"
@@ -21,6 +22,20 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert settings.max_upload_bytes == 20 * 1024 * 1024
     assert settings.max_image_pixels == 40_000_000
     assert settings.admin_key is None
+    # Secure by default: authentication is on unless turned off explicitly.
+    assert settings.auth_enabled is True
+    assert settings.metrics_access == "open"
+    assert (settings.log_format, settings.log_level) == ("json", "INFO")
+
+
+def test_auth_is_turned_off_only_explicitly(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    monkeypatch.setenv("NOMINAL_DATABASE_URL", f"sqlite:///{tmp_path}/n.db")
+    monkeypatch.setenv("NOMINAL_AUTH_ENABLED", "false")
+    assert Settings().auth_enabled is False
+    monkeypatch.setenv("NOMINAL_AUTH_ENABLED", "maybe")
+    with pytest.raises(ValidationError, match="auth_enabled"):
+        Settings()
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

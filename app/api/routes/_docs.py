@@ -10,7 +10,9 @@ from app.api.schemas import ProblemPublic
 
 _EXAMPLES: dict[int, tuple[str, type[errors.NominalError] | None]] = {
     400: ("malformed multipart body", None),
-    401: ("missing X-API-Key header", errors.AuthenticationError),
+    401: ("missing API key: send it in the X-API-Key header", errors.AuthenticationError),
+    403: ("this operation needs the admin role; the key 'line-3' has the inspector role",
+          errors.PermissionDeniedError),
     404: ("variant 'bolt-m8' not found", errors.NotFoundError),
     409: ("variant 'bolt-m8' has no active model yet", errors.NoActiveModelError),
     413: ("files[0] ('big.png'): image is 20000x20000 = 400000000 px; the limit is 40000000 px",
@@ -24,9 +26,9 @@ _EXAMPLES: dict[int, tuple[str, type[errors.NominalError] | None]] = {
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` entries documenting ``statuses`` (401 and 422 are always possible)."""
+    """``responses=`` entries documenting ``statuses`` (401, 403 and 422 are always possible)."""
     out: dict[int | str, dict[str, Any]] = {}
-    for status in sorted({401, 422, *statuses}):
+    for status in sorted({401, 403, 422, *statuses}):
         detail, cls = _EXAMPLES[status]
         out[status] = {
             "model": ProblemPublic,

@@ -1,8 +1,10 @@
-"""Probes and metrics, open without an API key: ``/healthz``, ``/readyz``, ``/metrics``."""
+"""Probes and metrics: ``/healthz`` and ``/readyz`` are always open (orchestrators call them
+without keys); ``/metrics`` is open, behind a key or off (``NOMINAL_METRICS_ACCESS``)."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any, Literal
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -14,6 +16,7 @@ from app.api.deps import BackboneLoaderDep, DatabaseDep, MetricsDep, ModelCacheD
 from app.api.errors import TYPE_PREFIX, problem
 from app.api.routes._docs import problems
 from app.api.schemas import HealthPublic, ReadinessPublic
+from app.api.security import AccessRoute, InspectorAccess
 from app.services.training import active_versions
 
 log = logging.getLogger(__name__)
@@ -51,11 +54,6 @@ def readyz(database: DatabaseDep, loader: BackboneLoaderDep) -> ReadinessPublic 
                    instance="/readyz", checks=checks)
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": (
-                "# TYPE nominal_anomalies_total counter\n"
-                'nominal_anomalies_total{variant="bolt-m8"} 3.0\n')}},
-                "description": "Prometheus text exposition"}})
 def metrics_endpoint(metrics: MetricsDep, database: DatabaseDep,
                      cache: ModelCacheDep) -> Response:
     """Prometheus metrics of this replica (requests by route template, inspect latency and score
@@ -67,3 +65,21 @@ def metrics_endpoint(metrics: MetricsDep, database: DatabaseDep,
         log.warning("metrics: could not read active versions", exc_info=True)
     metrics.model_cache_size.set(len(cache))
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+_METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {200: {
+    "content": {CONTENT_TYPE_LATEST: {"example": (
+        "# TYPE nominal_anomalies_total counter\n"
+        'nominal_anomalies_total{variant="bolt-m8"} 3.0\n')}},
+    "description": "Prometheus text exposition"}}
+
+
+def metrics_router(access: Literal["open", "key"]) -> APIRouter:
+    """``/metrics``, open to scrapers or (``key``) behind any valid API key, per
+    ``NOMINAL_METRICS_ACCESS``; ``off`` does not mount it at all."""
+    router = APIRouter(tags=["health"], route_class=AccessRoute)
+    router.add_api_route(
+        "/metrics", metrics_endpoint, methods=["GET"], response_class=Response,
+        dependencies=[InspectorAccess] if access == "key" else [],
+        responses={**_METRICS_RESPONSES, **(problems() if access == "key" else {})})
+    return router

@@ -9,13 +9,15 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 from app.api.deps import DatabaseDep, ImageId, SessionDep, SettingsDep, VariantDep, VariantName
 from app.api.routes._docs import problems
 from app.api.schemas import ImagePage, ImagePublic, ImagesUploaded, ImageUploaded
+from app.api.security import AccessRoute, AdminAccess
 from app.db.models import ImageLabel
 from app.errors import LimitExceededError
 from app.services import images as service
 from app.services import variants as variant_service
 from app.settings import Settings
 
-router = APIRouter(prefix="/v1/variants/{name}/images", tags=["images"])
+router = APIRouter(prefix="/v1/variants/{name}/images", tags=["images"],
+                   route_class=AccessRoute)
 
 MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg", "BMP": "image/bmp",
                "TIFF": "image/tiff", "GIF": "image/gif", "WEBP": "image/webp"}
@@ -37,7 +39,8 @@ def read_upload(file: UploadFile, index: int, settings: Settings) -> service.Upl
     return service.Upload(filename=file.filename, data=data)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ImagesUploaded,
+@router.post("", dependencies=[AdminAccess],
+             status_code=status.HTTP_201_CREATED, response_model=ImagesUploaded,
              responses=problems(404, 413, 400))
 def upload_images(
     name: VariantName,
@@ -65,7 +68,8 @@ def upload_images(
     ])
 
 
-@router.get("", response_model=ImagePage, responses=problems(404))
+@router.get("", dependencies=[AdminAccess],
+            response_model=ImagePage, responses=problems(404))
 def list_images(
     variant: VariantDep,
     session: SessionDep,
@@ -80,13 +84,15 @@ def list_images(
                      offset=offset)
 
 
-@router.get("/{image_id}", response_model=ImagePublic, responses=problems(404))
+@router.get("/{image_id}", dependencies=[AdminAccess],
+            response_model=ImagePublic, responses=problems(404))
 def get_image(variant: VariantDep, image_id: ImageId, session: SessionDep) -> ImagePublic:
     """One image's metadata."""
     return ImagePublic.of(service.get_image(session, variant=variant, image_id=image_id))
 
 
-@router.get("/{image_id}/content", responses={
+@router.get("/{image_id}/content", dependencies=[AdminAccess],
+            responses={
     200: {"content": {"image/png": {}, "image/jpeg": {}, "image/bmp": {}, "image/tiff": {}},
           "description": "the stored bytes, exactly as uploaded"}, **problems(404)})
 def get_image_content(variant: VariantDep, image_id: ImageId, session: SessionDep) -> Response:
@@ -97,7 +103,8 @@ def get_image_content(variant: VariantDep, image_id: ImageId, session: SessionDe
                     headers={"ETag": f'"{image.sha256}"'})
 
 
-@router.delete("/{image_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404))
+@router.delete("/{image_id}", dependencies=[AdminAccess],
+               status_code=status.HTTP_204_NO_CONTENT, responses=problems(404))
 def delete_image(variant: VariantDep, image_id: ImageId, session: SessionDep) -> Response:
     """Remove one image (models already trained are not affected)."""
     service.delete_image(session, variant=variant, image_id=image_id)

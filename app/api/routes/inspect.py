@@ -19,11 +19,13 @@ from starlette.exceptions import HTTPException
 from app.api.deps import DatabaseDep, MetricsDep, ModelCacheDep, SettingsDep, VariantName
 from app.api.routes._docs import problems
 from app.api.schemas import BatchInspectionPublic, InspectionPublic
+from app.api.security import AccessRoute, InspectorAccess
 from app.errors import InvalidInputError, LimitExceededError, UnsupportedMediaError
 from app.services.inspection import Inspection, inspect_images
 from app.settings import Settings
 
-router = APIRouter(prefix="/v1/variants/{name}/inspect", tags=["inspect"])
+router = APIRouter(prefix="/v1/variants/{name}/inspect", tags=["inspect"],
+                   route_class=AccessRoute)
 
 RAW_MEDIA_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/tiff", "image/x-ms-bmp",
                    "application/octet-stream")
@@ -127,7 +129,8 @@ async def _run(request: Request, **kwargs: Any) -> list[Inspection]:
     return await anyio.to_thread.run_sync(partial(inspect_images, **kwargs), limiter=limiter)
 
 
-@router.post("", response_model=InspectionPublic, openapi_extra=_SINGLE_BODY,
+@router.post("", dependencies=[InspectorAccess],
+             response_model=InspectionPublic, openapi_extra=_SINGLE_BODY,
              responses={200: {"description": "the verdict (JSON), or the heatmap overlay PNG "
                                              "with `?heatmap=png` / `Accept: image/png`",
                               **_HEATMAP_RESPONSE},
@@ -163,7 +166,8 @@ async def inspect(
     return InspectionPublic.of(result)
 
 
-@router.post("/batch", response_model=list[BatchInspectionPublic], openapi_extra=_BATCH_BODY,
+@router.post("/batch", dependencies=[InspectorAccess],
+             response_model=list[BatchInspectionPublic], openapi_extra=_BATCH_BODY,
              responses=problems(404, 409, 413, 415, 400))
 async def inspect_batch(
     name: VariantName,

@@ -9,12 +9,15 @@ from fastapi import APIRouter, Body, Query, Request, Response, status
 from app.api.deps import SessionDep, VariantDep, Version, WorkerDep
 from app.api.routes._docs import problems
 from app.api.schemas import ModelCreate, ModelPage, ModelPublic
+from app.api.security import AccessRoute, AdminAccess, InspectorAccess
 from app.services import training as service
 
-router = APIRouter(prefix="/v1/variants/{name}/models", tags=["models"])
+router = APIRouter(prefix="/v1/variants/{name}/models", tags=["models"],
+                   route_class=AccessRoute)
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=ModelPublic,
+@router.post("", dependencies=[AdminAccess],
+             status_code=status.HTTP_202_ACCEPTED, response_model=ModelPublic,
              responses=problems(404, 409))
 def train(variant: VariantDep, session: SessionDep, worker: WorkerDep, request: Request,
           response: Response, body: Annotated[ModelCreate | None, Body()] = None) -> ModelPublic:
@@ -29,7 +32,8 @@ def train(variant: VariantDep, session: SessionDep, worker: WorkerDep, request: 
     return ModelPublic.of(job, active_model_id=variant.active_model_id)
 
 
-@router.get("", response_model=ModelPage, responses=problems(404))
+@router.get("", dependencies=[InspectorAccess],
+            response_model=ModelPage, responses=problems(404))
 def list_models(variant: VariantDep, session: SessionDep,
                 limit: Annotated[int, Query(ge=1, le=500)] = 100,
                 offset: Annotated[int, Query(ge=0, le=2**31)] = 0) -> ModelPage:
@@ -39,7 +43,8 @@ def list_models(variant: VariantDep, session: SessionDep,
                             for m in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{version}", response_model=ModelPublic, responses=problems(404))
+@router.get("/{version}", dependencies=[InspectorAccess],
+            response_model=ModelPublic, responses=problems(404))
 def get_model(variant: VariantDep, version: Version, session: SessionDep) -> ModelPublic:
     """Status, progress (0..1), threshold and calibration figures of one version."""
     model = service.get_model(session, variant=variant, version=version)
@@ -47,7 +52,8 @@ def get_model(variant: VariantDep, version: Version, session: SessionDep) -> Mod
     return ModelPublic.of(model, active_model_id=variant.active_model_id, onnx_size_bytes=size)
 
 
-@router.post("/{version}/cancel", response_model=ModelPublic, responses=problems(404, 409))
+@router.post("/{version}/cancel", dependencies=[AdminAccess],
+             response_model=ModelPublic, responses=problems(404, 409))
 def cancel(variant: VariantDep, version: Version, session: SessionDep) -> ModelPublic:
     """Cancel a queued job, or ask a running one to stop (``cancel_requested`` until it does).
     409 for a finished job."""
@@ -55,7 +61,8 @@ def cancel(variant: VariantDep, version: Version, session: SessionDep) -> ModelP
     return ModelPublic.of(model, active_model_id=variant.active_model_id)
 
 
-@router.post("/{version}/activate", response_model=ModelPublic, responses=problems(404, 409))
+@router.post("/{version}/activate", dependencies=[AdminAccess],
+             response_model=ModelPublic, responses=problems(404, 409))
 def activate(variant: VariantDep, version: Version, session: SessionDep) -> ModelPublic:
     """Make this ready version the active one (roll forward or back); atomic, and seen by
     every replica on its next inspect."""
@@ -63,7 +70,8 @@ def activate(variant: VariantDep, version: Version, session: SessionDep) -> Mode
     return ModelPublic.of(model, active_model_id=model.id)
 
 
-@router.delete("/{version}", status_code=status.HTTP_204_NO_CONTENT,
+@router.delete("/{version}", dependencies=[AdminAccess],
+               status_code=status.HTTP_204_NO_CONTENT,
                responses=problems(404, 409))
 def delete(variant: VariantDep, version: Version, session: SessionDep) -> Response:
     """Delete a finished model that is not active."""
@@ -71,7 +79,8 @@ def delete(variant: VariantDep, version: Version, session: SessionDep) -> Respon
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{version}/onnx", responses={
+@router.get("/{version}/onnx", dependencies=[AdminAccess],
+            responses={
     200: {"content": {"application/octet-stream": {}},
           "description": "single-file ONNX model: input `image` uint8 [H, W, 3] RGB; outputs "
                          "`score` float32 [1] and `anomaly_map` float32 [H, W]; threshold and "

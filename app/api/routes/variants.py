@@ -9,15 +9,18 @@ from fastapi import APIRouter, Query, Request, Response, status
 from app.api.deps import ModelCacheDep, SessionDep, VariantDep
 from app.api.routes._docs import problems
 from app.api.schemas import VariantCreate, VariantPage, VariantPublic, VariantUpdate
+from app.api.security import AccessRoute, AdminAccess, InspectorAccess
 from app.services import variants as service
 
-router = APIRouter(prefix="/v1/variants", tags=["variants"])
+router = APIRouter(prefix="/v1/variants", tags=["variants"],
+                   route_class=AccessRoute)
 
 Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
 Offset = Annotated[int, Query(ge=0, le=2**31, description="items to skip")]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=VariantPublic,
+@router.post("", dependencies=[AdminAccess],
+             status_code=status.HTTP_201_CREATED, response_model=VariantPublic,
              responses=problems(409))
 def create_variant(body: VariantCreate, session: SessionDep, response: Response,
                    request: Request) -> VariantPublic:
@@ -28,7 +31,8 @@ def create_variant(body: VariantCreate, session: SessionDep, response: Response,
     return VariantPublic.of(service.summarize(session, [variant])[0])
 
 
-@router.get("", response_model=VariantPage, responses=problems())
+@router.get("", dependencies=[InspectorAccess],
+            response_model=VariantPage, responses=problems())
 def list_variants(session: SessionDep, limit: Limit = 100, offset: Offset = 0) -> VariantPage:
     """Variants by name, one page at a time."""
     rows, total = service.list_variants(session, limit=limit, offset=offset)
@@ -36,13 +40,15 @@ def list_variants(session: SessionDep, limit: Limit = 100, offset: Offset = 0) -
                        total=total, limit=limit, offset=offset)
 
 
-@router.get("/{name}", response_model=VariantPublic, responses=problems(404))
+@router.get("/{name}", dependencies=[InspectorAccess],
+            response_model=VariantPublic, responses=problems(404))
 def get_variant(variant: VariantDep, session: SessionDep) -> VariantPublic:
     """One variant with its effective settings, image counts and active model version."""
     return VariantPublic.of(service.summarize(session, [variant])[0])
 
 
-@router.patch("/{name}", response_model=VariantPublic, responses=problems(404))
+@router.patch("/{name}", dependencies=[AdminAccess],
+              response_model=VariantPublic, responses=problems(404))
 def update_variant(variant: VariantDep, body: VariantUpdate, session: SessionDep) -> VariantPublic:
     """Change the description or settings (settings apply to models trained afterwards)."""
     service.update_variant(session, variant=variant, description=body.description,
@@ -50,7 +56,8 @@ def update_variant(variant: VariantDep, body: VariantUpdate, session: SessionDep
     return VariantPublic.of(service.summarize(session, [variant])[0])
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404))
+@router.delete("/{name}", dependencies=[AdminAccess],
+               status_code=status.HTTP_204_NO_CONTENT, responses=problems(404))
 def delete_variant(variant: VariantDep, session: SessionDep, cache: ModelCacheDep) -> Response:
     """Delete the variant with all its images and models."""
     variant_id = variant.id
