@@ -21,16 +21,20 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.db.migrate import upgrade_to_head
+    from app.logs import configure_logging
     from app.main import create_app
     from app.settings import get_settings
 
     settings = get_settings()
+    # Before the migration, so Alembic's lines come out in the service's format and level.
+    configure_logging(settings.log_level, settings.log_format)
     upgrade_to_head(settings.database_url)
     uvicorn.run(
         create_app(settings),
         host=args.host,
         port=args.port,
         log_config=None,
+        access_log=False,  # ObservabilityMiddleware logs one structured line per request
         proxy_headers=True,
         timeout_graceful_shutdown=10,
     )
@@ -92,8 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from app.settings import SettingsError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        print_settings_error(exc)
+        return 2
+
+
+def print_settings_error(exc: Exception) -> None:
+    """The problems of invalid settings on stderr, one a line (no traceback, no secrets)."""
+    problems = getattr(exc, "problems", [str(exc)])
+    print("nominal: invalid settings (NOMINAL_* environment variables):", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,9 @@ Every error is an RFC 9457 problem document (`application/problem+json`).
 Every `/v1` request carries an API key in `X-API-Key` (401 without a valid one). An `admin` key
 may do everything, key management (`/v1/api-keys`) included; an `inspector` key may inspect and
 read variants and model status, and gets 403 for anything that changes state.
-`NOMINAL_ADMIN_KEY` is an admin key from the environment, to create the first keys with.
+`NOMINAL_ADMIN_KEY` is an admin key from the environment, to create the first keys with;
+without it, the first start stores an admin key and writes it to `data/initial-admin-key`
+(`NOMINAL_INITIAL_KEY_FILE`).
 """
 
 
@@ -225,6 +227,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.inference_limiter = anyio.CapacityLimiter(settings.inference_workers)
         log.info("nominal %s ready (database %s, worker %s)", package.__version__,
                  database.engine.url.render_as_string(hide_password=True), worker.worker_id)
+        await anyio.to_thread.run_sync(_initial_admin_key, settings, database)
         await anyio.to_thread.run_sync(_warn_about_auth, settings, database)
         try:
             yield
@@ -265,6 +268,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(health.metrics_router(settings.metrics_access))
     check_access_decisions(app.routes)
     return app
+
+
+def _initial_admin_key(settings: Settings, database: Database) -> None:
+    """First run without ``NOMINAL_ADMIN_KEY``: store an admin key and write it to
+    ``NOMINAL_INITIAL_KEY_FILE``, so the service is usable without reading the docs first.
+    Nothing happens once any admin key exists (restarts, other replicas)."""
+    if not settings.auth_enabled or settings.admin_key is not None:
+        return
+    try:
+        with database.session(write=True) as session:
+            row = api_key_service.create_initial_admin_key(
+                session, key_file=settings.initial_key_file)
+    except SQLAlchemyError:
+        log.exception("could not create the initial admin key")
+        return  # readiness reports the database
+    if row is not None:
+        log.warning("created the admin API key %r and wrote it to %s (readable by this user "
+                    "only); send it in X-API-Key, create your own keys with POST /v1/api-keys, "
+                    "then revoke it. Deployments set NOMINAL_ADMIN_KEY instead.",
+                    row.name, settings.initial_key_file.resolve())
 
 
 def _warn_about_auth(settings: Settings, database: Database) -> None:

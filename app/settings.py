@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     # lives in the environment only (bootstrap: create the stored keys with it).
     auth_enabled: bool = True
     admin_key: SecretStr | None = None
+    # First run without NOMINAL_ADMIN_KEY: an admin key named initial-admin is stored and its
+    # plaintext written here (0600), once, when the database holds no admin key.
+    initial_key_file: Path = Field(
+        default=Path("./data/initial-admin-key"),
+        description="where the first start writes the generated admin key")
 
     # Observability.
     metrics_access: Literal["open", "key", "off"] = Field(
@@ -85,7 +90,10 @@ class Settings(BaseSettings):
         try:
             url = make_url(value)
         except ArgumentError as exc:
-            raise ValueError(f"NOMINAL_DATABASE_URL is not a database URL: {value!r}") from exc
+            # Not the value: a URL that does not parse may still hold a password.
+            raise ValueError("NOMINAL_DATABASE_URL is not a database URL; expected "
+                             "sqlite:///path/to/file.db or postgresql+psycopg://user:password"
+                             "@host:5432/dbname") from exc
         if url.drivername in ("postgres", "postgresql"):
             # The usual libpq-style URL: use the psycopg 3 driver we ship.
             url = url.set(drivername="postgresql+psycopg")
@@ -152,7 +160,42 @@ class Settings(BaseSettings):
         return make_url(self.database_url).get_backend_name() == "sqlite"
 
 
+# Settings whose value must never appear in an error message or a log line: the admin key, and
+# the database URL (it usually carries the password).
+SECRET_FIELDS = frozenset({"admin_key", "database_url"})
+
+
+class SettingsError(ValueError):
+    """Invalid ``NOMINAL_*`` settings: one line per problem, naming the variable, never the
+    value of a secret (pydantic's own ``ValidationError`` text echoes every input value)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid settings: " + "; ".join(problems))
+
+
+def describe_errors(exc: ValidationError) -> list[str]:
+    """One line per error of ``exc``: ``NOMINAL_<FIELD>: <message>``, with the value that was
+    given only for fields outside ``SECRET_FIELDS``, and only where the message lacks it."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=True):
+        field = str(error["loc"][0]) if error["loc"] else None
+        message = error["msg"].removeprefix("Value error, ")
+        if field is None:  # a check across fields: its message names them
+            problems.append(message)
+            continue
+        line = f"NOMINAL_{field.upper()}: {message}"
+        if field not in SECRET_FIELDS and error["type"] != "value_error" and "input" in error:
+            line += f" (got {error['input']!r})"
+        problems.append(line)
+    return problems
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
-    return Settings()
+    """The process-wide settings, read once from the environment; ``SettingsError`` when they
+    do not validate."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc)) from None

@@ -155,18 +155,26 @@ def admin_key() -> str:
 
 
 @pytest.fixture
-def settings(database_url: str, models_dir: Path) -> Settings:
-    return make_settings(database_url, models_dir)
+def initial_key_file(tmp_path: Path) -> Path:
+    """Where this test's apps write a generated first admin key (never the repository's data/)."""
+    return tmp_path / "keys" / "initial-admin-key"
 
 
 @pytest.fixture
-def make_client(models_dir: Path, database_url: str) -> Iterator[Callable[..., TestClient]]:
+def settings(database_url: str, models_dir: Path, initial_key_file: Path) -> Settings:
+    return make_settings(database_url, models_dir, initial_key_file=initial_key_file)
+
+
+@pytest.fixture
+def make_client(models_dir: Path, database_url: str,
+                initial_key_file: Path) -> Iterator[Callable[..., TestClient]]:
     """``make_client(api_key=..., **setting_overrides)``: a started app on this test's database,
     sending ``api_key`` (default: the bootstrap admin key; None: no key) with every request.
     Clients are closed (lifespan shutdown) at the end of the test."""
     opened: list[TestClient] = []
 
     def make(api_key: str | None = ADMIN_KEY, **overrides: Any) -> TestClient:
+        overrides.setdefault("initial_key_file", initial_key_file)
         client = TestClient(create_app(make_settings(database_url, models_dir, **overrides)),
                             headers={"X-API-Key": api_key} if api_key else None)
         client.__enter__()

@@ -6,13 +6,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.db.models import ApiKey, ApiKeyRole, Image, ImageLabel, Model, ModelStatus
-from app.detector.config import DEFAULT_BACKBONE
+from app.detector.config import Augmentation, DetectorConfig, ResizePolicy
 from app.services.backbones import BackboneInfo
 from app.services.inspection import Inspection
-from app.services.variants import NAME_PATTERN, VariantSummary
+from app.services.training import ModelView
+from app.services.variants import NAME_PATTERN, VariantSummary, effective_settings
 
 _NOW = "2025-11-29T08:30:00Z"
 
@@ -40,34 +41,80 @@ class ProblemPublic(BaseModel):
 # ---------------------------------------------------------------------------- variants
 
 
+# The detector's defaults, read once: descriptions and examples quote them, so the schema can
+# never advertise a default the detector does not use. Bounds mirror DetectorConfig's checks
+# (which run again on every value, so a drift here could only make the 422 less precise).
+_DEFAULTS = DetectorConfig()
+# Settings whose null is a value ("the backbone's"): those the detector defaults to None.
+_NULLABLE_SETTINGS = frozenset(k for k, v in _DEFAULTS.to_dict().items() if v is None)
+
+
 class VariantSettings(BaseModel):
     """Detector settings of a variant. Omitted fields keep their current value (PATCH) or take
     the documented default (create)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"backbone": "efficientnet_lite0", "resolution": 256,
-                      "coreset_ratio": 0.1, "target_false_reject_rate": 0.01}]})
+        "examples": [{"backbone": _DEFAULTS.backbone, "resolution": 256,
+                      "coreset_ratio": _DEFAULTS.coreset_ratio,
+                      "target_false_reject_rate": _DEFAULTS.target_false_reject_rate}]})
 
-    backbone: str | None = Field(default=None, description=f"a name from GET /v1/backbones; "
-                                 f"default {DEFAULT_BACKBONE}")
-    resolution: int | None = Field(default=None, ge=64, le=1024,
-                                   description="shorter image side in px after resizing; "
-                                               "default: the backbone's own")
-    coreset_ratio: float | None = Field(default=None, gt=0, le=1,
-                                        description="fraction of patches kept in the memory bank "
-                                                    "(large banks only); default 0.1")
+    backbone: str | None = Field(
+        default=None,
+        description=f"a name from GET /v1/backbones; default {_DEFAULTS.backbone}")
+    resolution: int | None = Field(
+        default=None, ge=64, le=1024,
+        description="shorter side of the network input in px; default (null): the backbone's")
+    resize: ResizePolicy | None = Field(
+        default=None,
+        description="how images reach `resolution`: fixed_scale (one scale for every image of "
+                    "the model, from the training images), shorter_side (each image's shorter "
+                    "side to resolution), square (both sides, aspect not kept); "
+                    f"default {_DEFAULTS.resize}")
+    max_aspect: float | None = Field(
+        default=None, ge=1, le=16,
+        description="longer side cap, in multiples of resolution; "
+                    f"default {_DEFAULTS.max_aspect:g}")
+    border: int | None = Field(
+        default=None, ge=0, le=4,
+        description="mirrored margin around the image, in multiples of the backbone's stride, "
+                    "so border patches are not judged on zero padding; default (null): the "
+                    "backbone's")
+    coreset_ratio: float | None = Field(
+        default=None, gt=0, le=1,
+        description="fraction of patches kept in the memory bank (large banks only); "
+                    f"default {_DEFAULTS.coreset_ratio:g}")
+    min_bank_size: int | None = Field(
+        default=None, ge=1,
+        description="banks up to this many patches keep them all; "
+                    f"default {_DEFAULTS.min_bank_size}")
+    max_bank_size: int | None = Field(
+        default=None, ge=1,
+        description=f"the bank keeps at most this many patches; default {_DEFAULTS.max_bank_size}")
     target_false_reject_rate: float | None = Field(
         default=None, gt=0, lt=0.5,
-        description="good parts the calibrated threshold may reject; default 0.01")
-    augment: Literal["none", "flip", "rot90"] | None = Field(
-        default=None, description="training-time views: none (default), flip, rot90")
-    max_aspect: float | None = Field(default=None, ge=1, le=16,
-                                     description="longer side cap, in multiples of resolution; "
-                                                 "default 4")
-    blur_sigma: float | None = Field(default=None, ge=0, le=16,
-                                     description="anomaly map smoothing; default 4")
-    min_bank_size: int | None = Field(default=None, ge=1, description="default 4096")
-    max_bank_size: int | None = Field(default=None, ge=1, description="default 32768")
+        description="good parts the calibrated threshold may reject; "
+                    f"default {_DEFAULTS.target_false_reject_rate:g}")
+    augment: Augmentation | None = Field(
+        default=None,
+        description=f"training-time views: none, flip, rot90; default {_DEFAULTS.augment}")
+    score_top_fraction: float | None = Field(
+        default=None, ge=0, le=0.5,
+        description="image score: 0 = the largest patch score, > 0 = the mean of that top "
+                    f"fraction of patch scores; default {_DEFAULTS.score_top_fraction:g}")
+    blur_sigma: float | None = Field(
+        default=None, ge=0, le=16,
+        description=f"anomaly map smoothing; default {_DEFAULTS.blur_sigma:g}")
+
+    @model_validator(mode="after")
+    def _null_only_where_meaningful(self) -> VariantSettings:
+        # null means "the backbone's" for resolution and border; anywhere else it would reach
+        # the detector as a number that is not there.
+        nulls = sorted(f for f in self.model_fields_set
+                       if getattr(self, f) is None and f not in _NULLABLE_SETTINGS)
+        if nulls:
+            raise ValueError(f"settings {nulls} cannot be null; omit them to keep the current "
+                             "value or the default")
+        return self
 
     def changes(self) -> dict[str, Any]:
         """Only the fields the caller sent (an explicit null resolution means 'backbone's')."""
@@ -77,15 +124,20 @@ class VariantSettings(BaseModel):
 class VariantSettingsPublic(BaseModel):
     """The effective detector settings (every field resolved)."""
 
+    model_config = _examples(_DEFAULTS.to_dict())
+
     backbone: str
     resolution: int | None = Field(description="null: the backbone's default resolution")
-    coreset_ratio: float
-    target_false_reject_rate: float
-    augment: str
+    resize: ResizePolicy
     max_aspect: float
-    blur_sigma: float
+    border: int | None = Field(description="null: the backbone's default border")
+    coreset_ratio: float
     min_bank_size: int
     max_bank_size: int
+    target_false_reject_rate: float
+    augment: Augmentation
+    score_top_fraction: float
+    blur_sigma: float
 
 
 class VariantCreate(BaseModel):
@@ -108,9 +160,7 @@ class VariantUpdate(BaseModel):
 
 _VARIANT_EXAMPLE = {
     "name": "bolt-m8", "description": "M8 hex bolt, top camera",
-    "settings": {"backbone": "efficientnet_lite0", "resolution": 256, "coreset_ratio": 0.1,
-                 "target_false_reject_rate": 0.01, "augment": "none", "max_aspect": 4.0,
-                 "blur_sigma": 4.0, "min_bank_size": 4096, "max_bank_size": 32768},
+    "settings": {**_DEFAULTS.to_dict(), "resolution": 256},
     "active_model_version": 3, "n_good_images": 12, "n_defect_images": 2, "n_models": 3,
     "created_at": _NOW, "updated_at": _NOW,
 }
@@ -134,7 +184,8 @@ class VariantPublic(BaseModel):
     def of(cls, summary: VariantSummary) -> VariantPublic:
         v = summary.variant
         return cls(name=v.name, description=v.description,
-                   settings=VariantSettingsPublic.model_validate(v.settings),
+                   settings=VariantSettingsPublic.model_validate(
+                       effective_settings(v.settings)),
                    active_model_version=summary.active_model_version,
                    n_good_images=summary.n_good_images, n_defect_images=summary.n_defect_images,
                    n_models=summary.n_models, created_at=v.created_at, updated_at=v.updated_at)
@@ -226,14 +277,12 @@ class CalibrationPublic(BaseModel):
 _MODEL_EXAMPLE = {
     "version": 3, "status": "ready", "progress": 1.0, "stage": "done", "is_active": True,
     "activate": True, "seed": 7, "cancel_requested": False,
-    "config": {"backbone": "efficientnet_lite0", "resolution": 256, "coreset_ratio": 0.1,
-               "target_false_reject_rate": 0.01, "augment": "none", "max_aspect": 4.0,
-               "blur_sigma": 4.0, "min_bank_size": 4096, "max_bank_size": 32768},
+    "config": {**_DEFAULTS.to_dict(), "resolution": 256},
     "threshold": 3.412,
     "calibration": {"threshold": 3.412, "method": "leave-one-out", "target_false_reject_rate": 0.01,
                     "good_scores": [2.71, 2.88, 2.95], "defect_scores": [], "good_mean": 2.85,
                     "good_std": 0.12},
-    "bank_size": 4096, "n_good_images": 12, "n_defect_images": 0,
+    "bank_size": _DEFAULTS.min_bank_size, "n_good_images": 12, "n_defect_images": 0,
     "timings": {"features_s": 0.9, "coreset_s": 0.0, "calibration_s": 0.1, "export_s": 0.2,
                 "total_s": 1.2},
     "onnx_size_bytes": 7340032, "error": None,
@@ -269,11 +318,15 @@ class ModelPublic(BaseModel):
     finished_at: datetime | None = None
 
     @classmethod
-    def of(cls, model: Model, *, active_model_id: int | None,
+    def of_view(cls, view: ModelView) -> ModelPublic:
+        return cls.of(view.model, is_active=view.is_active, onnx_size_bytes=view.onnx_size_bytes)
+
+    @classmethod
+    def of(cls, model: Model, *, is_active: bool,
            onnx_size_bytes: int | None = None) -> ModelPublic:
         return cls(
             version=model.version, status=ModelStatus(model.status), progress=model.progress,
-            stage=model.stage, is_active=model.id == active_model_id, activate=model.activate,
+            stage=model.stage, is_active=is_active, activate=model.activate,
             seed=model.seed, cancel_requested=model.cancel_requested, config=model.config,
             threshold=model.threshold,
             calibration=(CalibrationPublic.model_validate(model.calibration)

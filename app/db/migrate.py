@@ -91,10 +91,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="wait this long for the database to answer first")
     args = parser.parse_args(argv)
 
+    from app.cli import print_settings_error
     from app.logs import configure_logging
-    from app.settings import get_settings
+    from app.settings import SettingsError, get_settings
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        print_settings_error(exc)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
         if args.wait > 0:

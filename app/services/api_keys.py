@@ -8,23 +8,33 @@ also means a revocation on any replica takes effect on every replica at the next
 
 ``NOMINAL_ADMIN_KEY`` is an admin key that lives only in the environment: it bootstraps an
 empty database (create the first stored keys with it) and cannot be revoked through the API.
+Without it, the first start on a database with no admin key stores one admin key called
+``initial-admin`` and hands it over in a 0600 file (``create_initial_admin_key``), so a plain
+``make run`` is usable at once.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
+import logging
+import os
 import re
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from app.db.models import ApiKey, ApiKeyRole
 from app.errors import AuthenticationError, ConflictError, InvalidInputError, NotFoundError
 
+log = logging.getLogger(__name__)
+
 PREFIX = "nom"
+INITIAL_ADMIN_NAME = "initial-admin"
 MISSING = "missing API key: send it in the X-API-Key header"
 _KEY_RE = re.compile(r"^nom_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 # Compared against when no row matches, so an unknown lookup costs the same as a wrong secret.
@@ -128,3 +138,70 @@ def authenticate(session: Session, *, key: str | None, bootstrap_key: str | None
     if not hmac.compare_digest(hash_key(key), stored) or row is None:
         raise AuthenticationError("invalid API key")
     return Principal(role=ApiKeyRole(row.role), name=row.name, key_id=row.id)
+
+
+def write_key_file(path: Path, key: str) -> None:
+    """Write ``key`` to a new file readable by its owner only (0600), creating the folders.
+
+    Never replaces a file: an existing one (an earlier database's key, or another replica's on a
+    shared volume) is ``FileExistsError``, so a key once handed out is never silently swapped.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # a file where a folder should be: not "the key file exists"
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path.parent)) from exc
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        os.write(fd, f"{key}\n".encode())
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+
+
+def create_initial_admin_key(session: Session, *, key_file: Path) -> ApiKey | None:
+    """On a database without any admin key, store the ``initial-admin`` key and write it to
+    ``key_file``; None (and nothing changed) when an admin key exists or the file cannot be
+    written (logged as an error: the service still starts, without a way in).
+
+    Race-safe across replicas starting together: the check and the insert happen under an
+    exclusive lock of the table (PostgreSQL; ``session`` must be a write session, which holds
+    SQLite's write lock already), so exactly one replica creates the key and the others then
+    see it. The key is committed only once the file is written, so no key exists that nobody
+    can read; the file is removed again if the commit fails.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        # Conflicts with itself and with every insert/delete, not with plain reads (auth).
+        session.execute(text("LOCK TABLE api_key IN SHARE ROW EXCLUSIVE MODE"))
+    if count_admin_keys(session) > 0:
+        session.rollback()
+        return None
+    key, lookup = generate_key()
+    row = ApiKey(name=INITIAL_ADMIN_NAME, role=ApiKeyRole.admin.value, lookup=lookup,
+                 key_hash=hash_key(key))
+    session.add(row)
+    session.flush()
+    try:
+        write_key_file(key_file, key)
+    except FileExistsError:
+        session.rollback()
+        log.error("no admin key in the database and %s already exists (from an earlier "
+                  "database?); it is not overwritten and no initial admin key was created. "
+                  "Remove the file and restart, or set NOMINAL_ADMIN_KEY", key_file)
+        return None
+    except OSError as exc:
+        session.rollback()
+        log.error("could not write the initial admin key to %s (%s); no key was created. "
+                  "Set NOMINAL_INITIAL_KEY_FILE to a writable path or set NOMINAL_ADMIN_KEY",
+                  key_file, exc.strerror or type(exc).__name__)
+        return None
+    try:
+        session.commit()
+    except BaseException:
+        key_file.unlink(missing_ok=True)
+        raise
+    return row

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -85,13 +85,48 @@ def create_job(session: Session, *, variant: Variant, seed: int | None = None,
     return job
 
 
+@dataclass(frozen=True)
+class ModelView:
+    """A model with what its public view shows besides its own row, read in the same statement
+    as the row: a job that finishes (``ready`` + activation, one transaction) between two
+    statements would otherwise read as ready but not active."""
+
+    model: Model
+    is_active: bool
+    onnx_size_bytes: int | None = None
+
+
+def _views(session: Session, statement: Select[Model, bool, int]) -> list[ModelView]:
+    rows = session.execute(statement.execution_options(populate_existing=True)).all()
+    return [ModelView(model=model, is_active=bool(active), onnx_size_bytes=size)
+            for model, active, size in rows]
+
+
+def _view_select(variant: Variant) -> Select[Model, bool, int]:
+    """Model rows of ``variant`` with ``is_active`` (from the variant row, not the possibly
+    older ``variant`` object) and the artefact size (no blob read), in one statement."""
+    return (select(Model, func.coalesce(Variant.active_model_id == Model.id, False),
+                   ModelArtifact.size_bytes)
+            .join(Variant, Variant.id == Model.variant_id)
+            .outerjoin(ModelArtifact, ModelArtifact.model_id == Model.id)
+            .where(Model.variant_id == variant.id))
+
+
 def list_models(session: Session, *, variant: Variant, limit: int,
-                offset: int) -> tuple[list[Model], int]:
+                offset: int) -> tuple[list[ModelView], int]:
     """A page of the variant's models, newest version first."""
     total = session.scalar(select(func.count()).where(Model.variant_id == variant.id)) or 0
-    rows = session.scalars(select(Model).where(Model.variant_id == variant.id)
-                           .order_by(Model.version.desc()).limit(limit).offset(offset))
-    return list(rows), total
+    views = _views(session, _view_select(variant).order_by(Model.version.desc())
+                   .limit(limit).offset(offset))
+    return views, total
+
+
+def get_model_view(session: Session, *, variant: Variant, version: int) -> ModelView:
+    """One version with its activity and artefact size, as of one snapshot; ``NotFoundError``."""
+    views = _views(session, _view_select(variant).where(Model.version == version))
+    if not views:
+        raise NotFoundError(f"model version {version} of variant {variant.name!r} not found")
+    return views[0]
 
 
 def get_model(session: Session, *, variant: Variant, version: int) -> Model:
@@ -161,12 +196,6 @@ def get_artifact(session: Session, *, model: Model) -> bytes:
     if data is None:
         raise NotFoundError(f"model version {model.version} has no stored ONNX file")
     return bytes(data)
-
-
-def artifact_size(session: Session, *, model: Model) -> int | None:
-    """Size in bytes of the model's ONNX file (None until it is ready); reads no blob."""
-    return session.scalar(select(ModelArtifact.size_bytes)
-                          .where(ModelArtifact.model_id == model.id))
 
 
 def active_versions(session: Session) -> dict[str, int]:

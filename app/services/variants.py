@@ -18,9 +18,9 @@ from app.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 
-# The detector settings a variant may set; everything else of DetectorConfig stays internal.
-SETTING_KEYS = ("backbone", "resolution", "coreset_ratio", "target_false_reject_rate", "augment",
-                "max_aspect", "blur_sigma", "min_bank_size", "max_bank_size")
+# The detector settings a variant may set: every field of DetectorConfig, so a new detector
+# setting is settable (and shown) without touching this layer.
+SETTING_KEYS: tuple[str, ...] = tuple(DetectorConfig.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,18 @@ def resolve_settings(current: dict[str, Any], changes: dict[str, Any]) -> dict[s
     unknown = set(changes) - set(SETTING_KEYS)
     if unknown:
         raise InvalidInputError(f"unknown settings {sorted(unknown)}; known: {list(SETTING_KEYS)}")
-    defaults = DetectorConfig().to_dict()
-    merged = {key: defaults[key] for key in SETTING_KEYS}
-    merged.update({k: v for k, v in current.items() if k in SETTING_KEYS})
+    merged = effective_settings(current)
     merged.update(changes)
     get_backbone(merged["backbone"])  # unknown backbone -> InvalidInputError naming the known ones
     DetectorConfig.from_dict(merged)
+    return merged
+
+
+def effective_settings(stored: dict[str, Any]) -> dict[str, Any]:
+    """Every setting of a stored variant: what it holds, the detector's defaults for the keys
+    it predates (a variant created before a setting existed trains with its default)."""
+    merged = DetectorConfig().to_dict()
+    merged.update({k: v for k, v in stored.items() if k in SETTING_KEYS})
     return merged
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -272,9 +273,12 @@ def test_auth_off_only_explicitly_and_loudly(make_client: Callable[..., TestClie
 
 
 def test_no_admin_key_at_all_is_warned_about(make_client: Callable[..., TestClient],
+                                             tmp_path: Path,
                                              caplog: pytest.LogCaptureFixture) -> None:
+    # No NOMINAL_ADMIN_KEY, no stored admin key, and the first-run key file cannot be written.
+    (tmp_path / "file").write_text("")
     with caplog.at_level(logging.WARNING, logger="app.main"):
-        make_client(api_key=None, admin_key=None)
+        make_client(api_key=None, admin_key=None, initial_key_file=tmp_path / "file" / "key")
     assert any("no admin key" in r.getMessage() for r in caplog.records)
 
 

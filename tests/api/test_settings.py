@@ -78,3 +78,39 @@ def test_related_limits(tmp_path: Path) -> None:
                  max_request_bytes=5_000)
     with pytest.raises(ValidationError, match="unknown backbones"):
         Settings(database_url=f"sqlite:///{tmp_path}/n.db", preload_backbones=("nope",))
+
+
+def test_errors_never_echo_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from app.cli import main
+    from app.settings import SettingsError, get_settings
+
+    secret_key, password = "Sec1-not-16", "hunter2-password"
+    monkeypatch.setenv("NOMINAL_ADMIN_KEY", secret_key)
+    monkeypatch.setenv("NOMINAL_DATABASE_URL", f"postgresql+asyncpg://u:{password}@db/nominal")
+    monkeypatch.setenv("NOMINAL_MAX_BATCH_FILES", "many")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SettingsError) as caught:
+            get_settings()
+        problems = caught.value.problems
+        assert [p.split(":")[0] for p in problems] == [
+            "NOMINAL_DATABASE_URL", "NOMINAL_ADMIN_KEY", "NOMINAL_MAX_BATCH_FILES"]
+        text = str(caught.value)
+        assert secret_key not in text and password not in text
+        assert "16 characters" in text and "'many'" in text  # other values are still shown
+        # The command: one line per problem on stderr, exit status 2, no traceback.
+        assert main(["serve", "--port", "1"]) == 2
+        err = capsys.readouterr().err
+        assert secret_key not in err and password not in err and "Traceback" not in err
+        assert "NOMINAL_ADMIN_KEY: NOMINAL_ADMIN_KEY must be at least 16 characters" in err
+    finally:
+        get_settings.cache_clear()
+
+
+def test_an_unparsable_database_url_is_not_echoed() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(database_url="user:hunter2 at db")
+    assert [e["msg"] for e in caught.value.errors()] == [
+        "Value error, NOMINAL_DATABASE_URL is not a database URL; expected "
+        "sqlite:///path/to/file.db or postgresql+psycopg://user:password@host:5432/dbname"]

@@ -8,7 +8,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from fastapi.testclient import TestClient
+from sqlalchemy import select, update
 
+from app.api.deps import SessionDep, VariantName, get_variant
+from app.db.models import Model, Variant
+from app.db.session import Database
 from app.detector.imaging import decode_image
 
 
@@ -199,3 +203,49 @@ def test_delete_variant_with_models_and_a_running_job(trained: Any, images: Any,
     worker.detector = real
     trained.trained_variant("bolt")  # same name, new variant: versions start again at 1
     assert client.get("/v1/variants/bolt").json()["active_model_version"] == 1
+
+
+def test_a_job_finishing_mid_request_reads_consistently(
+        make_client: Any, database_url: str, api_class: Any, images: Any) -> None:
+    """The worker commits ``ready`` and the activation together; a GET that loaded the variant
+    just before that commit must not answer ``ready`` but not active (seen on PostgreSQL, where
+    each statement reads the latest commit). The commit is placed exactly there: after the
+    variant lookup, before the handler reads the model."""
+    client = make_client(training_workers=0)  # the test plays the worker
+    api = api_class(client)
+    api.create_variant("bolt")
+    assert api.upload("bolt", [images.good_png(0)]).status_code == 201
+    assert client.post("/v1/variants/bolt/models", json={"seed": 0}).status_code == 202
+
+    worker_db = Database(database_url)
+    finish = {"armed": False}
+
+    def variant_then_commit(name: VariantName, session: SessionDep) -> Variant:
+        variant = get_variant(name, session)
+        if finish["armed"]:
+            finish["armed"] = False
+            with worker_db.writing() as other:  # another connection, as the worker's is
+                model_id = other.scalar(select(Model.id).where(Model.variant_id == variant.id))
+                other.execute(update(Model).where(Model.id == model_id)
+                              .values(status="ready", progress=1.0, stage="done"))
+                other.execute(update(Variant).where(Variant.id == variant.id)
+                              .values(active_model_id=model_id))
+        return variant
+
+    client.app.dependency_overrides[get_variant] = variant_then_commit  # type: ignore[attr-defined]
+    try:
+        for path in ("/v1/variants/bolt/models/1", "/v1/variants/bolt/models"):
+            with worker_db.writing() as other:  # back to queued, inactive
+                other.execute(update(Variant).values(active_model_id=None))
+                other.execute(update(Model).values(status="queued", progress=0.0, stage=None))
+            finish["armed"] = True
+            response = client.get(path)
+            assert response.status_code == 200, response.text
+            body = response.json()
+            model = body if "version" in body else body["items"][0]
+            assert not finish["armed"]
+            # Before the commit (SQLite's snapshot) or after it (PostgreSQL), never a mix.
+            assert model["is_active"] == (model["status"] == "ready"), model
+    finally:
+        client.app.dependency_overrides.clear()  # type: ignore[attr-defined]
+        worker_db.dispose()

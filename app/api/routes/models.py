@@ -29,7 +29,7 @@ def train(variant: VariantDep, session: SessionDep, worker: WorkerDep, request: 
     worker.wake()
     response.headers["Location"] = str(request.url_for("get_model", name=variant.name,
                                                        version=job.version))
-    return ModelPublic.of(job, active_model_id=variant.active_model_id)
+    return ModelPublic.of(job, is_active=False)  # queued: not active yet
 
 
 @router.get("", dependencies=[InspectorAccess],
@@ -38,18 +38,16 @@ def list_models(variant: VariantDep, session: SessionDep,
                 limit: Annotated[int, Query(ge=1, le=500)] = 100,
                 offset: Annotated[int, Query(ge=0, le=2**31)] = 0) -> ModelPage:
     """The variant's models, newest version first."""
-    rows, total = service.list_models(session, variant=variant, limit=limit, offset=offset)
-    return ModelPage(items=[ModelPublic.of(m, active_model_id=variant.active_model_id)
-                            for m in rows], total=total, limit=limit, offset=offset)
+    views, total = service.list_models(session, variant=variant, limit=limit, offset=offset)
+    return ModelPage(items=[ModelPublic.of_view(v) for v in views], total=total, limit=limit,
+                     offset=offset)
 
 
 @router.get("/{version}", dependencies=[InspectorAccess],
             response_model=ModelPublic, responses=problems(404))
 def get_model(variant: VariantDep, version: Version, session: SessionDep) -> ModelPublic:
     """Status, progress (0..1), threshold and calibration figures of one version."""
-    model = service.get_model(session, variant=variant, version=version)
-    size = service.artifact_size(session, model=model)
-    return ModelPublic.of(model, active_model_id=variant.active_model_id, onnx_size_bytes=size)
+    return ModelPublic.of_view(service.get_model_view(session, variant=variant, version=version))
 
 
 @router.post("/{version}/cancel", dependencies=[AdminAccess],
@@ -58,7 +56,8 @@ def cancel(variant: VariantDep, version: Version, session: SessionDep) -> ModelP
     """Cancel a queued job, or ask a running one to stop (``cancel_requested`` until it does).
     409 for a finished job."""
     model = service.cancel_job(session, variant=variant, version=version)
-    return ModelPublic.of(model, active_model_id=variant.active_model_id)
+    return ModelPublic.of_view(service.get_model_view(session, variant=variant,
+                                                      version=model.version))
 
 
 @router.post("/{version}/activate", dependencies=[AdminAccess],
@@ -67,7 +66,7 @@ def activate(variant: VariantDep, version: Version, session: SessionDep) -> Mode
     """Make this ready version the active one (roll forward or back); atomic, and seen by
     every replica on its next inspect."""
     model = service.activate_model(session, variant=variant, version=version)
-    return ModelPublic.of(model, active_model_id=model.id)
+    return ModelPublic.of(model, is_active=True)
 
 
 @router.delete("/{version}", dependencies=[AdminAccess],
