@@ -9,7 +9,7 @@ from app.api.errors import PROBLEM_MEDIA_TYPE, problem_example
 from app.api.schemas import ProblemPublic
 
 _EXAMPLES: dict[int, tuple[str, type[errors.NominalError] | None]] = {
-    400: ("malformed multipart body", None),
+    400: ("There was an error parsing the body", None),  # malformed JSON or multipart
     401: ("missing API key: send it in the X-API-Key header", errors.AuthenticationError),
     403: ("this operation needs the admin role; the key 'line-3' has the inspector role",
           errors.PermissionDeniedError),

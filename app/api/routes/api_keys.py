@@ -22,7 +22,7 @@ KeyId = Annotated[int, Path(ge=1, le=2**31 - 1, description="API key id", exampl
 
 
 @router.post("", dependencies=[AdminAccess], status_code=status.HTTP_201_CREATED,
-             response_model=ApiKeyCreated, responses=problems())
+             response_model=ApiKeyCreated, responses=problems(400))
 def create_key(body: ApiKeyCreate, session: SessionDep, caller: PrincipalDep) -> ApiKeyCreated:
     """Create a key. The response is the only time ``key`` is shown: only its hash is kept."""
     row, key = service.create_key(session, name=body.name, role=ApiKeyRole(body.role))

@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1/variants/{name}/models", tags=["models"],
 
 @router.post("", dependencies=[AdminAccess],
              status_code=status.HTTP_202_ACCEPTED, response_model=ModelPublic,
-             responses=problems(404, 409))
+             responses=problems(400, 404, 409))
 def train(variant: VariantDep, session: SessionDep, worker: WorkerDep, request: Request,
           response: Response, body: Annotated[ModelCreate | None, Body()] = None) -> ModelPublic:
     """Queue a training job on the variant's images; returns at once with its ``version``.

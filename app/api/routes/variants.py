@@ -21,7 +21,7 @@ Offset = Annotated[int, Query(ge=0, le=2**31, description="items to skip")]
 
 @router.post("", dependencies=[AdminAccess],
              status_code=status.HTTP_201_CREATED, response_model=VariantPublic,
-             responses=problems(409))
+             responses=problems(400, 409))
 def create_variant(body: VariantCreate, session: SessionDep, response: Response,
                    request: Request) -> VariantPublic:
     """Create a variant. Omitted settings take the documented defaults; 409 if the name exists."""
@@ -48,7 +48,7 @@ def get_variant(variant: VariantDep, session: SessionDep) -> VariantPublic:
 
 
 @router.patch("/{name}", dependencies=[AdminAccess],
-              response_model=VariantPublic, responses=problems(404))
+              response_model=VariantPublic, responses=problems(400, 404))
 def update_variant(variant: VariantDep, body: VariantUpdate, session: SessionDep) -> VariantPublic:
     """Change the description or settings (settings apply to models trained afterwards)."""
     service.update_variant(session, variant=variant, description=body.description,

@@ -1,0 +1,93 @@
+"""kill -9 of a real ``nominal serve`` mid-training, then a restart on the same database.
+
+Expected (app/services/training.py): the running job's heartbeat stops; the restarted server's
+stale-job sweep (start-up and every heartbeat interval) marks it ``failed``. Never a ``ready``
+model without its artifact, no orphan rows, and the previously active model keeps serving with
+the same score.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.conftest import encode, good_pixels, good_png
+from tests.reliability._server import Server, wait_model
+
+SLOW = {"resolution": 512, "min_bank_size": 1, "coreset_ratio": 0.5}
+ENV = {"NOMINAL_JOB_HEARTBEAT_INTERVAL_S": "0.5", "NOMINAL_JOB_STALE_AFTER_S": "2"}
+
+
+def _score(client, data: bytes) -> float:  # type: ignore[no-untyped-def]
+    response = client.post("/v1/variants/bolt/inspect", content=data,
+                           headers={"content-type": "image/png"})
+    assert response.status_code == 200, response.text
+    return float(response.json()["score"])
+
+
+def test_kill_9_mid_training(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'nominal.db'}"
+    first = Server(tmp_path, url, **ENV).start()
+    probe = good_png(9)
+    try:
+        with first.client() as client:
+            assert client.post("/v1/variants", json={
+                "name": "bolt", "settings": {"resolution": 64}}).status_code == 201
+            files = [("files", (f"g{i}.png", good_png(i), "image/png")) for i in range(3)]
+            assert client.post("/v1/variants/bolt/images", files=files).status_code == 201
+            v1 = client.post("/v1/variants/bolt/models", json={"seed": 0}).json()["version"]
+            assert wait_model(client, "bolt", v1)["status"] == "ready"
+            score_before = _score(client, probe)
+            big = [("files", (f"b{i}.png", encode(good_pixels(10 + i, 512)), "image/png"))
+                   for i in range(6)]
+            assert client.post("/v1/variants/bolt/images", files=big).status_code == 201
+            job = client.post("/v1/variants/bolt/models", json={"seed": 1, "settings": SLOW})
+            assert job.status_code == 202, job.text
+            v2 = job.json()["version"]
+            deadline = time.monotonic() + 60
+            while True:
+                state = client.get(f"/v1/variants/bolt/models/{v2}").json()
+                if state["status"] == "running" and state["progress"] > 0:
+                    break
+                assert state["status"] in ("queued", "running"), state
+                assert time.monotonic() < deadline, f"training never showed progress: {state}"
+                time.sleep(0.02)
+        first.kill()  # SIGKILL mid-training
+        killed_at = state
+    finally:
+        first.kill()
+
+    second = Server(tmp_path, url, **ENV).start()
+    try:
+        with second.client() as client:
+            final = wait_model(client, "bolt", v2, timeout_s=30)
+            assert final["status"] in ("failed", "ready"), final
+            if final["status"] == "failed":
+                assert "heartbeat" in (final.get("error") or ""), final
+            variant = client.get("/v1/variants/bolt").json()
+            if final["status"] == "failed":
+                assert variant["active_model_version"] == v1, variant
+                assert _score(client, probe) == pytest.approx(score_before, abs=1e-6)
+    finally:
+        second.stop()
+
+    engine = create_engine(url)
+    with engine.connect() as db:
+        ready_without_artifact = db.execute(text(
+            "SELECT count(*) FROM model m WHERE m.status = 'ready' AND NOT EXISTS "
+            "(SELECT 1 FROM model_artifact a WHERE a.model_id = m.id)")).scalar()
+        orphan_artifacts = db.execute(text(
+            "SELECT count(*) FROM model_artifact a WHERE NOT EXISTS "
+            "(SELECT 1 FROM model m WHERE m.id = a.model_id)")).scalar()
+        artifacts_of_unready = db.execute(text(
+            "SELECT count(*) FROM model_artifact a JOIN model m ON m.id = a.model_id "
+            "WHERE m.status != 'ready'")).scalar()
+        running = db.execute(text(
+            "SELECT count(*) FROM model WHERE status IN ('running', 'queued')")).scalar()
+    engine.dispose()
+    print(f"\nkilled at {killed_at['stage']} {killed_at['progress']:.2f}; "
+          f"after restart: {final['status']}")
+    assert (ready_without_artifact, orphan_artifacts, artifacts_of_unready, running) == (0, 0, 0, 0)
