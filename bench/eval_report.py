@@ -1,0 +1,32 @@
+"""Markdown tables from ``nominal evaluate --json`` files, for BENCHMARKS.md.
+
+    python -m bench.eval_report bench/results/eval_*.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from app.evaluation import format_table
+
+
+def describe(payload: dict) -> str:
+    config = payload["config"]
+    return (f"**{Path(payload['dataset']).name}**: backbone `{config['backbone']}`, resize "
+            f"`{config['resize']}`, resolution {config['resolution'] or 'default'}, augment "
+            f"`{config['augment']}`, {payload['test_images']} test images")
+
+
+def main(paths: list[str]) -> int:
+    for path in paths:
+        payload = json.loads(Path(path).read_text())
+        print(f"{describe(payload)} (`{Path(path).name}`)\n")
+        print(format_table(payload["summary"]))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
