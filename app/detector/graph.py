@@ -361,8 +361,13 @@ def _nearest_distances(g: _Graph, patches: str, bank: np.ndarray) -> str:
         neg2_yt = g.const("bank_t", (-2.0 * chunk.T).astype(np.float32))
         y_sq = g.const("bank_sq", np.sum(chunk.astype(np.float64) ** 2, axis=1).astype(np.float32))
         partial = g.op("Add", [g.op("MatMul", [patches, neg2_yt]), y_sq])  # (N, chunk)
-        mins.append(g.op("ReduceMin", [partial, g.const("ax1", _i64([1]))], keepdims=1))
-        local = g.op("ArgMin", [partial], axis=1, keepdims=1)
+        # TopK(k=1) gives the minimum and its index in one pass over the block (ReduceMin +
+        # ArgMin read it twice; bench/README.md). Ties go to the lower index, as with ArgMin
+        # and numpy.
+        smallest, local = g.op_n(
+            "TopK", [partial, g.const("k1", _i64([1]))], 2, axis=1, largest=0, sorted=1
+        )
+        mins.append(smallest)
         idxs.append(g.op("Add", [local, g.const("offset", _i64([start]))]))
     if len(mins) == 1:
         nearest = idxs[0]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import helper
 
 from app.detector.calibration import normalize_score
 from app.errors import InvalidInputError
@@ -16,12 +19,53 @@ METADATA_PREFIX = "nominal."
 FORMAT_VERSION = "1"
 
 
+_arena_lock = threading.Lock()
+_shared_arena: bool | None = None  # None: not tried yet
+
+
+def _register_shared_arena() -> bool:
+    """Register one CPU arena with onnxruntime's process-wide environment (once per process).
+
+    Each session otherwise has its own arena, which keeps its high-water mark (tens of MiB:
+    the activations and the patch x bank distance block of one image) for the session's life,
+    so N loaded models cost N arenas. Sessions that opt in share this one instead; it only
+    needs to hold what runs at the same time. False where onnxruntime cannot do it (sessions
+    then keep their own arenas, as before).
+    """
+    global _shared_arena
+    with _arena_lock:
+        if _shared_arena is None:
+            try:
+                info = ort.OrtMemoryInfo(
+                    "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+                )
+                # max_mem 0 (no cap), then onnxruntime's defaults: extend strategy, initial
+                # chunk size, max dead bytes per chunk.
+                ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+                _shared_arena = True
+            except Exception:  # an onnxruntime build without it: per-session arenas
+                _shared_arena = False
+        return _shared_arena
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How ONNX sessions run. ``threads`` is per session (intra-op); CPU is the default."""
+    """How ONNX sessions run. ``threads`` is per session (intra-op); CPU is the default.
+
+    ``shared_arena``: CPU sessions draw memory from one arena per process instead of one each
+    (a third of the RSS with 50 loaded models, latency unchanged; bench/README.md).
+
+    ``spinning``: whether idle intra-op threads busy-wait for work (onnxruntime's default) or
+    sleep. The service runs several sessions at once (inference workers, training) on few
+    cores, where spinning threads take CPU from the threads doing the work: off by default
+    (on 2 busy cores, lower latency for one stream and about twice the throughput of two;
+    bench/README.md). Turn it on for one session alone on dedicated cores.
+    """
 
     threads: int = 2
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    shared_arena: bool = True
+    spinning: bool = False
 
     def session(self, model: bytes | str) -> ort.InferenceSession:
         options = ort.SessionOptions()
@@ -29,6 +73,11 @@ class RuntimeOptions:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if self.spinning else "0"
+        )
+        if self.shared_arena and _register_shared_arena():
+            options.add_session_config_entry("session.use_env_allocators", "1")
         available = set(ort.get_available_providers())
         providers = [p for p in self.providers if p in available] or ["CPUExecutionProvider"]
         return ort.InferenceSession(model, sess_options=options, providers=providers)
@@ -66,11 +115,30 @@ class CompiledModel:
     """
 
     def __init__(self, onnx_bytes: bytes, options: RuntimeOptions | None = None) -> None:
-        self.session = (options or RuntimeOptions()).session(onnx_bytes)
-        props = self.session.get_modelmeta().custom_metadata_map
-        self.metadata: dict[str, str] = dict(props)
+        options = options or RuntimeOptions()
+        model = onnx.load_from_string(onnx_bytes)
+        props = {p.key: p.value for p in model.metadata_props}
+        self.metadata: dict[str, str] = props
         self.threshold = float(props[METADATA_PREFIX + "threshold"])
         self.size_bytes = len(onnx_bytes)
+        try:
+            split = split_score_and_map(model)
+        except Exception:  # a graph this split does not foresee: run it whole, as before
+            split = None
+        del model
+        # ``session`` computes the score (and, unsplit, the map too); ``map_session`` turns the
+        # tensors named in ``handoff`` into the anomaly map.
+        self.map_session: ort.InferenceSession | None = None
+        self.handoff: list[str] = []
+        if split is None:
+            self.session = options.session(onnx_bytes)
+        else:
+            score_part, map_part, self.handoff = split
+            self.session = options.session(score_part.SerializeToString())
+            del score_part
+            # One thread: the map part is small (upsample, blur, resize); a second
+            # intra-op pool per loaded model would only add threads.
+            self.map_session = replace(options, threads=1).session(map_part.SerializeToString())
 
     @property
     def calibration(self) -> dict[str, Any]:
@@ -78,9 +146,16 @@ class CompiledModel:
 
     def run(self, image: np.ndarray) -> tuple[float, np.ndarray]:
         """``image (H, W, 3)`` uint8 -> (score, anomaly map ``(H, W)``)."""
-        score, anomaly_map = self.session.run(
-            ["score", "anomaly_map"], {"image": check_image_array(image)}
-        )
+        pixels = check_image_array(image)
+        if self.map_session is None:
+            score, anomaly_map = self.session.run(["score", "anomaly_map"], {"image": pixels})
+            return float(score[0]), anomaly_map
+        passed = [name for name in self.handoff if name != "image"]
+        score, *values = self.session.run(["score", *passed], {"image": pixels})
+        feeds: dict[str, np.ndarray] = dict(zip(passed, values, strict=True))
+        if "image" in self.handoff:
+            feeds["image"] = pixels
+        (anomaly_map,) = self.map_session.run(["anomaly_map"], feeds)
         return float(score[0]), anomaly_map
 
     def score(self, image: np.ndarray) -> float:
@@ -99,3 +174,95 @@ class CompiledModel:
             is_anomalous=score > self.threshold,
             anomaly_map=anomaly_map,
         )
+
+
+def split_score_and_map(
+    model: onnx.ModelProto,
+) -> tuple[onnx.ModelProto, onnx.ModelProto, list[str]] | None:
+    """The scoring graph as two graphs: what ``score`` needs, and the rest of what
+    ``anomaly_map`` needs (upsampling, blur, resize to the image), joined by the returned
+    tensor names (outputs of the first, inputs of the second).
+
+    onnxruntime runs every node of a graph whatever outputs are fetched, so one session would
+    build the anomaly map on every score-only call (``/inspect`` without a heatmap): about
+    10 % of its CPU time (bench/README.md). None when the graph
+    has no separate map branch or a hand-off tensor's type cannot be inferred (the caller then
+    runs the whole file as one session).
+    """
+    graph = model.graph
+    if {o.name for o in graph.output} != {"score", "anomaly_map"}:
+        return None
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+
+    def needed(name: str) -> set[int]:
+        nodes: set[int] = set()
+        stack = [name]
+        while stack:
+            index = producer.get(stack.pop())
+            if index is not None and index not in nodes:
+                nodes.add(index)
+                stack.extend(x for x in graph.node[index].input if x)
+        return nodes
+
+    score_nodes = needed("score")
+    map_nodes = needed("anomaly_map") - score_nodes
+    if not map_nodes:
+        return None
+    initializers = {t.name for t in graph.initializer}
+    handoff = sorted(
+        {
+            x
+            for i in map_nodes
+            for x in graph.node[i].input
+            if x and x not in initializers and producer.get(x) not in map_nodes
+        }
+    )
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in graph.input}
+    if any(x not in types for x in handoff):
+        # Only the hand-off tensors' element types are needed; infer them on the graph
+        # without its weights (shape inference would copy them).
+        light = onnx.ModelProto()
+        light.CopyFrom(model)
+        del light.graph.initializer[:]
+        light.graph.input.extend(
+            helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+            for t in graph.initializer
+        )
+        inferred = onnx.shape_inference.infer_shapes(light)
+        types.update((vi.name, vi.type.tensor_type.elem_type) for vi in inferred.graph.value_info)
+    if any(not types.get(x) for x in handoff):
+        return None
+    outputs = {o.name: o for o in graph.output}
+
+    def value(name: str) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, types[name], None)
+
+    def part(
+        nodes: set[int],
+        inputs: list[onnx.ValueInfoProto],
+        outs: list[onnx.ValueInfoProto],
+        name: str,
+    ) -> onnx.ModelProto:
+        used = {x for i in nodes for x in graph.node[i].input}
+        sub = helper.make_graph(
+            [graph.node[i] for i in sorted(nodes)],
+            name,
+            inputs,
+            outs,
+            initializer=[t for t in graph.initializer if t.name in used],
+        )
+        out = helper.make_model(sub, opset_imports=list(model.opset_import))
+        out.ir_version = model.ir_version
+        return out
+
+    passed = [x for x in handoff if x != "image"]
+    score_part = part(
+        score_nodes,
+        list(graph.input),
+        [outputs["score"], *map(value, passed)],
+        graph.name + "_score",
+    )
+    map_part = part(
+        map_nodes, [value(x) for x in handoff], [outputs["anomaly_map"]], graph.name + "_map"
+    )
+    return score_part, map_part, handoff

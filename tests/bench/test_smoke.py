@@ -1,0 +1,84 @@
+"""Each benchmark script runs end to end in its ``--quick`` mode (tiny counts) and writes its
+results JSON. Figures are not checked: timings belong in the benchmark reports, never in
+unit tests. Each script runs in a subprocess, as a person would run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DATASET = (ROOT / ".." / "shared" / "datasets" / "mvtec_bottle_512").resolve()
+
+pytestmark = pytest.mark.skipif(
+    not (DATASET / "train" / "good").is_dir() or not (DATASET / "test" / "good").is_dir(),
+    reason=f"the bottle dataset is not at {DATASET}",
+)
+
+
+@pytest.fixture(scope="module")
+def bench_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A fresh model cache shared by the scripts of this module (the engine's 2-image model
+    is reused by the scaling run), so the fitting path is always exercised."""
+    env = dict(os.environ)
+    env["NOMINAL_BENCH_CACHE"] = str(tmp_path_factory.mktemp("bench-cache"))
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def run_quick(script: str, tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:
+    out = tmp_path / f"bench_{script}.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", f"bench.{script}", "--quick", "--dataset", str(DATASET),
+         "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert "|---" in proc.stdout  # the markdown table
+    data: dict[str, Any] = json.loads(out.read_text())
+    assert data["bench"] == script
+    machine = data["machine"]
+    for key in ("cpu_model", "cores", "python", "onnxruntime", "numpy", "threads"):
+        assert machine[key] is not None, key
+    return data
+
+
+def test_engine_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
+    data = run_quick("engine", tmp_path, bench_env)
+    assert data["results"]["onnx/map/b1"]["images_per_s"] > 0
+    assert data["model"]["onnx_bytes"] > 0
+    assert data["workers"]["onnx"]["peak_rss_mib"] > 0
+    if data["torch_skipped"] is None:  # torch installed: both sides ran and agree
+        assert data["ratios"]["b1"]["onnx_over_torch_images_per_s"] > 0
+        assert data["parity"]["rel_diff"] < 1e-3
+    assert data["onnx_profile"]["by_op_type"]
+
+
+def test_training_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
+    data = run_quick("training", tmp_path, bench_env)
+    assert [row["k"] for row in data["fit"]] == [1, 2]
+    for row in data["fit"]:
+        assert row["peak_rss_mib_max"] > 0
+        assert set(row["timings_median"]) == {"features_s", "coreset_s", "calibration_s",
+                                              "export_s"}
+    assert data["api"]["runs"][0]["post_to_ready_s"] > 0
+
+
+def test_scaling_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
+    data = run_quick("scaling", tmp_path, bench_env)
+    assert [row["k"] for row in data["latency"]] == [1, 2]
+    assert all(row["score_ms"]["median"] > 0 for row in data["latency"])
+    assert sorted({row["variants"] for row in data["rss"]}) == [1, 2]
+    assert data["options_ab"]["variants"]["current defaults"]["ms"]["median"] > 0
+
+
+def test_http_load_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
+    data = run_quick("http_load", tmp_path, bench_env)
+    assert data["total_errors"] == 0
+    assert {level["clients"] for level in data["inspect"]} == {1, 2}
+    assert data["server"]["memory_mib"]["one_variant_loaded"]["vmrss_mib"] > 0
