@@ -204,11 +204,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database(settings.database_url, timeout_s=settings.db_timeout_s,
                             pool_size=settings.db_pool_size)
-        detector = Detector(settings.models_dir, RuntimeOptions(threads=settings.training_threads))
+        providers = settings.execution_providers
+        detector = Detector(settings.models_dir,
+                            RuntimeOptions(threads=settings.training_threads, providers=providers))
         loader = BackboneLoader(detector, settings.preload_backbones)
         loader.start()
         cache = ModelCache(settings.model_cache_size,
-                           RuntimeOptions(threads=settings.inference_threads),
+                           RuntimeOptions(threads=settings.inference_threads,
+                                          providers=providers),
                            on_change=metrics.model_cache_size.set)
         worker = TrainingWorker(
             database=database, detector=detector, metrics=metrics,

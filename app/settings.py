@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         description="ONNX sessions kept loaded, LRU over (variant, version)")
     inference_threads: int = Field(default=2, ge=1, le=256,
                                    description="intra-op threads per session")
+    # onnxruntime execution providers in order of preference, e.g.
+    # ["CUDAExecutionProvider", "CPUExecutionProvider"] where onnxruntime-gpu is installed;
+    # providers this onnxruntime does not have are skipped, and CPU is used when none is left.
+    execution_providers: tuple[str, ...] = Field(
+        default=("CPUExecutionProvider",), min_length=1,
+        description="onnxruntime execution providers, in order of preference (JSON list)")
     inference_workers: int = Field(
         default_factory=lambda: max(2, os.cpu_count() or 2), ge=1, le=256,
         description="concurrent decode+score calls (thread pool size)")

@@ -114,3 +114,9 @@ def test_an_unparsable_database_url_is_not_echoed() -> None:
     assert [e["msg"] for e in caught.value.errors()] == [
         "Value error, NOMINAL_DATABASE_URL is not a database URL; expected "
         "sqlite:///path/to/file.db or postgresql+psycopg://user:password@host:5432/dbname"]
+
+
+def test_settings_take_providers_as_a_json_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    providers = '["CUDAExecutionProvider", "CPUExecutionProvider"]'
+    monkeypatch.setenv("NOMINAL_EXECUTION_PROVIDERS", providers)
+    assert Settings().execution_providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
