@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -49,12 +50,12 @@ class _Graph:
         self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs: object) -> str:
+    def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs: Any) -> str:
         out = self.name(hint or op_type.lower())
         self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
         return out
 
-    def op_n(self, op_type: str, inputs: list[str], n: int, **attrs: object) -> list[str]:
+    def op_n(self, op_type: str, inputs: list[str], n: int, **attrs: Any) -> list[str]:
         outs = [self.name(op_type.lower()) for _ in range(n)]
         self.nodes.append(helper.make_node(op_type, inputs, outs, **attrs))
         return outs

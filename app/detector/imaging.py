@@ -68,8 +68,7 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage
             _check_size(width, height, limits)
             image.seek(0)
             image.load()
-            image = ImageOps.exif_transpose(image)
-            pixels = _to_rgb(image)
+            pixels = _to_rgb(ImageOps.exif_transpose(image))
     except (InvalidImageError, ImageTooLargeError):
         raise
     except UnidentifiedImageError:
