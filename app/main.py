@@ -191,6 +191,43 @@ class BodySizeLimitMiddleware:
         await response(scope, receive, send)
 
 
+class SecurityHeadersMiddleware:
+    """Hardening headers on every answer: ``nosniff``, ``no-referrer``, no framing
+    (``X-Frame-Options: DENY`` and CSP ``frame-ancestors 'none'``) and ``Cache-Control:
+    no-store`` unless the route set its own. API answers also get CSP ``default-src 'none'``
+    (JSON/ONNX are never rendered); the interactive docs pages (``/docs``, ``/redoc``) load
+    scripts and styles from their CDN, so they get only ``frame-ancestors 'none'``."""
+
+    API_CSP = b"default-src 'none'; frame-ancestors 'none'"
+    DOCS_CSP = b"frame-ancestors 'none'"
+
+    def __init__(self, app: ASGIApp, docs_paths: frozenset[str]) -> None:
+        self.app = app
+        self.docs_paths = docs_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        csp = self.DOCS_CSP if scope.get("path", "") in self.docs_paths else self.API_CSP
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                for name, value in ((b"x-content-type-options", b"nosniff"),
+                                    (b"referrer-policy", b"no-referrer"),
+                                    (b"x-frame-options", b"DENY"),
+                                    (b"content-security-policy", csp),
+                                    (b"cache-control", b"no-store")):
+                    if name not in present:
+                        headers.append((name, value))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 _IMAGE_ROUTE = re.compile(r"^/v1/variants/[^/]+/(images|inspect|inspect/batch)/?$")
 
 
@@ -262,6 +299,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes,
                        json_max_bytes=JSON_BODY_LIMIT)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    docs_paths = frozenset(p for p in (app.docs_url, app.redoc_url,
+                                       app.swagger_ui_oauth2_redirect_url) if p)
+    app.add_middleware(SecurityHeadersMiddleware, docs_paths=docs_paths)
 
     # Each /v1 route declares who may call it (app.api.security); no router-wide default.
     for module in (variants, images, models, inspect, backbones, api_keys):
