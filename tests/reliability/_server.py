@@ -126,3 +126,34 @@ def assert_problem(response: httpx.Response) -> dict:
     assert {"type", "title", "status", "detail"} <= set(body), body
     assert body["status"] == response.status_code
     return body  # type: ignore[no-any-return]
+
+
+def inspect_score(client: httpx.Client, variant: str, data: bytes) -> float:
+    """Score of a PNG through ``POST /v1/variants/{variant}/inspect`` (must answer 200)."""
+    response = client.post(f"/v1/variants/{variant}/inspect", content=data,
+                           headers={"content-type": "image/png"})
+    assert response.status_code == 200, response.text
+    return float(response.json()["score"])
+
+
+# Integrity counts that must all be zero after any crash.
+_ORPHAN_QUERIES = {
+    "ready_without_artifact": "SELECT count(*) FROM model m WHERE m.status = 'ready' AND NOT "
+                              "EXISTS (SELECT 1 FROM model_artifact a WHERE a.model_id = m.id)",
+    "orphan_artifacts": "SELECT count(*) FROM model_artifact a WHERE NOT EXISTS "
+                        "(SELECT 1 FROM model m WHERE m.id = a.model_id)",
+}
+
+
+def orphan_counts(database_url: str) -> dict[str, int]:
+    """Ready models without their ONNX artifact, and artifacts without a model."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as db:
+            return {name: int(db.execute(text(sql)).scalar() or 0)
+                    for name, sql in _ORPHAN_QUERIES.items()}
+    finally:
+        engine.dispose()
+
