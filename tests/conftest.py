@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import time
 import uuid
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -216,6 +218,15 @@ def encode(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def png_claiming_size(data: bytes, width: int, height: int) -> bytes:
+    """``data`` (a PNG) with its IHDR patched to declare ``width x height`` (CRC fixed): a
+    header-only decompression bomb, tiny on the wire."""
+    assert data[12:16] == b"IHDR"
+    ihdr = struct.pack(">II", width, height) + data[24:29]
+    crc = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
+    return data[:16] + ihdr + crc + data[33:]
 
 
 def good_png(seed: int) -> bytes:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,15 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-
-def _png_with_size(data: bytes, width: int, height: int) -> bytes:
-    """``data`` (a PNG) with its IHDR claiming ``width x height`` (CRC fixed): a header-only
-    decompression bomb."""
-    assert data[12:16] == b"IHDR"
-    ihdr = bytearray(data[16:29])
-    ihdr[0:8] = struct.pack(">II", width, height)
-    crc = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(ihdr)) & 0xFFFFFFFF)
-    return data[:16] + bytes(ihdr) + crc + data[33:]
+from tests.conftest import png_claiming_size
 
 
 def _real_bomb() -> bytes:
@@ -48,7 +38,7 @@ def bad_images(images: Any) -> dict[str, tuple[bytes, int]]:
         "garbage-after-magic": (b"\xff\xd8\xff" + bytes(range(256)) * 4, 422),
         "unsupported-ico": (_ico(), 422),
         "tiny": (images.encode(images.good_pixels(2)[:4, :4]), 422),
-        "header-bomb": (_png_with_size(good, 100_000, 100_000), 413),
+        "header-bomb": (png_claiming_size(good, 100_000, 100_000), 413),
         "real-bomb": (_real_bomb(), 413),
     }
 

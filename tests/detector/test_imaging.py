@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import struct
 import tracemalloc
-import zlib
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from PIL import Image, ImageFile
 
 from app.detector.imaging import ImageLimits, decode_image, encode_png
 from app.errors import ImageTooLargeError, InvalidImageError
+from tests.conftest import png_claiming_size
 
 
 def _encode(image: Image.Image, fmt: str, **params: object) -> bytes:
@@ -200,12 +199,7 @@ def test_unsupported_format_is_named() -> None:
 
 def _png_declaring(width: int, height: int) -> bytes:
     """A valid 1 x 1 PNG whose IHDR is patched to declare ``width x height`` (CRC fixed)."""
-    data = bytearray(_encode(Image.new("RGB", (1, 1), (1, 2, 3)), "PNG"))
-    assert data[12:16] == b"IHDR"
-    data[16:20] = struct.pack(">I", width)
-    data[20:24] = struct.pack(">I", height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
-    return bytes(data)
+    return png_claiming_size(_encode(Image.new("RGB", (1, 1), (1, 2, 3)), "PNG"), width, height)
 
 
 def test_declared_bomb_is_refused_from_the_header_alone(monkeypatch: pytest.MonkeyPatch) -> None:

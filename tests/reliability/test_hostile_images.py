@@ -5,8 +5,6 @@ gets a documented answer (200 verdict or 4xx problem), never a 5xx, and the serv
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import encode, good_pixels, good_png
+from tests.conftest import encode, good_pixels, good_png, png_claiming_size
 from tests.reliability._server import Server, assert_problem, vm_kib, wait_model
 
 MB = 1024  # KiB per MiB
@@ -28,11 +26,7 @@ def _save(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
 
 def _header_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
     """A small PNG whose IHDR claims ``width x height`` (CRC fixed), the payload tiny."""
-    data = encode(good_pixels(0, 16))
-    ihdr = bytearray(data[16:29])
-    ihdr[0:8] = struct.pack(">II", width, height)
-    crc = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(ihdr)) & 0xFFFFFFFF)
-    return data[:16] + bytes(ihdr) + crc + data[33:]
+    return png_claiming_size(encode(good_pixels(0, 16)), width, height)
 
 
 def _exif_rotated_jpeg() -> bytes:
