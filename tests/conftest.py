@@ -198,8 +198,14 @@ def client(make_client: Callable[..., TestClient]) -> TestClient:
 
 def good_pixels(seed: int, size: int = 96, noise: float = 4.0) -> np.ndarray:
     """A textured "good" part ``(size, size, 3)`` uint8: product of sines plus seeded noise."""
+    return textured_part(seed, size, size, noise)
+
+
+def textured_part(seed: int, height: int, width: int, noise: float = 4.0) -> np.ndarray:
+    """``(height, width, 3)`` uint8: product of sines (period 12 x 16 px) in three tints, plus
+    seeded noise; the synthetic "good" part of every test."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     base = 128.0 + 60.0 * np.sin(2 * np.pi * xx / 12.0) * np.cos(2 * np.pi * yy / 16.0)
     image = np.stack([base, 0.8 * base + 30.0, 200.0 - 0.5 * base], axis=2)
     image += rng.normal(0.0, noise, image.shape)

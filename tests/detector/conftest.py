@@ -16,6 +16,7 @@ import pytest
 
 from app.detector.config import DetectorConfig
 from app.detector.engine import Detector, FittedModel
+from tests.conftest import textured_part
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
@@ -25,13 +26,8 @@ GOOD_SIZE = (96, 96)  # (H, W) of the training images in these tests
 def make_good(
     seed: int, height: int = GOOD_SIZE[0], width: int = GOOD_SIZE[1], noise: float = 4.0
 ) -> np.ndarray:
-    """A textured "good" part: product of sines (period 12 x 16 px) in three tints, plus noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = 128.0 + 60.0 * np.sin(2 * np.pi * xx / 12.0) * np.cos(2 * np.pi * yy / 16.0)
-    image = np.stack([base, 0.8 * base + 30.0, 200.0 - 0.5 * base], axis=2)
-    image += rng.normal(0.0, noise, image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8)
+    """A textured "good" part of ``height x width`` (the suite-wide ``textured_part``)."""
+    return textured_part(seed, height, width, noise)
 
 
 @dataclass(frozen=True)
