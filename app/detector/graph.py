@@ -17,7 +17,6 @@ Two graphs share one front end, so the engine's own path and the shipped model c
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -394,8 +393,3 @@ def _blur(g: _Graph, score_map: str, sigma: float) -> str:
     )
     vertical = g.op("Conv", [padded, g.const("kv", kernel.reshape(1, 1, -1, 1))])
     return g.op("Conv", [vertical, g.const("kh", kernel.reshape(1, 1, 1, -1))])
-
-
-def bank_chunks(m: int) -> int:
-    """Number of bank chunks the scoring graph uses for a bank of ``m`` rows."""
-    return math.ceil(m / BANK_CHUNK)
