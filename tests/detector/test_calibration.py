@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from app.detector.calibration import (
-    MIN_RELATIVE_SPREAD,
+    ONE_SHOT_RELATIVE_SPREAD,
+    PRIOR_LOG_SPREAD,
+    PRIOR_WEIGHT,
     calibrate,
     f1_threshold,
     normalize_score,
@@ -44,17 +46,32 @@ def test_threshold_is_monotone_in_the_target_rate() -> None:
     assert thresholds[0] > thresholds[2] > max(scores)
 
 
-def test_identical_scores_use_the_spread_floor() -> None:
+def test_identical_scores_use_the_prior_spread() -> None:
     rate = 0.01
-    t3 = student_t_quantile(1 - rate, 3)
     threshold = threshold_from_good(np.array([4.0, 4.0, 4.0]), rate)
-    # Prediction bound on the floor spread, t with (at least) 3 degrees of freedom.
-    assert threshold == pytest.approx(4.0 + t3 * MIN_RELATIVE_SPREAD * 4.0 * math.sqrt(1 + 1 / 3))
-    assert threshold > 4.0
-    # One shot: no sample spread at all, the floor with the normal quantile.
+    # No sample spread: the prior's, with its weight in the degrees of freedom.
+    dof = PRIOR_WEIGHT + 2
+    pooled = PRIOR_LOG_SPREAD * math.sqrt(PRIOR_WEIGHT / dof)
+    expected = 4.0 * math.exp(student_t_quantile(1 - rate, dof) * pooled * math.sqrt(1 + 1 / 3))
+    assert threshold == pytest.approx(expected)
+    # One shot: no spread at all, the normal quantile on the one-shot spread.
     z = NormalDist().inv_cdf(1 - rate)
     one = threshold_from_good(np.array([4.0]), rate)
-    assert one == pytest.approx(4.0 + z * MIN_RELATIVE_SPREAD * 4.0 * math.sqrt(2))
+    assert one == pytest.approx(4.0 + z * ONE_SHOT_RELATIVE_SPREAD * 4.0 * math.sqrt(2))
+
+
+def test_a_wide_sample_outweighs_the_prior() -> None:
+    calm = np.array([10.0, 10.2, 9.9, 10.1, 10.0, 9.8])
+    wild = np.array([10.0, 16.0, 8.0, 13.0, 9.0, 15.0])
+    ratio = threshold_from_good(wild, 0.01) / np.exp(np.mean(np.log(wild)))
+    assert ratio > threshold_from_good(calm, 0.01) / np.exp(np.mean(np.log(calm)))
+
+
+def test_threshold_is_scale_free() -> None:
+    scores = np.array([2.0, 2.3, 2.1, 2.6])
+    assert threshold_from_good(10 * scores, 0.02) == pytest.approx(
+        10 * threshold_from_good(scores, 0.02)
+    )
 
 
 @pytest.mark.parametrize(
