@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -317,6 +318,6 @@ def bank_from_model(onnx_bytes: bytes) -> np.ndarray:
     """The memory bank ``(M, C)`` stored inside a scoring ONNX file (for checks and tools)."""
     model = onnx.load_from_string(onnx_bytes)
     for init in model.graph.initializer:
-        if init.name.startswith("bank_") and not init.name.startswith(("bank_t", "bank_sq")):
+        if re.fullmatch(r"bank_\d+", init.name):  # not bank_q_*, bank_scale_*, bank_sq_*
             return onnx.numpy_helper.to_array(init)
     raise InvalidInputError("no memory bank found in this ONNX file")

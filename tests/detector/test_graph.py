@@ -1,14 +1,20 @@
-"""The feature extractor's resize: aspect kept (or not, for ``square``), patch grid as planned."""
+"""The graphs: the extractor's resize (aspect kept, or not for ``square``; patch grid as
+planned) and the scoring graph's nearest-neighbour stage."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
+from onnx import TensorProto, helper
 
 from app.detector.backbones import get_backbone
 from app.detector.config import DetectorConfig
 from app.detector.engine import Detector, resize_plan
+from app.detector import graph
 from app.detector.graph import ResizePlan
+from app.detector.runtime import RuntimeOptions
 
 SPEC = get_backbone("efficientnet_lite0")
 MULTIPLE = SPEC.size_multiple  # 16
@@ -126,3 +132,72 @@ def test_fixed_scale_plan_needs_a_reference() -> None:
         ResizePlan(policy="fixed_scale", resolution=64, max_aspect=4.0)
     with pytest.raises(ValueError, match="policy"):
         ResizePlan(policy="stretch", resolution=64, max_aspect=4.0)
+
+
+# --- nearest-neighbour stage: 8-bit shortlist, exact float32 re-rank -----------------------
+
+
+def _nearest_stage(bank: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """The scoring graph's nearest-distance stage alone, as an onnxruntime session."""
+    g = graph._Graph()
+    out = graph._nearest_distances(g, "x", bank.astype(np.float32))
+    g.nodes.append(helper.make_node("Identity", [out], ["distances"]))
+    model = helper.make_model(
+        helper.make_graph(
+            g.nodes,
+            "nearest",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", bank.shape[1]])],
+            [helper.make_tensor_value_info("distances", TensorProto.FLOAT, ["N"])],
+            initializer=g.initializers,
+        ),
+        opset_imports=[helper.make_opsetid("", graph.OPSET)],
+    )
+    session = RuntimeOptions(threads=1).session(model.SerializeToString())
+    return lambda x: session.run(["distances"], {"x": x.astype(np.float32)})[0]
+
+
+def _brute_force(x: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    diff = x.astype(np.float64)[:, None, :] - bank.astype(np.float64)[None, :, :]
+    return np.sqrt((diff**2).sum(-1)).min(axis=1)
+
+
+@pytest.mark.parametrize("chunk", [graph.BANK_CHUNK, 50])
+def test_nearest_stage_is_exact_on_feature_like_data(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(graph, "BANK_CHUNK", chunk)
+    rng = np.random.default_rng(3)
+    bank = np.maximum(rng.normal(0.5, 1.0, (300, 48)), 0.0)  # sparse, non-negative
+    x = np.maximum(rng.normal(0.5, 1.0, (200, 48)), 0.0)
+    np.testing.assert_allclose(_nearest_stage(bank)(x), _brute_force(x, bank), rtol=1e-5)
+
+
+def test_nearest_stage_near_ties_stay_within_quantisation_error() -> None:
+    # 40 rows closer to each other than one 8-bit step, far from the origin: the integer
+    # shortlist cannot order them. The answer is still the exact distance to a real bank row
+    # (never below the true nearest), off by far less than the features' own scale.
+    rng = np.random.default_rng(4)
+    centre = rng.uniform(50.0, 60.0, 32)
+    bank = centre + rng.normal(0.0, 1e-3, (40, 32))
+    x = bank[:10] + rng.normal(0.0, 1e-5, (10, 32))
+    got, exact = _nearest_stage(bank)(x), _brute_force(x, bank)
+    assert np.all(got >= exact - 1e-4)
+    assert np.all(got - exact < 1e-4 * np.linalg.norm(x, axis=1))
+
+
+def test_nearest_stage_separates_rows_one_step_apart() -> None:
+    # Neighbours a few quantisation steps apart are ranked exactly.
+    rng = np.random.default_rng(6)
+    bank = rng.uniform(0.0, 6.0, (500, 64))
+    x = bank[rng.integers(0, 500, 50)] + rng.normal(0.0, 0.05, (50, 64))
+    np.testing.assert_allclose(_nearest_stage(bank)(x), _brute_force(x, bank), rtol=1e-5)
+
+
+def test_quantized_bank_stays_within_seven_bits() -> None:
+    rng = np.random.default_rng(5)
+    bank = rng.normal(0.0, 10.0, (64, 16)).astype(np.float32)
+    bank[3] = 0.0  # an all-zero row must not divide by zero
+    q, scale = graph.quantize_bank(bank)
+    assert q.dtype == np.int8 and np.abs(q).max() == graph.SHORTLIST_LEVELS
+    assert np.all(np.isfinite(scale)) and np.all(scale > 0)
+    np.testing.assert_allclose(q * scale[:, None], bank, atol=float(scale.max()) / 2 + 1e-6)
