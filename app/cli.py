@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resize", default="fixed_scale", choices=["fixed_scale", "shorter_side", "square"]
     )
     evaluate.add_argument("--augment", default="none", choices=["none", "flip", "rot90"])
+    evaluate.add_argument("--precision", default="float32", choices=["float32", "int8"])
     evaluate.add_argument("--coreset-ratio", type=float, default=None)
     evaluate.add_argument(
         "--target-frr",

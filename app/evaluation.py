@@ -225,6 +225,7 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
         "resolution": args.resolution,
         "augment": args.augment,
         "resize": args.resize,
+        "precision": args.precision,
     }
     if args.coreset_ratio is not None:
         overrides["coreset_ratio"] = args.coreset_ratio
@@ -254,7 +255,8 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
     rows = summarise(results)
     print(
         f"\n{dataset.root.name}: {config.backbone}, resolution {config.resolution or 'default'}, "
-        f"resize {config.resize}, augment {config.augment}, {len(test_images)} test images; "
+        f"resize {config.resize}, augment {config.augment}, precision {config.precision}, "
+        f"{len(test_images)} test images; "
         "means over seeds\n"
     )
     print(format_table(rows))

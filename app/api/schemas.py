@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.db.models import ApiKey, ApiKeyRole, Image, ImageLabel, Model, ModelStatus
-from app.detector.config import Augmentation, DetectorConfig, ResizePolicy
+from app.detector.config import Augmentation, DetectorConfig, Precision, ResizePolicy
 from app.services.backbones import BackboneInfo
 from app.services.inspection import Inspection
 from app.services.training import ModelView
@@ -104,6 +104,11 @@ class VariantSettings(BaseModel):
     blur_sigma: float | None = Field(
         default=None, ge=0, le=16,
         description=f"anomaly map smoothing; default {_DEFAULTS.blur_sigma:g}")
+    precision: Precision | None = Field(
+        default=None,
+        description="backbone arithmetic: float32, or int8 (calibrated on the training images; "
+                    "about twice as fast per image on a CPU, small accuracy cost, see "
+                    f"BENCHMARKS.md); default {_DEFAULTS.precision}")
 
     @model_validator(mode="after")
     def _null_only_where_meaningful(self) -> VariantSettings:
@@ -138,6 +143,7 @@ class VariantSettingsPublic(BaseModel):
     augment: Augmentation
     score_top_fraction: float
     blur_sigma: float
+    precision: Precision
 
 
 class VariantCreate(BaseModel):

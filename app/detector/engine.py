@@ -25,6 +25,7 @@ from app.detector.calibration import Calibration, calibrate, region_holdout_scor
 from app.detector.config import DetectorConfig
 from app.detector.graph import ResizePlan, build_feature_extractor, build_scoring_model
 from app.detector.memory import greedy_coreset, image_score, nearest_distances
+from app.detector.quantize import MAX_CALIBRATION_INPUTS, quantize_backbone
 from app.detector.runtime import FORMAT_VERSION, METADATA_PREFIX, RuntimeOptions, check_image_array
 from app.errors import InvalidInputError
 
@@ -53,6 +54,7 @@ class FittedModel:
     config: DetectorConfig
     bank_size: int
     n_images: int
+    backbone: onnx.ModelProto  # the one inside the file (int8 models: the quantised one)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -76,6 +78,11 @@ class FeatureExtractor:
     def __call__(self, image: np.ndarray) -> PatchFeatures:
         patches, grid = self.session.run(["patches", "grid"], {"image": check_image_array(image)})
         return PatchFeatures(patches=patches, grid=(int(grid[0]), int(grid[1])))
+
+    def backbone_input(self, image: np.ndarray) -> np.ndarray:
+        """The tensor the backbone sees for ``image``: ``(1, 3, h, w)`` float32."""
+        (pixels,) = self.session.run(["backbone_input"], {"image": check_image_array(image)})
+        return pixels
 
 
 def augment(image: np.ndarray, mode: str) -> list[np.ndarray]:
@@ -139,7 +146,15 @@ class Detector:
         report(0.0, "features")
         images = [check_image_array(image) for image in good_images]
         plan = resize_plan(config, images)
+        backbone = self.backbone(spec.name)
         extractor = self.extractor(config, plan)
+        if config.precision == "int8":
+            calibration_inputs = [
+                extractor.backbone_input(image) for image in images[:MAX_CALIBRATION_INPUTS]
+            ]
+            backbone = quantize_backbone(backbone, calibration_inputs)
+            extractor = FeatureExtractor(spec, backbone, plan, self.options)
+            timings["quantize_s"] = time.perf_counter() - t0
         originals: list[PatchFeatures] = []  # the un-augmented view of each image
         chunks: list[np.ndarray] = []
         owners: list[np.ndarray] = []
@@ -225,7 +240,7 @@ class Detector:
         }
         model = build_scoring_model(
             spec,
-            self.backbone(spec.name),
+            backbone,
             plan,
             bank,
             config.blur_sigma,
@@ -242,14 +257,29 @@ class Detector:
             config=config,
             bank_size=len(bank),
             n_images=len(good_images),
+            backbone=backbone,
             timings=timings,
         )
 
     def patch_scores(
-        self, image: np.ndarray, bank: np.ndarray, config: DetectorConfig, plan: ResizePlan
+        self,
+        image: np.ndarray,
+        bank: np.ndarray,
+        config: DetectorConfig,
+        plan: ResizePlan,
+        backbone: onnx.ModelProto | None = None,
     ) -> PatchFeatures:
-        """The engine's own scoring path: ``(h * w,)`` nearest distances on the patch grid."""
-        feats = self.extractor(config, plan)(check_image_array(image))
+        """The engine's own scoring path: ``(h * w,)`` nearest distances on the patch grid.
+
+        ``backbone``: the model's own (``FittedModel.backbone``) where it is not the shared
+        float32 one (int8 models).
+        """
+        extractor = (
+            self.extractor(config, plan)
+            if backbone is None
+            else FeatureExtractor(get_backbone(config.backbone), backbone, plan, self.options)
+        )
+        feats = extractor(check_image_array(image))
         return PatchFeatures(patches=nearest_distances(feats.patches, bank), grid=feats.grid)
 
 

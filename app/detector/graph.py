@@ -281,14 +281,20 @@ def _model(
 def build_feature_extractor(
     spec: BackboneSpec, backbone: onnx.ModelProto, plan: ResizePlan
 ) -> onnx.ModelProto:
-    """``image`` uint8 ``(H, W, 3)`` -> ``patches`` float32 ``(N, C)``, ``grid`` int64 ``(2,)``."""
+    """``image`` uint8 ``(H, W, 3)`` -> ``patches`` float32 ``(N, C)``, ``grid`` int64 ``(2,)``,
+    and ``backbone_input`` float32 ``(1, 3, h, w)``."""
     g = _Graph()
     patches, grid, _, _ = _front_end(g, spec, backbone, plan)
     g.nodes.append(helper.make_node("Identity", [patches], ["patches"]))
     g.nodes.append(helper.make_node("Identity", [grid], ["grid"]))
+    # What the backbone sees (resized, normalised, padded): calibration data for int8.
+    g.nodes.append(helper.make_node("Identity", [BACKBONE_PREFIX + "pixels"], ["backbone_input"]))
     outputs = [
         helper.make_tensor_value_info("patches", TensorProto.FLOAT, ["N", spec.feature_dim]),
         helper.make_tensor_value_info("grid", TensorProto.INT64, [2]),
+        helper.make_tensor_value_info(
+            "backbone_input", TensorProto.FLOAT, [1, 3, "height", "width"]
+        ),
     ]
     return _model(g, backbone, outputs, {"backbone": spec.name}, "nominal_features")
 
@@ -376,10 +382,14 @@ def _nearest_distances(g: _Graph, patches: str, bank: np.ndarray) -> str:
     whenever the true neighbour made the shortlist: quantisation error only reorders rows
     that are near ties, and those are inside it (tests/detector/test_graph.py).
     """
-    x_q, x_scale, x_zero = g.op_n("DynamicQuantizeLinear", [patches], 3)
+    # Distances do not change when both sides move by the bank's mean; the 8-bit steps then
+    # resolve the differences between rows instead of the offset they all share.
+    centre = bank.astype(np.float64).mean(axis=0)
+    centred = g.op("Sub", [patches, g.const("bank_mean", centre.astype(np.float32))])
+    x_q, x_scale, x_zero = g.op_n("DynamicQuantizeLinear", [centred], 3)
     candidates: list[str] = []
     for start in range(0, len(bank), BANK_CHUNK):
-        chunk = bank[start : start + BANK_CHUNK]
+        chunk = bank[start : start + BANK_CHUNK] - centre
         q, scale = quantize_bank(chunk)
         dots = g.op("MatMulInteger", [x_q, g.const("bank_q", np.ascontiguousarray(q.T)), x_zero])
         neg2_scale = g.op("Mul", [x_scale, g.const("bank_scale", -2.0 * scale)])

@@ -44,7 +44,7 @@ def test_defaults_on_create(client: TestClient) -> None:
 
 def test_settings_round_trip_into_training(client: TestClient, api: Any, images: Any) -> None:
     sent = {"resolution": 64, "resize": "square", "border": 2, "score_top_fraction": 0.1,
-            "min_bank_size": 64, "max_bank_size": 128, "blur_sigma": 2.0}
+            "min_bank_size": 64, "max_bank_size": 128, "blur_sigma": 2.0, "precision": "int8"}
     created = api.create_variant("bolt", settings=sent)
     assert created["settings"] == {**DEFAULTS, **sent}
     patched = client.patch("/v1/variants/bolt", json={"settings": {
@@ -70,7 +70,7 @@ def test_settings_round_trip_into_training(client: TestClient, api: Any, images:
 @pytest.mark.parametrize("settings", [
     {"resize": "crop"}, {"border": 5}, {"border": -1}, {"score_top_fraction": 0.6},
     {"score_top_fraction": -0.1}, {"coreset_ratio": None}, {"resize": None},
-    {"min_bank_size": 100, "max_bank_size": 10},
+    {"min_bank_size": 100, "max_bank_size": 10}, {"precision": "int4"}, {"precision": None},
 ])
 def test_out_of_bounds_settings_are_422(client: TestClient, problem: Any,
                                         settings: dict[str, Any]) -> None:
@@ -84,7 +84,8 @@ def test_a_variant_stored_before_a_setting_existed_shows_its_default(
         client: TestClient, database_url: str) -> None:
     assert client.post("/v1/variants", json={"name": "old"}).status_code == 201
     legacy = {k: v for k, v in DEFAULTS.items()
-              if k not in ("resize", "border", "score_top_fraction")} | {"min_bank_size": 4096}
+              if k not in ("resize", "border", "score_top_fraction", "precision")
+              } | {"min_bank_size": 4096}
     database = Database(database_url)
     try:
         with database.writing() as session:

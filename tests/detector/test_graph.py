@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
+from app.detector import graph
 from app.detector.backbones import get_backbone
 from app.detector.config import DetectorConfig
 from app.detector.engine import Detector, resize_plan
-from app.detector import graph
 from app.detector.graph import ResizePlan
 from app.detector.runtime import RuntimeOptions
 

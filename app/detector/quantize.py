@@ -1,0 +1,64 @@
+"""8-bit backbones: weights and activations in int8, calibrated on a model's own images.
+
+The backbone's convolutions are most of the time per image on a CPU (bench/README.md).
+onnxruntime runs them about twice as fast in 8 bits, but activation ranges must come from
+real inputs: a per-model quantisation calibrated on that model's training images fits their
+ranges exactly and needs no data shipped with the project. The memory bank is then built
+from the quantised backbone's own features, so bank and query are measured alike; the
+accuracy cost is measured in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+
+# Calibration images: activation ranges settle after a few; more only add fit time.
+MAX_CALIBRATION_INPUTS = 8
+
+
+class _Inputs(CalibrationDataReader):
+    def __init__(self, name: str, inputs: Sequence[np.ndarray]) -> None:
+        self._feed: Iterator[dict[str, np.ndarray]] = iter([{name: x} for x in inputs])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feed, None)
+
+
+def quantize_backbone(backbone: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> onnx.ModelProto:
+    """The backbone with int8 convolutions (``QLinearConv``), ranges from ``inputs``.
+
+    ``inputs`` are backbone input tensors ``(1, 3, H, W)`` (sizes may differ). Weights are
+    per output channel with seven bits (``reduce_range``): on CPUs without VNNI, onnxruntime's
+    uint8 x int8 products saturate int16 pair sums with eight. Activations are uint8, ranges
+    min-max over the inputs.
+    """
+    if not inputs:
+        raise ValueError("need at least one input to calibrate an 8-bit backbone")
+    name = backbone.graph.input[0].name
+    with tempfile.TemporaryDirectory(prefix="nominal-int8-") as tmp:
+        source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(backbone, str(source))
+        quantize_static(
+            str(source),
+            str(target),
+            _Inputs(name, list(inputs)[:MAX_CALIBRATION_INPUTS]),
+            quant_format=QuantFormat.QOperator,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=True,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        return onnx.load(str(target))
