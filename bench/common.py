@@ -261,10 +261,10 @@ def decode(path: Path) -> Any:
 # --------------------------------------------------------------------------- fitting
 
 
-def detector_config(resolution: int | None) -> Any:
+def detector_config(resolution: int | None, precision: str = "float32") -> Any:
     from app.detector.config import DetectorConfig
 
-    return DetectorConfig(resolution=resolution)
+    return DetectorConfig(resolution=resolution, precision=precision)  # type: ignore[arg-type]
 
 
 def _source_digest() -> str:
@@ -274,8 +274,10 @@ def _source_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def model_cache_path(dataset: Path, k: int, resolution: int | None, seed: int) -> Path:
-    key = json.dumps([str(dataset.resolve()), k, resolution, seed, _source_digest()])
+def model_cache_path(dataset: Path, k: int, resolution: int | None, seed: int,
+                     precision: str = "float32") -> Path:
+    key = json.dumps([str(dataset.resolve()), k, resolution, seed, _source_digest()]
+                     + ([precision] if precision != "float32" else []))
     return CACHE_DIR / f"model-k{k}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
 
 
@@ -294,7 +296,7 @@ def fit_worker(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     images = [decode(p) for p in train_paths(args.dataset, args.k)]
     decode_s = time.perf_counter() - t0
-    config = detector_config(args.resolution)
+    config = detector_config(args.resolution, args.precision)
     detector = Detector(MODELS_DIR, RuntimeOptions(threads=args.threads))
     t0 = time.perf_counter()
     detector.extractor(config, resize_plan(config, images))
@@ -313,6 +315,7 @@ def fit_worker(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "k": args.k,
         "resolution": config.resolution,
+        "precision": config.precision,
         "threads": args.threads,
         "bank_size": fitted.bank_size,
         "onnx_bytes": len(fitted.onnx_bytes),
@@ -354,9 +357,10 @@ def run_json(cmd: Sequence[str], timeout_s: float) -> dict[str, Any]:
 
 
 def fit_in_subprocess(dataset: Path, k: int, resolution: int | None, threads: int, seed: int,
-                      save: Path | None = None, timeout_s: float = 1800) -> dict[str, Any]:
+                      save: Path | None = None, timeout_s: float = 1800,
+                      precision: str = "float32") -> dict[str, Any]:
     cmd = python_cmd("bench.common", "fit", "--dataset", str(dataset), "--k", str(k),
-                     "--threads", str(threads), "--seed", str(seed))
+                     "--threads", str(threads), "--seed", str(seed), "--precision", precision)
     if resolution is not None:
         cmd += ["--resolution", str(resolution)]
     if save is not None:
@@ -364,14 +368,16 @@ def fit_in_subprocess(dataset: Path, k: int, resolution: int | None, threads: in
     return run_json(cmd, timeout_s)
 
 
-def cached_model(dataset: Path, k: int, resolution: int | None, threads: int, seed: int
-                 ) -> tuple[Path, dict[str, Any] | None]:
-    """The fitted model's ONNX file for (dataset, k, resolution, seed), fitted in a subprocess
-    unless an earlier bench run left it in ``CACHE_DIR``. Returns (path, fit report or None)."""
-    path = model_cache_path(dataset, k, resolution, seed)
+def cached_model(dataset: Path, k: int, resolution: int | None, threads: int, seed: int,
+                 precision: str = "float32") -> tuple[Path, dict[str, Any] | None]:
+    """The fitted model's ONNX file for (dataset, k, resolution, seed, precision), fitted in a
+    subprocess unless an earlier bench run left it in ``CACHE_DIR``. Returns (path, fit report
+    or None)."""
+    path = model_cache_path(dataset, k, resolution, seed, precision)
     if path.exists():
         return path, None
-    return path, fit_in_subprocess(dataset, k, resolution, threads, seed, save=path)
+    return path, fit_in_subprocess(dataset, k, resolution, threads, seed, save=path,
+                                   precision=precision)
 
 
 # --------------------------------------------------------------------------- a real server
@@ -542,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--resolution", type=int, default=None)
     fit.add_argument("--threads", type=int, default=2)
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--precision", choices=["float32", "int8"], default="float32")
     fit.add_argument("--save", type=Path, default=None, help="write the ONNX file here")
     args = parser.parse_args(argv)
     print(json.dumps(fit_worker(args)), flush=True)

@@ -356,6 +356,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"fitting the model on {shots} images at resolution {resolution} ...", flush=True)
     model_path, fit = common.cached_model(args.dataset, shots, resolution, args.threads, args.seed)
     model_bytes = model_path.stat().st_size
+    # The same model with an 8-bit backbone (precision=int8), measured in the same rounds.
+    int8_path, int8_fit = common.cached_model(args.dataset, shots, resolution, args.threads,
+                                              args.seed, precision="int8")
     from app.detector.engine import bank_from_model
 
     bank_shape = list(bank_from_model(model_path.read_bytes()).shape)
@@ -364,13 +367,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if reason:
         print(f"NOTE: {reason}", flush=True)
 
-    sides: dict[str, Side] = {"onnx": Side("onnx", args, model_path, images)}
+    sides: dict[str, Side] = {"onnx": Side("onnx", args, model_path, images),
+                              "onnx-int8": Side("onnx-int8", args, int8_path, images)}
     if reason is None:
         sides["torch"] = Side("torch", args, model_path, images)
     scores = {name: side.ask(op="score") for name, side in sides.items()}
 
     # Cases: (side, mode, batch). Interleaved by round, order reversed every other round.
-    cases = [("onnx", "map", 1), ("onnx", "score", 1), ("onnx", "map", batch)]
+    cases = [(side, mode, b) for side in ("onnx", "onnx-int8")
+             for mode, b in (("map", 1), ("score", 1), ("map", batch))]
     if "torch" in sides:
         cases += [("torch", "map", 1), ("torch", "map", batch)]
     timings: dict[tuple[str, str, int], list[float]] = {c: [] for c in cases}
@@ -388,10 +393,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finals = {name: side.close() for name, side in sides.items()}
 
     print("profiling the ONNX model (onnxruntime SessionOptions.enable_profiling) ...", flush=True)
-    profile = common.run_json(common.python_cmd(
-        "bench.engine", "--worker", "onnx-profile", "--model", str(model_path), "--threads",
+    profile, int8_profile = (common.run_json(common.python_cmd(
+        "bench.engine", "--worker", "onnx-profile", "--model", str(path), "--threads",
         str(args.threads), "--profile-runs", str(2 if args.quick else 10), "--images",
-        str(images[0])), timeout_s=600)
+        str(images[0])), timeout_s=600) for path in (model_path, int8_path))
 
     results: dict[str, Any] = {}
     for case in cases:
@@ -404,20 +409,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     ratios: dict[str, Any] = {}
     if "torch" in sides:
-        for b in (1, batch):
-            onnx_case, torch_case = ("onnx", "map", b), ("torch", "map", b)
-            of_medians = (common.median(timings[torch_case]) / common.median(timings[onnx_case]))
-            paired = [o / t for o, t in zip(per_round_ips[onnx_case], per_round_ips[torch_case],
-                                            strict=True)]
-            ratios[f"b{b}"] = {"onnx_over_torch_images_per_s": round(of_medians, 2),
-                               "median_of_per_round_ratios": round(common.median(paired), 2),
-                               "per_round": [round(x, 2) for x in paired]}
+        for side in ("onnx", "onnx-int8"):
+            for b in (1, batch):
+                onnx_case, torch_case = (side, "map", b), ("torch", "map", b)
+                of_medians = (common.median(timings[torch_case])
+                              / common.median(timings[onnx_case]))
+                paired = [o / t for o, t in zip(per_round_ips[onnx_case],
+                                                per_round_ips[torch_case], strict=True)]
+                ratios[f"{side}/b{b}"] = {
+                    "side": side, "batch": b,
+                    "onnx_over_torch_images_per_s": round(of_medians, 2),
+                    "median_of_per_round_ratios": round(common.median(paired), 2),
+                    "per_round": [round(x, 2) for x in paired]}
     parity = None
     if "torch" in scores:
         o, t = scores["onnx"]["score"], scores["torch"]["score"]
         parity = {"onnx_score": o, "torch_score": t, "rel_diff": abs(o - t) / max(abs(t), 1e-12),
                   "onnx_map_max": scores["onnx"]["map_max"],
-                  "torch_map_max": scores["torch"]["map_max"]}
+                  "torch_map_max": scores["torch"]["map_max"],
+                  "int8_score": scores["onnx-int8"]["score"]}
     return {
         "bench": "engine",
         "machine": machine,
@@ -428,13 +438,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "test_images": [p.name for p in images],
                    "image_hw": list(common.decode(images[0]).shape[:2])},
         "model": {"onnx_bytes": model_bytes, "onnx_mib": round(model_bytes / common.MiB, 2),
-                  "bank_shape": bank_shape, "fit": fit},
+                  "bank_shape": bank_shape, "fit": fit,
+                  "int8_onnx_bytes": int8_path.stat().st_size, "int8_fit": int8_fit},
         "torch_skipped": reason,
         "results": results,
         "ratios": ratios,
         "parity": parity,
         "workers": {name: {**sides[name].ready, **finals[name]} for name in sides},
         "onnx_profile": profile,
+        "onnx_int8_profile": int8_profile,
     }
 
 
@@ -452,9 +464,10 @@ def report(data: dict[str, Any]) -> str:
     if data["ratios"]:
         out.append("")
         out.append(common.markdown_table(
-            ["batch", "ONNX / torch images/s (ratio of medians)", "median of per-round ratios"],
-            [[k[1:], v["onnx_over_torch_images_per_s"], v["median_of_per_round_ratios"]]
-             for k, v in data["ratios"].items()]))
+            ["ONNX side", "batch", "ONNX / torch images/s (ratio of medians)",
+             "median of per-round ratios"],
+            [[v["side"], v["batch"], v["onnx_over_torch_images_per_s"],
+              v["median_of_per_round_ratios"]] for v in data["ratios"].values()]))
     else:
         out.append(f"\ntorch side skipped: {data['torch_skipped']}")
     mem_rows = [[name, common.fmt(w.get("rss_after_load_mib")), common.fmt(w["peak_rss_mib"]),
@@ -466,11 +479,13 @@ def report(data: dict[str, Any]) -> str:
     if data["parity"]:
         par = data["parity"]
         out.append(f"\nScore parity: ONNX {par['onnx_score']:.5f} vs torch "
-                   f"{par['torch_score']:.5f} (relative difference {par['rel_diff']:.1e})")
-    prof = data["onnx_profile"]
-    out.append(f"\nonnxruntime profile: {prof['kernel_ms_per_run']} ms of kernels per run, "
-               f"backbone {prof['backbone_share']:.0%}; by op type: "
-               + ", ".join(f"{o['op']} {o['share']:.0%}" for o in prof["by_op_type"][:6]))
+                   f"{par['torch_score']:.5f} (relative difference {par['rel_diff']:.1e}); "
+                   f"int8 backbone: {par['int8_score']:.5f}")
+    for label, key in (("float32", "onnx_profile"), ("int8", "onnx_int8_profile")):
+        prof = data[key]
+        out.append(f"\nonnxruntime profile, {label}: {prof['kernel_ms_per_run']} ms of kernels "
+                   f"per run, backbone {prof['backbone_share']:.0%}; by op type: "
+                   + ", ".join(f"{o['op']} {o['share']:.0%}" for o in prof["by_op_type"][:6]))
     return "\n".join(out)
 
 
@@ -489,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run the torch side with OMP_WAIT_POLICY=PASSIVE (its idle OpenMP "
                              "threads sleep, as onnxruntime's do with spinning off)")
     # Worker mode (internal).
-    parser.add_argument("--worker", choices=["onnx", "torch", "onnx-profile"],
+    parser.add_argument("--worker", choices=["onnx", "onnx-int8", "torch", "onnx-profile"],
                         help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--images", nargs="*", help=argparse.SUPPRESS)

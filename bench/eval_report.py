@@ -16,7 +16,8 @@ def describe(payload: dict) -> str:
     config = payload["config"]
     return (f"**{Path(payload['dataset']).name}**: backbone `{config['backbone']}`, resize "
             f"`{config['resize']}`, resolution {config['resolution'] or 'default'}, augment "
-            f"`{config['augment']}`, {payload['test_images']} test images")
+            f"`{config['augment']}`, precision `{config.get('precision', 'float32')}`, "
+            f"{payload['test_images']} test images")
 
 
 def main(paths: list[str]) -> int:

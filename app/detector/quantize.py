@@ -10,6 +10,7 @@ accuracy cost is measured in BENCHMARKS.md.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,6 +27,15 @@ from onnxruntime.quantization import (
 
 # Calibration images: activation ranges settle after a few; more only add fit time.
 MAX_CALIBRATION_INPUTS = 8
+
+
+def _drop_preprocessing_advice(record: logging.LogRecord) -> bool:
+    """onnxruntime's quantiser advises a shape-inference pass on the root logger at every
+    call; our backbones are already shape-complete, so the advice is only log noise."""
+    return "pre-processing before quantization" not in record.getMessage()
+
+
+logging.getLogger().addFilter(_drop_preprocessing_advice)
 
 
 class _Inputs(CalibrationDataReader):

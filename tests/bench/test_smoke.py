@@ -50,13 +50,15 @@ def run_quick(script: str, tmp_path: Path, env: dict[str, str]) -> dict[str, Any
 
 def test_engine_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
     data = run_quick("engine", tmp_path, bench_env)
-    assert data["results"]["onnx/map/b1"]["images_per_s"] > 0
-    assert data["model"]["onnx_bytes"] > 0
-    assert data["workers"]["onnx"]["peak_rss_mib"] > 0
+    for side in ("onnx", "onnx-int8"):  # float32 and 8-bit backbones, same rounds
+        assert data["results"][f"{side}/map/b1"]["images_per_s"] > 0
+        assert data["workers"][side]["peak_rss_mib"] > 0
+    assert data["model"]["onnx_bytes"] > 0 and data["model"]["int8_onnx_bytes"] > 0
     if data["torch_skipped"] is None:  # torch installed: both sides ran and agree
-        assert data["ratios"]["b1"]["onnx_over_torch_images_per_s"] > 0
+        assert data["ratios"]["onnx/b1"]["onnx_over_torch_images_per_s"] > 0
+        assert data["ratios"]["onnx-int8/b1"]["onnx_over_torch_images_per_s"] > 0
         assert data["parity"]["rel_diff"] < 1e-3
-    assert data["onnx_profile"]["by_op_type"]
+    assert data["onnx_profile"]["by_op_type"] and data["onnx_int8_profile"]["by_op_type"]
 
 
 def test_training_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
