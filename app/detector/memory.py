@@ -21,8 +21,8 @@ _QUERY_BLOCK = 4096
 def nearest_distances(patches: np.ndarray, bank: np.ndarray) -> np.ndarray:
     """Distance of each row of ``patches (N, C)`` to its nearest row of ``bank (M, C)``: ``(N,)``.
 
-    Same algorithm as the ONNX scoring graph (chunked ``|y|^2 - 2 x.y`` for the argmin, then
-    the exact ``|x - y*|``), so engine and shipped model agree to float rounding.
+    Exact float32 search (chunked ``|y|^2 - 2 x.y`` for the argmin, then the exact
+    ``|x - y*|``): the reference that the ONNX graph's 8-bit shortlist reproduces.
     """
     patches = np.ascontiguousarray(patches, dtype=np.float32)
     bank = np.ascontiguousarray(bank, dtype=np.float32)
