@@ -284,8 +284,8 @@ _MODEL_EXAMPLE = {
     "version": 3, "status": "ready", "progress": 1.0, "stage": "done", "is_active": True,
     "activate": True, "seed": 7, "cancel_requested": False,
     "config": {**_DEFAULTS.to_dict(), "resolution": 256},
-    "threshold": 3.412,
-    "calibration": {"threshold": 3.412, "method": "leave-one-out", "target_false_reject_rate": 0.01,
+    "threshold": 5.052,
+    "calibration": {"threshold": 5.052, "method": "leave-one-out", "target_false_reject_rate": 0.01,
                     "good_scores": [2.71, 2.88, 2.95], "defect_scores": [], "good_mean": 2.85,
                     "good_std": 0.12},
     "bank_size": _DEFAULTS.min_bank_size, "n_good_images": 12, "n_defect_images": 0,
@@ -356,7 +356,7 @@ class ModelPage(BaseModel):
 # ---------------------------------------------------------------------------- inspection
 
 
-_INSPECTION_EXAMPLE = {"score": 4.87, "normalized_score": 0.71, "threshold": 3.412,
+_INSPECTION_EXAMPLE = {"score": 7.2, "normalized_score": 0.71, "threshold": 5.052,
                        "is_anomalous": True, "variant": "bolt-m8", "model_version": 3,
                        "latency_ms": 23.4, "width": 1280, "height": 960}
 

@@ -31,6 +31,8 @@ ONE_SHOT_RELATIVE_SPREAD = 0.05
 # bottle and magnetic tile): relative spreads 0.08-0.19; the prior takes the top.
 PRIOR_LOG_SPREAD = 0.2
 PRIOR_WEIGHT = 8
+# Scores below this fraction of the median count as this fraction (see threshold_from_good).
+LOW_SCORE_FLOOR = 0.5
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,8 @@ class Calibration:
     target_false_reject_rate: float
     good_scores: list[float] = field(default_factory=list)
     defect_scores: list[float] = field(default_factory=list)
-    good_mean: float = 0.0
-    good_std: float = 0.0
+    good_mean: float = 0.0  # plain statistics of good_scores, for people to read; the
+    good_std: float = 0.0  # threshold works on their logs (threshold_from_good)
 
     def normalize(self, score: float) -> float:
         return normalize_score(score, self.threshold)
@@ -73,9 +75,14 @@ def threshold_from_good(scores: np.ndarray, target_false_reject_rate: float) -> 
     (``PRIOR_LOG_SPREAD`` worth ``PRIOR_WEIGHT`` images: the conjugate normal model's
     posterior predictive). The next good score stays below
     ``exp(m + t(nu, 1 - target) * s * sqrt(1 + 1/n))`` with probability ``1 - target``, where
-    ``nu = PRIOR_WEIGHT + n - 1``. Few shots lean on the prior, many on the data. With one
-    score (region hold-out, itself a pessimistic estimate for most parts) the normal
-    quantile on ``ONE_SHOT_RELATIVE_SPREAD``. Never below the highest good score seen.
+    ``nu = PRIOR_WEIGHT + n - 1``. Few shots lean on the prior, many on the data. Only the
+    upper tail matters: a training image with a near-duplicate among the others scores near
+    zero, which says nothing about how far a new part can be and in log units would blow the
+    spread up, so scores count as at least ``LOW_SCORE_FLOOR`` times the median.
+
+    One score (region hold-out, itself a pessimistic estimate for most parts) has no spread:
+    the bound is then linear, the normal quantile on ``ONE_SHOT_RELATIVE_SPREAD``. Never
+    below the highest good score seen.
     """
     if len(scores) == 0:
         raise ValueError("need at least one good score to calibrate")
@@ -85,7 +92,10 @@ def threshold_from_good(scores: np.ndarray, target_false_reject_rate: float) -> 
     top = float(np.max(values))
     if n == 1:
         return top * (1.0 + NormalDist().inv_cdf(p) * ONE_SHOT_RELATIVE_SPREAD * math.sqrt(2.0))
-    logs = np.log(np.maximum(values, 1e-12))
+    median = float(np.median(values))
+    if median <= 0.0:  # degenerate (every image matched exactly): no scale to spread by
+        return top
+    logs = np.log(np.maximum(values, LOW_SCORE_FLOOR * median))
     dof = PRIOR_WEIGHT + n - 1
     pooled = math.sqrt((PRIOR_WEIGHT * PRIOR_LOG_SPREAD**2 + (n - 1) * np.var(logs, ddof=1)) / dof)
     bound = float(np.mean(logs)) + student_t_quantile(p, dof) * pooled * math.sqrt(1.0 + 1.0 / n)

@@ -149,12 +149,15 @@ class Detector:
         backbone = self.backbone(spec.name)
         extractor = self.extractor(config, plan)
         if config.precision == "int8":
+            report(0.0, "quantisation")
+            tq = time.perf_counter()
             calibration_inputs = [
                 extractor.backbone_input(image) for image in images[:MAX_CALIBRATION_INPUTS]
             ]
             backbone = quantize_backbone(backbone, calibration_inputs)
             extractor = FeatureExtractor(spec, backbone, plan, self.options)
-            timings["quantize_s"] = time.perf_counter() - t0
+            timings["quantize_s"] = time.perf_counter() - tq
+            report(0.0, "features")
         originals: list[PatchFeatures] = []  # the un-augmented view of each image
         chunks: list[np.ndarray] = []
         owners: list[np.ndarray] = []

@@ -4,6 +4,7 @@ Two graphs share one front end, so the engine's own path and the shipped model c
 
 ``build_feature_extractor``
     ``image`` uint8 ``(H, W, 3)`` RGB  ->  ``patches`` float32 ``(N, C)``, ``grid`` int64 ``(2,)``
+    (and ``backbone_input``, what the backbone sees: calibration data for 8-bit backbones)
     resize (aspect kept, antialiased) -> normalise -> backbone -> 3x3 local average per layer
     -> upsample coarser layers to the finest grid -> concatenate (PatchCore section 3.1).
 
@@ -12,8 +13,9 @@ Two graphs share one front end, so the engine's own path and the shipped model c
     ``image``  ->  ``score`` float32 ``(1,)``, ``anomaly_map`` float32 ``(H, W)``
     Nearest neighbours: ``|y|^2 - 2 x.y`` in 8-bit integers over chunks of the bank (no
     ``N x M x C`` broadcast) shortlists a few rows per patch; the exact float32 ``|x - y|``
-    over the shortlist gives the distance, so neither quantisation nor cancellation in the
-    expansion reaches the score.
+    over the shortlist gives the distance: the exact distance to a real bank row, never below
+    the true nearest one, and equal to it unless quantisation pushes a near-tie out of the
+    shortlist.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ def nearest_distances(patches: np.ndarray, bank: np.ndarray) -> np.ndarray:
     """Distance of each row of ``patches (N, C)`` to its nearest row of ``bank (M, C)``: ``(N,)``.
 
     Exact float32 search (chunked ``|y|^2 - 2 x.y`` for the argmin, then the exact
-    ``|x - y*|``): the reference that the ONNX graph's 8-bit shortlist reproduces.
+    ``|x - y*|``): the reference that the ONNX graph's 8-bit shortlist approximates (exactly,
+    but for near-ties the shortlist may drop).
     """
     patches = np.ascontiguousarray(patches, dtype=np.float32)
     bank = np.ascontiguousarray(bank, dtype=np.float32)

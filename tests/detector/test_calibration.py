@@ -67,6 +67,19 @@ def test_a_wide_sample_outweighs_the_prior() -> None:
     assert ratio > threshold_from_good(calm, 0.01) / np.exp(np.mean(np.log(calm)))
 
 
+@pytest.mark.parametrize("low", [0.0, 1e-9, 0.05, 0.5])
+def test_a_near_duplicate_scoring_zero_does_not_blow_the_threshold_up(low: float) -> None:
+    # Leave-one-out gives ~0 to an image whose twin is among the others.
+    usual = threshold_from_good(np.array([2.5, 2.6, 2.4, 2.55]), 0.01)
+    with_twin = threshold_from_good(np.array([low, 2.5, 2.6, 2.4]), 0.01)
+    assert math.isfinite(with_twin)
+    assert 2.6 <= with_twin <= 1.2 * usual
+
+
+def test_all_zero_scores_give_a_zero_threshold() -> None:
+    assert threshold_from_good(np.zeros(4), 0.01) == 0.0
+
+
 def test_threshold_is_scale_free() -> None:
     scores = np.array([2.0, 2.3, 2.1, 2.6])
     assert threshold_from_good(10 * scores, 0.02) == pytest.approx(
