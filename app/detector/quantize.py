@@ -26,7 +26,8 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-# Calibration images: activation ranges settle after a few; more only add fit time.
+# Calibration images a fit hands over: activation ranges settle after a few; more only add
+# fit time.
 MAX_CALIBRATION_INPUTS = 8
 
 
@@ -53,7 +54,7 @@ def quantize_backbone(backbone: onnx.ModelProto, inputs: Sequence[np.ndarray]) -
     ``inputs`` are backbone input tensors ``(1, 3, H, W)`` (sizes may differ). Weights are
     per output channel with seven bits (``reduce_range``): on CPUs without VNNI, onnxruntime's
     uint8 x int8 products saturate int16 pair sums with eight. Activations are uint8, ranges
-    min-max over the inputs.
+    min-max over all the inputs (the caller picks how many: ``MAX_CALIBRATION_INPUTS``).
     """
     if not inputs:
         raise ValueError("need at least one input to calibrate an 8-bit backbone")
@@ -64,7 +65,7 @@ def quantize_backbone(backbone: onnx.ModelProto, inputs: Sequence[np.ndarray]) -
         quantize_static(
             str(source),
             str(target),
-            _Inputs(name, list(inputs)[:MAX_CALIBRATION_INPUTS]),
+            _Inputs(name, inputs),
             quant_format=QuantFormat.QOperator,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
