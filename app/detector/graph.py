@@ -15,11 +15,13 @@ Two graphs share one front end, so the engine's own path and the shipped model c
     ``N x M x C`` broadcast) shortlists a few rows per patch; the exact float32 ``|x - y|``
     over the shortlist gives the distance: the exact distance to a real bank row, never below
     the true nearest one, and equal to it unless quantisation pushes a near-tie out of the
-    shortlist.
+    shortlist. The anomaly map (upsample, blur, resize: all linear and separable) is two
+    small matrix products with the patch-score grid.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +35,10 @@ from app.detector.backbones import BackboneSpec
 OPSET = 18
 BACKBONE_PREFIX = "backbone/"
 BANK_CHUNK = 4096
-# Bank rows per chunk that the 8-bit product shortlists for the exact float32 distance.
+# Bank rows per chunk that the 8-bit product shortlists for the exact float32 distance: the
+# nearest row of each of the SHORTLIST nearest groups of GROUP consecutive rows.
 SHORTLIST = 4
+GROUP = 8
 SHORTLIST_LEVELS = 63
 
 
@@ -322,27 +326,15 @@ def build_scoring_model(
     patches, grid, image_hw, processed_hw = _front_end(g, spec, backbone, plan)
     patch_scores = _nearest_distances(g, patches, bank.astype(np.float32))
 
-    score_grid = g.op(
-        "Reshape", [patch_scores, g.op("Concat", [g.const("n_c", _i64([1, 1])), grid], axis=0)]
-    )
+    score_grid = g.op("Reshape", [patch_scores, grid])  # (h, w)
     _image_score(g, patch_scores, top_fraction)
-
-    size = g.op("Concat", [g.const("n_c", _i64([1, 1])), processed_hw], axis=0)
-    up = g.op(
-        "Resize",
-        [score_grid, "", "", size],
-        mode="linear",
-        coordinate_transformation_mode="half_pixel",
+    g.nodes.append(
+        helper.make_node(
+            "Identity",
+            [anomaly_map(g, score_grid, processed_hw, image_hw, blur_sigma)],
+            ["anomaly_map"],
+        )
     )
-    if blur_sigma > 0:
-        up = _blur(g, up, blur_sigma)
-    full = g.op(
-        "Resize",
-        [up, "", "", g.op("Concat", [g.const("n_c", _i64([1, 1])), image_hw], axis=0)],
-        mode="linear",
-        coordinate_transformation_mode="half_pixel",
-    )
-    g.nodes.append(helper.make_node("Reshape", [full, image_hw], ["anomaly_map"]))
     outputs = [
         helper.make_tensor_value_info("score", TensorProto.FLOAT, [1]),
         helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["H", "W"]),
@@ -380,32 +372,71 @@ def _nearest_distances(g: _Graph, patches: str, bank: np.ndarray) -> str:
 
     Two stages. A shortlist: ``|y|^2 - 2 x.y`` in 8-bit integers (``DynamicQuantizeLinear``
     + ``MatMulInteger``, measured 2.8x faster than the float32 product that dominated the
-    scoring cost) keeps the ``SHORTLIST`` nearest rows per bank chunk. Then the exact float32
-    ``|x - y|`` over the shortlist picks the nearest. The result is always the exact distance
-    to a real bank row; it can exceed the true nearest distance only when quantisation error
-    pushes the true neighbour out of the shortlist, i.e. among rows that are near ties
-    anyway (tests/detector/test_graph.py). On the bottle and magnetic tile test splits the
-    scores equal the exact float32 search to 2e-7.
+    scoring cost) keeps ``SHORTLIST`` rows per bank chunk: the nearest row of each of the
+    ``SHORTLIST`` groups (of ``GROUP`` consecutive rows) whose nearest rows are nearest. A
+    ``ReduceMin`` per group and a ``TopK`` over the groups cost a third of a ``TopK`` over
+    every row. Then the exact float32 ``|x - y|`` over the shortlist picks the nearest. The
+    result is always the exact distance to a real bank row; it can exceed the true nearest
+    distance only when quantisation error ranks other rows above the true neighbour (more
+    than ``SHORTLIST - 1`` of them, or one in its own group), i.e. among near ties anyway
+    (tests/detector/test_graph.py). On the bottle and magnetic tile test splits the scores
+    equal the exact float32 search (bench/README.md).
     """
     # Distances do not change when both sides move by the bank's mean; the 8-bit steps then
     # resolve the differences between rows instead of the offset they all share.
     centre = bank.astype(np.float64).mean(axis=0)
     centred = g.op("Sub", [patches, g.const("bank_mean", centre.astype(np.float32))])
     x_q, x_scale, x_zero = g.op_n("DynamicQuantizeLinear", [centred], 3)
+    members = g.const("members", np.arange(GROUP, dtype=np.int64).reshape(1, 1, GROUP))
     candidates: list[str] = []
     for start in range(0, len(bank), BANK_CHUNK):
         chunk = bank[start : start + BANK_CHUNK] - centre
+        groups = math.ceil(len(chunk) / GROUP)
+        padding = groups * GROUP - len(chunk)
         q, scale = quantize_bank(chunk)
+        q = np.concatenate([q, np.zeros((padding, q.shape[1]), np.int8)])
+        scale = np.concatenate([scale, np.ones(padding, np.float32)])
+        y_sq = np.sum(chunk.astype(np.float64) ** 2, axis=1).astype(np.float32)
+        # Padding rows sit infinitely far away: never a group's nearest while it has a real row.
+        y_sq = np.concatenate([y_sq, np.full(padding, np.inf, np.float32)])
         dots = g.op("MatMulInteger", [x_q, g.const("bank_q", np.ascontiguousarray(q.T)), x_zero])
         neg2_scale = g.op("Mul", [x_scale, g.const("bank_scale", -2.0 * scale)])
-        y_sq = g.const("bank_sq", np.sum(chunk.astype(np.float64) ** 2, axis=1).astype(np.float32))
         # |y|^2 - 2 x.y: the |x|^2 term is constant per row and does not move the ranking.
         partial = g.op(
-            "Add", [g.op("Mul", [g.op("Cast", [dots], to=TensorProto.FLOAT), neg2_scale]), y_sq]
-        )  # (N, chunk)
-        keep = g.const("shortlist", _i64([min(SHORTLIST, len(chunk))]))
-        _, local = g.op_n("TopK", [partial, keep], 2, axis=1, largest=0, sorted=0)
-        candidates.append(g.op("Add", [local, g.const("offset", _i64([start]))]))
+            "Add",
+            [
+                g.op("Mul", [g.op("Cast", [dots], to=TensorProto.FLOAT), neg2_scale]),
+                g.const("bank_sq", y_sq),
+            ],
+        )  # (N, groups * GROUP)
+        group_min = g.op(
+            "ReduceMin",
+            [g.op("Reshape", [partial, g.const("grouped", _i64([0, groups, GROUP]))]),
+             g.const("ax2", _i64([2]))],
+            keepdims=0,
+        )  # (N, groups)
+        keep = min(SHORTLIST, groups)
+        _, best = g.op_n(
+            "TopK", [group_min, g.const("shortlist", _i64([keep]))], 2, axis=1, largest=0, sorted=0
+        )  # (N, keep) group numbers
+        first_row = g.op("Mul", [best, g.const("group", _i64([GROUP]))])
+        rows_of_best = g.op(
+            "Add", [g.op("Unsqueeze", [first_row, g.const("ax2", _i64([2]))]), members]
+        )  # (N, keep, GROUP)
+        values = g.op(
+            "GatherElements",
+            [partial, g.op("Reshape", [rows_of_best, g.const("flat", _i64([0, -1]))])],
+            axis=1,
+        )
+        local = g.op(
+            "ArgMin",
+            [g.op("Reshape", [values, g.const("by_group", _i64([0, keep, GROUP]))])],
+            axis=2,
+            keepdims=0,
+        )  # (N, keep)
+        candidates.append(
+            g.op("Add", [g.op("Add", [first_row, local]), g.const("offset", _i64([start]))])
+        )
     shortlist = candidates[0] if len(candidates) == 1 else g.op("Concat", candidates, axis=1)
     rows = g.op("Gather", [g.const("bank", bank), shortlist], axis=0)  # (N, S, C)
     diff = g.op("Sub", [g.op("Unsqueeze", [patches, g.const("ax1", _i64([1]))]), rows])
@@ -414,15 +445,66 @@ def _nearest_distances(g: _Graph, patches: str, bank: np.ndarray) -> str:
     return g.op("Sqrt", [nearest_sq])
 
 
-def _blur(g: _Graph, score_map: str, sigma: float) -> str:
-    """Separable Gaussian blur of ``(1, 1, H, W)``, borders extended by edge values."""
-    kernel = _gaussian_kernel(sigma)
-    radius = len(kernel) // 2
-    # Edge padding: valid for any map size (reflect needs radius < side).
-    padded = g.op(
-        "Pad",
-        [score_map, g.const("pads", _i64([0, 0, radius, radius, 0, 0, radius, radius]))],
-        mode="edge",
+def anomaly_map(
+    g: _Graph, score_grid: str, processed_hw: str, image_hw: str, sigma: float
+) -> str:
+    """Patch scores ``(h, w)`` -> map ``(H, W)`` at the image's size.
+
+    The map is the patch grid upsampled (bilinear) to the processed size, blurred there
+    (Gaussian, ``sigma`` in processed pixels, edges extended), then resized to the image.
+    Every step is linear and acts on rows and columns separately, so the whole chain is
+    ``A_rows @ scores @ A_cols.T``: each factor is the chain applied to the identity of one
+    grid axis (a ``(1, 1, h, h)`` tensor, a few kilobytes), and the map costs two small
+    matrix products instead of a resize, two convolutions and a resize over the full-size
+    map (measured: bench/README.md).
+    """
+    grid_h, grid_w = _dims(g, score_grid)
+    processed_h, processed_w = _dims(g, processed_hw, from_values=True)
+    image_h, image_w = _dims(g, image_hw, from_values=True)
+    rows = _axis_operator(g, grid_h, processed_h, image_h, sigma)  # (h, 1, 1, H)
+    cols = _axis_operator(g, grid_w, processed_w, image_w, sigma)  # (w, 1, 1, W)
+    flat = g.const("flat2", _i64([0, -1]))
+    rows_t = g.op("Transpose", [g.op("Reshape", [rows, flat])], perm=[1, 0])  # (H, h)
+    cols = g.op("Reshape", [cols, flat])  # (w, W)
+    return g.op("MatMul", [g.op("MatMul", [rows_t, score_grid]), cols])
+
+
+def _dims(g: _Graph, tensor: str, *, from_values: bool = False) -> tuple[str, str]:
+    """The two sizes ``(1,)`` int64 of a 2-D ``tensor`` (or of its two values)."""
+    source = tensor if from_values else g.op("Shape", [tensor])
+    first = g.op("Slice", [source, g.const("s0", _i64([0])), g.const("s1", _i64([1]))])
+    second = g.op("Slice", [source, g.const("s1", _i64([1])), g.const("s2", _i64([2]))])
+    return first, second
+
+
+def _axis_operator(g: _Graph, n: str, processed: str, final: str, sigma: float) -> str:
+    """The map chain along one axis, applied to each of the ``n`` unit vectors at once.
+
+    The identity ``(n, n)`` becomes ``n`` images of one pixel row, ``(n, 1, 1, n)`` (batch =
+    which unit vector); the chain (resize to ``processed``, edge-padded Gaussian, resize to
+    ``final``) runs along the row, giving ``(n, 1, 1, final)``: row ``i`` is where the score
+    of grid cell ``i`` lands along this axis.
+    """
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])
+    square = g.op("ConstantOfShape", [g.op("Concat", [n, n], axis=0)], value=zero)
+    one_one = g.const("one_one", _i64([1, 1]))
+    units = g.op("Reshape", [g.op("EyeLike", [square]), g.op("Concat", [n, one_one, n], axis=0)])
+    line = g.op(
+        "Resize",
+        [units, "", "", g.op("Concat", [n, one_one, processed], axis=0)],
+        mode="linear",
+        coordinate_transformation_mode="half_pixel",
     )
-    vertical = g.op("Conv", [padded, g.const("kv", kernel.reshape(1, 1, -1, 1))])
-    return g.op("Conv", [vertical, g.const("kh", kernel.reshape(1, 1, 1, -1))])
+    if sigma > 0:
+        kernel = _gaussian_kernel(sigma)
+        radius = len(kernel) // 2
+        # Edge padding: valid for any map size (reflect needs radius < side).
+        pads = g.const("pads", _i64([0, 0, 0, radius, 0, 0, 0, radius]))
+        line = g.op("Pad", [line, pads], mode="edge")
+        line = g.op("Conv", [line, g.const("kernel", kernel.reshape(1, 1, 1, -1))])
+    return g.op(
+        "Resize",
+        [line, "", "", g.op("Concat", [n, one_one, final], axis=0)],
+        mode="linear",
+        coordinate_transformation_mode="half_pixel",
+    )

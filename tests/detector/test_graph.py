@@ -201,3 +201,92 @@ def test_quantized_bank_stays_within_seven_bits() -> None:
     assert q.dtype == np.int8 and np.abs(q).max() == graph.SHORTLIST_LEVELS
     assert np.all(np.isfinite(scale)) and np.all(scale > 0)
     np.testing.assert_allclose(q * scale[:, None], bank, atol=float(scale.max()) / 2 + 1e-6)
+
+
+# --- anomaly map: the chain as two small matrix products -----------------------------------
+
+
+def _map_session(build: Callable[[graph._Graph], str]) -> Callable[..., np.ndarray]:
+    """A graph from ``scores (h, w)``, ``processed_hw (2,)``, ``image_hw (2,)`` to ``map``."""
+    g = graph._Graph()
+    g.nodes.append(helper.make_node("Identity", [build(g)], ["map"]))
+    model = helper.make_model(
+        helper.make_graph(
+            g.nodes,
+            "map",
+            [
+                helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["h", "w"]),
+                helper.make_tensor_value_info("processed_hw", TensorProto.INT64, [2]),
+                helper.make_tensor_value_info("image_hw", TensorProto.INT64, [2]),
+            ],
+            [helper.make_tensor_value_info("map", TensorProto.FLOAT, None)],
+            initializer=g.initializers,
+        ),
+        opset_imports=[helper.make_opsetid("", graph.OPSET)],
+    )
+    session = RuntimeOptions(threads=1).session(model.SerializeToString())
+
+    def run(scores: np.ndarray, processed: tuple[int, int], image: tuple[int, int]) -> np.ndarray:
+        feed = {"scores": scores, "processed_hw": _i64(processed), "image_hw": _i64(image)}
+        return session.run(["map"], feed)[0]
+
+    return run
+
+
+def _i64(values: tuple[int, int]) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
+
+
+def _direct_chain(sigma: float) -> Callable[[graph._Graph], str]:
+    """The map chain written out on the full 2-D map: resize, edge pad, Gaussian rows then
+    columns, resize (what ``graph.anomaly_map`` factorises)."""
+
+    def build(g: graph._Graph) -> str:
+        n_c = g.const("n_c", np.array([1, 1], np.int64))
+        grid = g.op("Shape", ["scores"])
+        x = g.op("Reshape", ["scores", g.op("Concat", [n_c, grid], axis=0)])
+        sizes = g.op("Concat", [n_c, "processed_hw"], axis=0)
+        x = g.op("Resize", [x, "", "", sizes], mode="linear",
+                 coordinate_transformation_mode="half_pixel")
+        kernel = graph._gaussian_kernel(sigma)
+        r = len(kernel) // 2
+        x = g.op("Pad", [x, g.const("pads", np.array([0, 0, r, r, 0, 0, r, r], np.int64))],
+                 mode="edge")
+        x = g.op("Conv", [x, g.const("kv", kernel.reshape(1, 1, -1, 1))])
+        x = g.op("Conv", [x, g.const("kh", kernel.reshape(1, 1, 1, -1))])
+        sizes = g.op("Concat", [n_c, "image_hw"], axis=0)
+        x = g.op("Resize", [x, "", "", sizes], mode="linear",
+                 coordinate_transformation_mode="half_pixel")
+        return g.op("Reshape", [x, "image_hw"])
+
+    return build
+
+
+@pytest.mark.parametrize(
+    ("grid", "processed", "image"),
+    [
+        ((8, 8), (64, 64), (512, 512)),  # upsampled to the image
+        ((12, 20), (96, 160), (90, 150)),  # the image smaller than the processed size
+        ((24, 24), (336, 336), (123, 286)),  # squashed, as the square policy does
+        ((4, 5), (64, 80), (64, 80)),  # smaller than the blur kernel
+    ],
+)
+def test_factored_map_equals_the_direct_chain(
+    grid: tuple[int, int], processed: tuple[int, int], image: tuple[int, int]
+) -> None:
+    scores = np.random.default_rng(7).gamma(2.0, 1.0, grid).astype(np.float32)
+    sigma = 4.0
+    factored = _map_session(
+        lambda g: graph.anomaly_map(g, "scores", "processed_hw", "image_hw", sigma)
+    )(scores, processed, image)
+    direct = _map_session(_direct_chain(sigma))(scores, processed, image)
+    assert factored.shape == direct.shape == image
+    np.testing.assert_allclose(factored, direct, rtol=1e-5, atol=1e-5 * scores.max())
+
+
+def test_map_without_blur_is_the_bilinear_upsample() -> None:
+    scores = np.arange(12, dtype=np.float32).reshape(3, 4)
+    got = _map_session(lambda g: graph.anomaly_map(g, "scores", "processed_hw", "image_hw", 0.0))(
+        scores, (3, 4), (3, 4)
+    )
+    np.testing.assert_allclose(got, scores, atol=1e-6)  # same size everywhere: unchanged
