@@ -36,7 +36,7 @@ OPSET = 18
 BACKBONE_PREFIX = "backbone/"
 BANK_CHUNK = 4096
 # Bank rows per chunk that the 8-bit product shortlists for the exact float32 distance: the
-# nearest row of each of the SHORTLIST nearest groups of GROUP consecutive rows.
+# nearest row of each of the SHORTLIST nearest groups of GROUP rows.
 SHORTLIST = 4
 GROUP = 8
 SHORTLIST_LEVELS = 63
@@ -373,10 +373,10 @@ def _nearest_distances(g: _Graph, patches: str, bank: np.ndarray) -> str:
     Two stages. A shortlist: ``|y|^2 - 2 x.y`` in 8-bit integers (``DynamicQuantizeLinear``
     + ``MatMulInteger``, measured 2.8x faster than the float32 product that dominated the
     scoring cost) keeps ``SHORTLIST`` rows per bank chunk: the nearest row of each of the
-    ``SHORTLIST`` groups (of ``GROUP`` consecutive rows) whose nearest rows are nearest. A
-    ``ReduceMin`` per group and a ``TopK`` over the groups cost a third of a ``TopK`` over
-    every row. Then the exact float32 ``|x - y|`` over the shortlist picks the nearest. The
-    result is always the exact distance to a real bank row; it can exceed the true nearest
+    ``SHORTLIST`` groups (of ``GROUP`` rows) whose nearest rows are nearest. A ``ReduceMin``
+    per group and a ``TopK`` over the groups cost a fraction of a ``TopK`` over every row.
+    Then the exact float32 ``|x - y|`` over the shortlist picks the nearest. The result is
+    always the exact distance to a real bank row; it can exceed the true nearest
     distance only when quantisation error ranks other rows above the true neighbour (more
     than ``SHORTLIST - 1`` of them, or one in its own group), i.e. among near ties anyway
     (tests/detector/test_graph.py). On the bottle and magnetic tile test splits the scores
@@ -391,13 +391,17 @@ def _nearest_distances(g: _Graph, patches: str, bank: np.ndarray) -> str:
     candidates: list[str] = []
     for start in range(0, len(bank), BANK_CHUNK):
         chunk = bank[start : start + BANK_CHUNK] - centre
+        # Group j holds rows j, j + groups, j + 2 * groups, ...: the per-group minimum is
+        # then an element-wise minimum of GROUP contiguous slices (measured faster than a
+        # minimum over GROUP neighbouring rows).
         groups = math.ceil(len(chunk) / GROUP)
         padding = groups * GROUP - len(chunk)
         q, scale = quantize_bank(chunk)
         q = np.concatenate([q, np.zeros((padding, q.shape[1]), np.int8)])
         scale = np.concatenate([scale, np.ones(padding, np.float32)])
         y_sq = np.sum(chunk.astype(np.float64) ** 2, axis=1).astype(np.float32)
-        # Padding rows sit infinitely far away: never a group's nearest while it has a real row.
+        # Padding rows sit infinitely far away: never a group's nearest (each group has at
+        # least GROUP - 1 real rows).
         y_sq = np.concatenate([y_sq, np.full(padding, np.inf, np.float32)])
         dots = g.op("MatMulInteger", [x_q, g.const("bank_q", np.ascontiguousarray(q.T)), x_zero])
         neg2_scale = g.op("Mul", [x_scale, g.const("bank_scale", -2.0 * scale)])
@@ -408,46 +412,52 @@ def _nearest_distances(g: _Graph, patches: str, bank: np.ndarray) -> str:
                 g.op("Mul", [g.op("Cast", [dots], to=TensorProto.FLOAT), neg2_scale]),
                 g.const("bank_sq", y_sq),
             ],
-        )  # (N, groups * GROUP)
+        )  # (N, GROUP * groups)
+        by_member = g.op("Reshape", [partial, g.const("by_member", _i64([0, GROUP, groups]))])
         group_min = g.op(
-            "ReduceMin",
-            [g.op("Reshape", [partial, g.const("grouped", _i64([0, groups, GROUP]))]),
-             g.const("ax2", _i64([2]))],
-            keepdims=0,
+            "ReduceMin", [by_member, g.const("ax1", _i64([1]))], keepdims=0
         )  # (N, groups)
         keep = min(SHORTLIST, groups)
         _, best = g.op_n(
             "TopK", [group_min, g.const("shortlist", _i64([keep]))], 2, axis=1, largest=0, sorted=0
         )  # (N, keep) group numbers
-        first_row = g.op("Mul", [best, g.const("group", _i64([GROUP]))])
-        rows_of_best = g.op(
-            "Add", [g.op("Unsqueeze", [first_row, g.const("ax2", _i64([2]))]), members]
-        )  # (N, keep, GROUP)
+        member_rows = g.op(
+            "Add",
+            [
+                g.op("Unsqueeze", [best, g.const("ax2", _i64([2]))]),
+                g.op("Mul", [members, g.const("groups", _i64([groups]))]),
+            ],
+        )  # (N, keep, GROUP) rows of the chosen groups
         values = g.op(
             "GatherElements",
-            [partial, g.op("Reshape", [rows_of_best, g.const("flat", _i64([0, -1]))])],
+            [partial, g.op("Reshape", [member_rows, g.const("flat", _i64([0, -1]))])],
             axis=1,
         )
-        local = g.op(
+        nearest_member = g.op(
             "ArgMin",
             [g.op("Reshape", [values, g.const("by_group", _i64([0, keep, GROUP]))])],
             axis=2,
-            keepdims=0,
-        )  # (N, keep)
+            keepdims=1,
+        )  # (N, keep, 1)
+        rows = g.op("GatherElements", [member_rows, nearest_member], axis=2)
         candidates.append(
-            g.op("Add", [g.op("Add", [first_row, local]), g.const("offset", _i64([start]))])
+            g.op(
+                "Add",
+                [
+                    g.op("Squeeze", [rows, g.const("ax2", _i64([2]))]),
+                    g.const("offset", _i64([start])),
+                ],
+            )
         )
     shortlist = candidates[0] if len(candidates) == 1 else g.op("Concat", candidates, axis=1)
-    rows = g.op("Gather", [g.const("bank", bank), shortlist], axis=0)  # (N, S, C)
-    diff = g.op("Sub", [g.op("Unsqueeze", [patches, g.const("ax1", _i64([1]))]), rows])
+    nearest = g.op("Gather", [g.const("bank", bank), shortlist], axis=0)  # (N, S, C)
+    diff = g.op("Sub", [g.op("Unsqueeze", [patches, g.const("ax1", _i64([1]))]), nearest])
     sq = g.op("ReduceSum", [g.op("Mul", [diff, diff]), g.const("ax2", _i64([2]))], keepdims=0)
     nearest_sq = g.op("ReduceMin", [sq, g.const("ax1", _i64([1]))], keepdims=0)
     return g.op("Sqrt", [nearest_sq])
 
 
-def anomaly_map(
-    g: _Graph, score_grid: str, processed_hw: str, image_hw: str, sigma: float
-) -> str:
+def anomaly_map(g: _Graph, score_grid: str, processed_hw: str, image_hw: str, sigma: float) -> str:
     """Patch scores ``(h, w)`` -> map ``(H, W)`` at the image's size.
 
     The map is the patch grid upsampled (bilinear) to the processed size, blurred there
