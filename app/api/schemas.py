@@ -107,7 +107,7 @@ class VariantSettings(BaseModel):
     precision: Precision | None = Field(
         default=None,
         description="backbone arithmetic: float32, or int8 (calibrated on the training images; "
-                    "about 1.2x the images per second on a CPU, small accuracy cost, see "
+                    "up to about 1.2x the images per second on a CPU, small accuracy cost, see "
                     f"BENCHMARKS.md); default {_DEFAULTS.precision}")
 
     @model_validator(mode="after")

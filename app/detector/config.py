@@ -41,8 +41,8 @@ class DetectorConfig:
     # 0: image score = max patch score (PatchCore); > 0: mean of that top fraction of patches.
     score_top_fraction: float = 0.0
     blur_sigma: float = 4.0  # at the processed resolution, as in PatchCore
-    # int8: the backbone runs in 8 bits, calibrated on the training images (about 1.2x the
-    # images per second on a CPU, a small measured accuracy cost; app/detector/quantize.py).
+    # int8: the backbone runs in 8 bits, calibrated on the training images (up to about 1.2x
+    # the images per second on a CPU, a small measured accuracy cost; app/detector/quantize.py).
     precision: Precision = "float32"
 
     def __post_init__(self) -> None:

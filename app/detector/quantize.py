@@ -1,8 +1,8 @@
 """8-bit backbones: weights and activations in int8, calibrated on a model's own images.
 
 The backbone's convolutions are most of the time per image on a CPU (bench/README.md).
-onnxruntime runs them about twice as fast in 8 bits (the whole model: about 1.2x the
-images per second, BENCHMARKS.md), but activation ranges must come from real inputs: a
+onnxruntime runs them about twice as fast in 8 bits (the whole model: up to about 1.2x the
+images per second, depending on the CPU's 8-bit throughput; BENCHMARKS.md), but activation ranges must come from real inputs: a
 per-model quantisation calibrated on that model's training images fits their ranges exactly
 and needs no data shipped with the project. The memory bank is then built
 from the quantised backbone's own features, so bank and query are measured alike; the
