@@ -2,11 +2,11 @@
 
 The backbone's convolutions are most of the time per image on a CPU (bench/README.md).
 onnxruntime runs them about twice as fast in 8 bits (the whole model: up to about 1.2x the
-images per second, depending on the CPU's 8-bit throughput; BENCHMARKS.md), but activation ranges must come from real inputs: a
-per-model quantisation calibrated on that model's training images fits their ranges exactly
-and needs no data shipped with the project. The memory bank is then built
-from the quantised backbone's own features, so bank and query are measured alike; the
-accuracy cost is measured in BENCHMARKS.md.
+images per second, depending on the CPU's 8-bit throughput; BENCHMARKS.md), but activation
+ranges must come from real inputs: a per-model quantisation calibrated on that model's
+training images fits their ranges exactly and needs no data shipped with the project. The
+memory bank is then built from the quantised backbone's own features, so bank and query are
+measured alike; the accuracy cost is measured in BENCHMARKS.md.
 """
 
 from __future__ import annotations
