@@ -178,6 +178,20 @@ def test_nearest_stage_is_exact_on_feature_like_data(
     np.testing.assert_allclose(got, exact, rtol=5e-3)
 
 
+@pytest.mark.parametrize(("rows", "chunk"), [(1, 4096), (3, 4096), (4, 4096), (42, 40)])
+def test_nearest_stage_is_exact_for_chunks_of_a_few_rows(
+    rows: int, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tiny banks, and the 2-row tail of a 42-row bank in chunks of 40: every row of such a
+    # chunk is shortlisted, so the answer is exact whatever the 8-bit product ranks.
+    monkeypatch.setattr(graph, "BANK_CHUNK", chunk)
+    rng = np.random.default_rng(8)
+    bank = rng.normal(0.0, 1.0, (rows, 24))
+    bank[-2:] += 40.0  # the tail far from the bank's mean
+    x = np.concatenate([bank + rng.normal(0.0, 0.1, bank.shape), rng.normal(0.0, 1.0, (20, 24))])
+    np.testing.assert_allclose(_nearest_stage(bank)(x), _brute_force(x, bank), rtol=1e-5)
+
+
 def test_nearest_stage_near_ties_stay_within_quantisation_error() -> None:
     # 40 rows closer to each other than one 8-bit step, far from the origin: the integer
     # shortlist cannot order them. The answer is still the exact distance to a real bank row

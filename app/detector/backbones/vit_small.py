@@ -246,6 +246,7 @@ def build_vit_small(*layers: int) -> onnx.ModelProto:
 
 
 def _name(layers: tuple[int, ...]) -> str:
+    """Registry name of the entry reading ``layers``: ``vit_small_l8``, ``vit_small_l6_l9``."""
     return "vit_small_" + "_".join(f"l{layer}" for layer in layers)
 
 
@@ -274,6 +275,7 @@ def _spec(*layers: int) -> BackboneSpec:
     )
 
 
-# Blocks 5 and 8 are the single cuts; blocks 6 and 9 side by side are the blend that
-# measured best on textured surfaces at one shot (BENCHMARKS.md).
+# Blocks 5 and 8 are the single cuts; blocks 6 and 9 side by side are the best two-block
+# blend measured on textured surfaces at one shot (BENCHMARKS.md; a third block added
+# half as much distance work again for +0.002).
 VIT_SMALL_SPECS: tuple[BackboneSpec, ...] = (_spec(5), _spec(8), _spec(6, 9))
