@@ -184,15 +184,14 @@ def _front_end(
         antialias=1,
         coordinate_transformation_mode="half_pixel",
     )
-    mean, inv_std = _f32(list(spec.mean)), 1.0 / _f32(list(spec.std))
-    if len(set(spec.mean)) == 1 and len(set(spec.std)) == 1:
-        # One value for every channel (Lite0): scalars. In 8-bit models onnxruntime moves
-        # the backbone's layout change in front of these ops, and a per-channel constant
-        # then broadcasts over a last axis of 3 (measured ~9x slower than a scalar).
-        mean, inv_std = mean[:1].reshape(()), inv_std[:1].reshape(())
-    else:
-        mean, inv_std = mean.reshape(1, 3, 1, 1), inv_std.reshape(1, 3, 1, 1)
-    mean, inv_std = g.const("mean", mean), g.const("inv_std", inv_std)
+    # One value for every channel (Lite0): scalars. In 8-bit models onnxruntime moves the
+    # backbone's layout change in front of these ops, and a per-channel constant then
+    # broadcasts over a last axis of 3 (measured ~9x slower than a scalar).
+    shared = len(set(spec.mean)) == 1 and len(set(spec.std)) == 1
+    constant_shape: tuple[int, ...] = () if shared else (1, 3, 1, 1)
+    channels = 1 if shared else 3
+    mean = g.const("mean", _f32(list(spec.mean))[:channels].reshape(constant_shape))
+    inv_std = g.const("inv_std", (1.0 / _f32(list(spec.std)))[:channels].reshape(constant_shape))
     pixels = g.op("Mul", [g.op("Sub", [resized, mean]), inv_std], hint="pixels")
     pad = plan.border * spec.size_multiple
     if pad:
@@ -395,7 +394,6 @@ def _nearest_distances(g: _Graph, patches: str, bank: np.ndarray) -> str:
     centre = bank.astype(np.float64).mean(axis=0)
     centred = g.op("Sub", [patches, g.const("bank_mean", centre.astype(np.float32))])
     x_q, x_scale, x_zero = g.op_n("DynamicQuantizeLinear", [centred], 3)
-    members = g.const("members", np.arange(GROUP, dtype=np.int64).reshape(1, 1, GROUP))
     candidates: list[str] = []
     for start in range(0, len(bank), BANK_CHUNK):
         chunk = bank[start : start + BANK_CHUNK] - centre
@@ -422,7 +420,7 @@ def _nearest_distances(g: _Graph, patches: str, bank: np.ndarray) -> str:
             ],
         )  # (N, rows + padding)
         local = (
-            _group_shortlist(g, partial, groups, members)
+            _group_shortlist(g, partial, groups)
             if grouped
             else g.op_n(
                 "TopK",
@@ -442,7 +440,7 @@ def _nearest_distances(g: _Graph, patches: str, bank: np.ndarray) -> str:
     return g.op("Sqrt", [nearest_sq])
 
 
-def _group_shortlist(g: _Graph, partial: str, groups: int, members: str) -> str:
+def _group_shortlist(g: _Graph, partial: str, groups: int) -> str:
     """Rows ``(N, SHORTLIST)`` of ``partial (N, GROUP * groups)`` to re-rank exactly.
 
     Group j holds rows j, j + groups, j + 2 * groups, ...: the per-group minimum is then an
@@ -456,12 +454,10 @@ def _group_shortlist(g: _Graph, partial: str, groups: int, members: str) -> str:
     _, best = g.op_n(
         "TopK", [group_min, g.const("shortlist", _i64([keep]))], 2, axis=1, largest=0, sorted=0
     )  # (N, keep) group numbers
+    member_offsets = groups * np.arange(GROUP, dtype=np.int64).reshape(1, 1, GROUP)
     member_rows = g.op(
         "Add",
-        [
-            g.op("Unsqueeze", [best, g.const("ax2", _i64([2]))]),
-            g.op("Mul", [members, g.const("groups", _i64([groups]))]),
-        ],
+        [g.op("Unsqueeze", [best, g.const("ax2", _i64([2]))]), g.const("members", member_offsets)],
     )  # (N, keep, GROUP) rows of the chosen groups
     values = g.op(
         "GatherElements",
