@@ -481,13 +481,13 @@ def anomaly_map(g: _Graph, score_grid: str, processed_hw: str, image_hw: str, si
     (Gaussian, ``sigma`` in processed pixels, edges extended), then resized to the image.
     Every step is linear and acts on rows and columns separately, so the whole chain is
     ``A_rows @ scores @ A_cols.T``: each factor is the chain applied to the identity of one
-    grid axis (a ``(1, 1, h, h)`` tensor, a few kilobytes), and the map costs two small
+    grid axis (an ``(h, 1, 1, h)`` tensor, a few kilobytes), and the map costs two small
     matrix products instead of a resize, two convolutions and a resize over the full-size
     map (measured: bench/README.md).
     """
-    grid_h, grid_w = _dims(g, score_grid)
-    processed_h, processed_w = _dims(g, processed_hw, from_values=True)
-    image_h, image_w = _dims(g, image_hw, from_values=True)
+    grid_h, grid_w = _split(g, g.op("Shape", [score_grid]))
+    processed_h, processed_w = _split(g, processed_hw)
+    image_h, image_w = _split(g, image_hw)
     rows = _axis_operator(g, grid_h, processed_h, image_h, sigma)  # (h, 1, 1, H)
     cols = _axis_operator(g, grid_w, processed_w, image_w, sigma)  # (w, 1, 1, W)
     flat = g.const("flat2", _i64([0, -1]))
@@ -496,11 +496,10 @@ def anomaly_map(g: _Graph, score_grid: str, processed_hw: str, image_hw: str, si
     return g.op("MatMul", [g.op("MatMul", [rows_t, score_grid]), cols])
 
 
-def _dims(g: _Graph, tensor: str, *, from_values: bool = False) -> tuple[str, str]:
-    """The two sizes ``(1,)`` int64 of a 2-D ``tensor`` (or of its two values)."""
-    source = tensor if from_values else g.op("Shape", [tensor])
-    first = g.op("Slice", [source, g.const("s0", _i64([0])), g.const("s1", _i64([1]))])
-    second = g.op("Slice", [source, g.const("s1", _i64([1])), g.const("s2", _i64([2]))])
+def _split(g: _Graph, hw: str) -> tuple[str, str]:
+    """A height-width pair ``(2,)`` int64 as two ``(1,)`` tensors."""
+    first = g.op("Slice", [hw, g.const("s0", _i64([0])), g.const("s1", _i64([1]))])
+    second = g.op("Slice", [hw, g.const("s1", _i64([1])), g.const("s2", _i64([2]))])
     return first, second
 
 

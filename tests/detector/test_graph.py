@@ -247,14 +247,14 @@ def _map_session(build: Callable[[graph._Graph], str]) -> Callable[..., np.ndarr
     session = RuntimeOptions(threads=1).session(model.SerializeToString())
 
     def run(scores: np.ndarray, processed: tuple[int, int], image: tuple[int, int]) -> np.ndarray:
-        feed = {"scores": scores, "processed_hw": _i64(processed), "image_hw": _i64(image)}
+        feed = {
+            "scores": scores,
+            "processed_hw": graph._i64(list(processed)),
+            "image_hw": graph._i64(list(image)),
+        }
         return session.run(["map"], feed)[0]
 
     return run
-
-
-def _i64(values: tuple[int, int]) -> np.ndarray:
-    return np.asarray(values, dtype=np.int64)
 
 
 def _direct_chain(sigma: float) -> Callable[[graph._Graph], str]:
