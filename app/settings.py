@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from app.detector.imaging import PILLOW_PIXEL_CEILING
+
 MiB = 1024 * 1024
 
 
@@ -57,7 +59,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=20 * MiB, ge=1024, description="per image file")
     max_request_bytes: int = Field(default=128 * MiB, ge=1024,
                                    description="per request body (all files together)")
-    max_image_pixels: int = Field(default=40_000_000, ge=64)
+    max_image_pixels: int = Field(default=40_000_000, ge=64, le=PILLOW_PIXEL_CEILING)
     max_images_per_variant: int = Field(default=1000, ge=1)
     max_batch_files: int = Field(default=32, ge=1, le=1024)
 
@@ -160,10 +162,6 @@ class Settings(BaseSettings):
                 f"NOMINAL_JOB_HEARTBEAT_INTERVAL_S ({self.job_heartbeat_interval_s})"
             )
         return self
-
-    @property
-    def is_sqlite(self) -> bool:
-        return make_url(self.database_url).get_backend_name() == "sqlite"
 
 
 # Settings whose value must never appear in an error message or a log line: the admin key, and

@@ -87,10 +87,6 @@ class ModelStatus(enum.StrEnum):
     failed = "failed"
     cancelled = "cancelled"
 
-    @property
-    def finished(self) -> bool:
-        return self in (ModelStatus.ready, ModelStatus.failed, ModelStatus.cancelled)
-
 
 class Variant(Base):
     """A product variant: one kind of part, inspected by its own models."""

@@ -24,8 +24,10 @@ from app.errors import ImageTooLargeError, InvalidImageError
 
 SUPPORTED_FORMATS = frozenset({"PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP", "MPO"})
 
-# Pillow's own bomb guard is a warning at 89 Mpx; ours is an explicit limit per call.
-Image.MAX_IMAGE_PIXELS = None
+# Pillow's own bomb guard (process-wide, left as Pillow sets it) warns above
+# ``Image.MAX_IMAGE_PIXELS`` and refuses twice that; ours is the explicit per-call limit, so
+# the warning is silenced and a limit can never be set above what Pillow opens at all.
+PILLOW_PIXEL_CEILING = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage
         raise InvalidImageError("empty image: zero bytes received")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             fmt = image.format or "unknown"
             if fmt not in SUPPORTED_FORMATS:

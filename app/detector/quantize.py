@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,15 @@ def _drop_preprocessing_advice(record: logging.LogRecord) -> bool:
     return "pre-processing before quantization" not in record.getMessage()
 
 
-logging.getLogger().addFilter(_drop_preprocessing_advice)
+@contextmanager
+def _without_preprocessing_advice() -> Iterator[None]:
+    """The root logger drops that advice while the quantiser runs, and only then."""
+    root = logging.getLogger()
+    root.addFilter(_drop_preprocessing_advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(_drop_preprocessing_advice)
 
 
 class _Inputs(CalibrationDataReader):
@@ -62,15 +71,16 @@ def quantize_backbone(backbone: onnx.ModelProto, inputs: Sequence[np.ndarray]) -
     with tempfile.TemporaryDirectory(prefix="nominal-int8-") as tmp:
         source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         onnx.save(backbone, str(source))
-        quantize_static(
-            str(source),
-            str(target),
-            _Inputs(name, inputs),
-            quant_format=QuantFormat.QOperator,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=True,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
+        with _without_preprocessing_advice():
+            quantize_static(
+                str(source),
+                str(target),
+                _Inputs(name, inputs),
+                quant_format=QuantFormat.QOperator,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                reduce_range=True,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
         return onnx.load(str(target))

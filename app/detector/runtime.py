@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass, replace
 from typing import Any
@@ -14,6 +15,8 @@ from onnx import helper
 
 from app.detector.calibration import normalize_score
 from app.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
 
 METADATA_PREFIX = "nominal."
 FORMAT_VERSION = "1"
@@ -121,10 +124,16 @@ class CompiledModel:
         self.metadata: dict[str, str] = props
         self.threshold = float(props[METADATA_PREFIX + "threshold"])
         self.size_bytes = len(onnx_bytes)
+        # Why the score-only split failed (None: it worked, or the graph has no map branch).
+        # The model then still scores correctly, at the cost of building the map every call.
+        self.split_error: str | None = None
         try:
             split = split_score_and_map(model)
-        except Exception:  # a graph this split does not foresee: run it whole, as before
+        except Exception as exc:  # a graph this split does not foresee: run it whole
             split = None
+            self.split_error = f"{type(exc).__name__}: {exc}"[:300]
+            log.warning("score-only subgraph not built (%s); this model builds its anomaly map "
+                        "on every call", self.split_error)
         del model
         # ``session`` computes the score (and, unsplit, the map too); ``map_session`` turns the
         # tensors named in ``handoff`` into the anomaly map.

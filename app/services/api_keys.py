@@ -26,10 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import delete, func, select, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.db.models import ApiKey, ApiKeyRole
+from app.db.session import Database
 from app.errors import AuthenticationError, ConflictError, InvalidInputError, NotFoundError
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -205,3 +208,37 @@ def create_initial_admin_key(session: Session, *, key_file: Path) -> ApiKey | No
         key_file.unlink(missing_ok=True)
         raise
     return row
+
+
+def prepare_access(settings: Settings, database: Database) -> None:
+    """Start-up: make sure someone can get in, and say so loudly when nobody is checked.
+
+    First run without ``NOMINAL_ADMIN_KEY``: store an admin key and write it to
+    ``NOMINAL_INITIAL_KEY_FILE``, so the service is usable without reading the docs first
+    (nothing happens once any admin key exists: restarts, other replicas). Then warn when
+    authentication is off, or when nobody could manage keys. Database errors are logged, not
+    raised: readiness reports the database.
+    """
+    if not settings.auth_enabled:
+        log.warning("authentication is OFF (NOMINAL_AUTH_ENABLED=false): every caller acts as "
+                    "admin. For local development only; never expose this instance.")
+        return
+    if settings.admin_key is not None:
+        return
+    try:
+        with database.session(write=True) as session:
+            row = create_initial_admin_key(session, key_file=settings.initial_key_file)
+        if row is not None:
+            log.warning("created the admin API key %r and wrote it to %s (readable by this "
+                        "user only); send it in X-API-Key, create your own keys with POST "
+                        "/v1/api-keys, then revoke it. Deployments set NOMINAL_ADMIN_KEY "
+                        "instead.", row.name, settings.initial_key_file.resolve())
+            return
+        with database.reading() as session:
+            admins = count_admin_keys(session)
+    except SQLAlchemyError:
+        log.exception("could not check or create the initial admin key")
+        return
+    if admins == 0:
+        log.warning("no admin key: NOMINAL_ADMIN_KEY is not set and the database holds no admin "
+                    "API key, so nobody can create keys; set NOMINAL_ADMIN_KEY")

@@ -38,7 +38,7 @@ class ModelCache:
     ``capacity`` of them. Thread-safe; concurrent misses of one key load it once."""
 
     def __init__(self, capacity: int, options: RuntimeOptions,
-                 on_change: Callable[[int], None] | None = None) -> None:
+                 metrics: Metrics | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.capacity = capacity
@@ -46,7 +46,7 @@ class ModelCache:
         self._entries: OrderedDict[CacheKey, CompiledModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[CacheKey, threading.Lock] = {}
-        self._on_change = on_change or (lambda size: None)
+        self._metrics = metrics
         self.loads = 0
 
     def __len__(self) -> int:
@@ -57,43 +57,54 @@ class ModelCache:
             return list(self._entries)
 
     def get(self, key: CacheKey, load_bytes: Callable[[], bytes]) -> CompiledModel:
-        """The session for ``key``, built from ``load_bytes()`` on a miss."""
+        """The session for ``key``, built from ``load_bytes()`` on a miss. A load that raises
+        leaves nothing behind: the next call for ``key`` tries again."""
         with self._lock:
             model = self._entries.get(key)
             if model is not None:
                 self._entries.move_to_end(key)
                 return model
             key_lock = self._loading.setdefault(key, threading.Lock())
-        with key_lock:  # one loader per key; others wait for it instead of loading again
-            with self._lock:
-                model = self._entries.get(key)
-                if model is not None:
+        try:
+            with key_lock:  # one loader per key; others wait for it instead of loading again
+                with self._lock:
+                    model = self._entries.get(key)
+                    if model is not None:
+                        self._entries.move_to_end(key)
+                        return model
+                model = CompiledModel(load_bytes(), self.options)
+                with self._lock:
+                    self._entries[key] = model
                     self._entries.move_to_end(key)
-                    return model
-            model = CompiledModel(load_bytes(), self.options)
+                    while len(self._entries) > self.capacity:
+                        self._entries.popitem(last=False)
+                    self.loads += 1
+        finally:
             with self._lock:
-                self._entries[key] = model
-                self._entries.move_to_end(key)
-                while len(self._entries) > self.capacity:
-                    self._entries.popitem(last=False)
-                self._loading.pop(key, None)
-                self.loads += 1
-                size = len(self._entries)
-        self._on_change(size)
+                if self._loading.get(key) is key_lock and not key_lock.locked():
+                    del self._loading[key]
+        if self._metrics is not None:
+            self._metrics.model_cache_loads.inc()
+            if model.split_error is not None:
+                self._metrics.model_split_fallbacks.inc()
+        self._changed()
         return model
+
+    def _changed(self) -> None:
+        if self._metrics is not None:
+            self._metrics.model_cache_size.set(len(self._entries))
 
     def evict_variant(self, variant_id: int) -> None:
         """Drop every version of a variant (it was deleted)."""
         with self._lock:
             for key in [k for k in self._entries if k[0] == variant_id]:
                 del self._entries[key]
-            size = len(self._entries)
-        self._on_change(size)
+        self._changed()
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
-        self._on_change(0)
+        self._changed()
 
 
 @dataclass(frozen=True)

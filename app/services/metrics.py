@@ -44,6 +44,10 @@ class Metrics:
                                       registry=r)
         self.model_cache_loads = Counter("nominal_model_cache_loads",
                                          "ONNX sessions loaded from the database", registry=r)
+        self.model_split_fallbacks = Counter(
+            "nominal_model_split_fallbacks",
+            "models loaded whose score-only subgraph could not be built (each such model builds "
+            "its anomaly map on every call; the log names the reason)", registry=r)
         self.active_version = Gauge("nominal_active_model_version",
                                     "version of the active model per variant", ["variant"],
                                     registry=r)

@@ -1,8 +1,11 @@
-"""Hardening headers (SecurityHeadersMiddleware in app/main.py) on API answers, errors and docs."""
+"""Hardening headers (SecurityHeadersMiddleware in app/api/middleware.py) on API answers,
+errors and the docs pages."""
 
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
+
+from app.api.docs import DOCS_CSP
 
 COMMON = {"x-content-type-options": "nosniff", "referrer-policy": "no-referrer",
           "x-frame-options": "DENY"}
@@ -41,8 +44,14 @@ def test_docs_still_render(client: TestClient) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     assert "swagger-ui" in response.text and "/openapi.json" in response.text
-    # No default-src on the docs page: it loads Swagger UI's scripts and styles from its CDN.
-    _check(response, "frame-ancestors 'none'")
-    assert client.get("/redoc").status_code == 200
+    # The docs pages load their scripts and styles from this origin only (app/api/docs.py).
+    _check(response, DOCS_CSP.decode())
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert "http" not in response.text, "no asset may come from another origin"
+    redoc = client.get("/redoc")
+    assert redoc.status_code == 200 and "http" not in redoc.text
+    _check(redoc, DOCS_CSP.decode())
+    asset = client.get("/docs-assets/vendor/swagger-ui-bundle.js")
+    assert asset.status_code == 200 and asset.headers["cache-control"] == "no-cache"
     spec = client.get("/openapi.json")
     assert spec.status_code == 200 and spec.json()["info"]["title"] == "Nominal"

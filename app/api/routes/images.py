@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
 from app.api.deps import DatabaseDep, ImageId, SessionDep, SettingsDep, VariantDep, VariantName
+from app.api.middleware import ImageBody
 from app.api.routes._docs import problems
 from app.api.schemas import ImagePage, ImagePublic, ImagesUploaded, ImageUploaded
 from app.api.security import AccessRoute, AdminAccess
@@ -39,7 +40,7 @@ def read_upload(file: UploadFile, index: int, settings: Settings) -> service.Upl
     return service.Upload(filename=file.filename, data=data)
 
 
-@router.post("", dependencies=[AdminAccess],
+@router.post("", dependencies=[AdminAccess, ImageBody],
              status_code=status.HTTP_201_CREATED, response_model=ImagesUploaded,
              responses=problems(404, 413, 400))
 def upload_images(

@@ -17,6 +17,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from app.api.deps import DatabaseDep, MetricsDep, ModelCacheDep, SettingsDep, VariantName
+from app.api.middleware import ImageBody
 from app.api.routes._docs import problems
 from app.api.schemas import BatchInspectionPublic, InspectionPublic
 from app.api.security import AccessRoute, InspectorAccess
@@ -129,7 +130,7 @@ async def _run(request: Request, **kwargs: Any) -> list[Inspection]:
     return await anyio.to_thread.run_sync(partial(inspect_images, **kwargs), limiter=limiter)
 
 
-@router.post("", dependencies=[InspectorAccess],
+@router.post("", dependencies=[InspectorAccess, ImageBody],
              response_model=InspectionPublic, openapi_extra=_SINGLE_BODY,
              responses={200: {"description": "the verdict (JSON), or the heatmap overlay PNG "
                                              "with `?heatmap=png` / `Accept: image/png`",
@@ -166,7 +167,7 @@ async def inspect(
     return InspectionPublic.of(result)
 
 
-@router.post("/batch", dependencies=[InspectorAccess],
+@router.post("/batch", dependencies=[InspectorAccess, ImageBody],
              response_model=list[BatchInspectionPublic], openapi_extra=_BATCH_BODY,
              responses=problems(404, 409, 413, 415, 400))
 async def inspect_batch(
