@@ -13,14 +13,16 @@ status code in one place (``app.api.errors``), and a test checks that every clas
     ├── ConflictError                the request clashes with the current state           -> 409
     │   ├── AlreadyExistsError       a name that is taken                                 -> 409
     │   ├── NoActiveModelError       inspect before any model is active                   -> 409
-    │   └── NotEnoughImagesError     training without good images                         -> 409
+    │   ├── NotEnoughImagesError     training without good images                         -> 409
+    │   └── UnsupportedModelFormatError  a model file format this release does not read   -> 409
     ├── AuthenticationError          a missing or unknown API key                         -> 401
     ├── PermissionDeniedError        a key whose role does not allow the action           -> 403
     ├── TrainingCancelledError       raised inside a job when its cancellation is seen    (internal)
     └── ServiceUnavailableError      the database or a backbone cannot be reached         -> 503
 
 The detector core raises only ``InvalidInputError``, ``InvalidImageError``,
-``ImageTooLargeError`` and ``TrainingCancelledError``; it knows nothing of HTTP.
+``ImageTooLargeError``, ``UnsupportedModelFormatError`` and ``TrainingCancelledError``; it
+knows nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -74,6 +76,12 @@ class NoActiveModelError(ConflictError):
 
 class NotEnoughImagesError(ConflictError):
     title = "Not enough images"
+
+
+class UnsupportedModelFormatError(ConflictError):
+    """A stored model file whose ``nominal.format_version`` this release does not read."""
+
+    title = "Unsupported model format"
 
 
 class AuthenticationError(NominalError):

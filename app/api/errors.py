@@ -42,6 +42,7 @@ STATUS_BY_ERROR: dict[type[errors.NominalError], int] = {
     errors.AlreadyExistsError: 409,
     errors.NoActiveModelError: 409,
     errors.NotEnoughImagesError: 409,
+    errors.UnsupportedModelFormatError: 409,
     errors.AuthenticationError: 401,
     errors.PermissionDeniedError: 403,
     errors.TrainingCancelledError: 409,  # internal to jobs; mapped in case one ever escapes

@@ -14,12 +14,67 @@ import onnxruntime as ort
 from onnx import helper
 
 from app.detector.calibration import normalize_score
-from app.errors import InvalidInputError
+from app.errors import InvalidInputError, UnsupportedModelFormatError
 
 log = logging.getLogger(__name__)
 
 METADATA_PREFIX = "nominal."
+
+# The model file format: the graph's inputs and outputs and the ``nominal.*`` metadata a reader
+# relies on, versioned by ``nominal.format_version`` in every file the engine writes.
+#
+# Policy (``read_format_version``, applied whenever a stored model is loaded):
+#   * versions are positive integers, compared as integers; ``FORMAT_VERSION`` is what this
+#     release writes and the newest it reads;
+#   * OLDEST_READABLE_FORMAT_VERSION <= version <= FORMAT_VERSION: loaded (no older one exists
+#     yet);
+#   * a newer version (a model trained by a later release, seen by this one after a rollback
+#     or during a rolling upgrade), an older one than the oldest still read, a missing one (not
+#     a Nominal model) or one that is not an integer: refused with ``UnsupportedModelFormatError``
+#     (HTTP 409) that says which versions this release reads and what to do.
+# A release that bumps FORMAT_VERSION must keep serving the models already in its users'
+# databases: read the older layouts too (``CompiledModel.format_version`` says which one a file
+# has), or convert older files (when loaded, or in a migration that rewrites the stored
+# artefacts); raising OLDEST_READABLE_FORMAT_VERSION instead strands stored models and needs a
+# release note. tests/upgrade pins this (the models of release 0.1.0, format 1, must give the
+# same scores after upgrading), tests/detector/test_format_version.py the refusals.
 FORMAT_VERSION = "1"
+OLDEST_READABLE_FORMAT_VERSION = 1
+
+
+def read_format_version(metadata: dict[str, str]) -> int:
+    """The format version of a model file from its ``metadata_props``, or
+    ``UnsupportedModelFormatError`` when this release does not read it (see above)."""
+    newest = int(FORMAT_VERSION)
+    reads = (f"version {newest}" if newest == OLDEST_READABLE_FORMAT_VERSION
+             else f"versions {OLDEST_READABLE_FORMAT_VERSION} to {newest}")
+    raw = metadata.get(METADATA_PREFIX + "format_version")
+    if raw is None:
+        raise UnsupportedModelFormatError(
+            f"the model file has no {METADATA_PREFIX}format_version in its metadata: it was not "
+            f"written by Nominal, or it has been altered (this release reads model format {reads})"
+        )
+    try:
+        version = int(raw.strip())
+    except ValueError:
+        version = None
+    if version is None or version < 1:
+        raise UnsupportedModelFormatError(
+            f"model format version {raw!r} is not a version this release understands (it reads "
+            f"model format {reads})"
+        )
+    if version > newest:
+        raise UnsupportedModelFormatError(
+            f"model format version {version} is newer than this release of Nominal reads (it reads "
+            f"model format {reads}); the model was trained by a later release: upgrade this "
+            f"service, or activate a model trained by this release"
+        )
+    if version < OLDEST_READABLE_FORMAT_VERSION:
+        raise UnsupportedModelFormatError(
+            f"model format version {version} is older than this release of Nominal reads (it reads "
+            f"model format {reads}); retrain the model"
+        )
+    return version
 
 
 _arena_lock = threading.Lock()
@@ -114,7 +169,8 @@ def check_image_array(image: np.ndarray) -> np.ndarray:
 class CompiledModel:
     """A trained model's single ONNX file, loaded for scoring.
 
-    Reads its threshold from the file's own metadata, so the file is the whole truth.
+    Reads its threshold from the file's own metadata, so the file is the whole truth. A file
+    whose format version this release does not read is refused (``read_format_version``).
     """
 
     def __init__(self, onnx_bytes: bytes, options: RuntimeOptions | None = None) -> None:
@@ -122,6 +178,7 @@ class CompiledModel:
         model = onnx.load_from_string(onnx_bytes)
         props = {p.key: p.value for p in model.metadata_props}
         self.metadata: dict[str, str] = props
+        self.format_version = read_format_version(props)
         self.threshold = float(props[METADATA_PREFIX + "threshold"])
         self.size_bytes = len(onnx_bytes)
         # Why the score-only split failed (None: it worked, or the graph has no map branch).
