@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from app.detector.config import AUGMENTATIONS, PRECISIONS, RESIZE_POLICIES
+
 
 def _build_backbones(args: argparse.Namespace) -> int:
     from app.detector.backbones import REGISTRY, backbone_path
@@ -71,11 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seeds", type=int, default=3, help="random draws of the k images")
     evaluate.add_argument("--backbone", default=None, help="registry name (default: the default)")
     evaluate.add_argument("--resolution", type=int, default=None, help="shorter side in px")
-    evaluate.add_argument(
-        "--resize", default="fixed_scale", choices=["fixed_scale", "shorter_side", "square"]
-    )
-    evaluate.add_argument("--augment", default="none", choices=["none", "flip", "rot90"])
-    evaluate.add_argument("--precision", default="float32", choices=["float32", "int8"])
+    # Choices from the detector's declarations; omitted options take the detector's defaults.
+    evaluate.add_argument("--resize", default=None, choices=RESIZE_POLICIES)
+    evaluate.add_argument("--augment", default=None, choices=AUGMENTATIONS)
+    evaluate.add_argument("--precision", default=None, choices=PRECISIONS)
     evaluate.add_argument("--coreset-ratio", type=float, default=None)
     evaluate.add_argument(
         "--target-frr",

@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from app.detector.config import DEFAULT_BACKBONE, DetectorConfig
+from app.detector.config import DetectorConfig
 from app.detector.engine import Detector
 from app.detector.imaging import decode_image
 from app.detector.runtime import CompiledModel, RuntimeOptions
@@ -220,18 +220,17 @@ def format_table(rows: list[dict[str, float | int | None]]) -> str:
 
 def run_evaluation_command(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset)
-    overrides: dict[str, object] = {
-        "backbone": args.backbone or DEFAULT_BACKBONE,
+    options = {
+        "backbone": args.backbone or None,
         "resolution": args.resolution,
-        "augment": args.augment,
         "resize": args.resize,
+        "augment": args.augment,
         "precision": args.precision,
+        "coreset_ratio": args.coreset_ratio,
+        "target_false_reject_rate": args.target_frr,
     }
-    if args.coreset_ratio is not None:
-        overrides["coreset_ratio"] = args.coreset_ratio
-    if args.target_frr is not None:
-        overrides["target_false_reject_rate"] = args.target_frr
-    config = DetectorConfig(**overrides)  # type: ignore[arg-type]
+    # Options not given take the detector's defaults.
+    config = DetectorConfig.from_dict({k: v for k, v in options.items() if v is not None})
     detector = Detector(Path(args.models_dir), RuntimeOptions(threads=args.threads))
     test_items = dataset.test[: args.max_test] if args.max_test else dataset.test
     test_images = [(item, _load(item.path)) for item in test_items]

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from app.db.models import ApiKey, ApiKeyRole, Image, ImageLabel, Model, ModelStatus
-from app.detector.config import Augmentation, DetectorConfig, Precision, ResizePolicy
+from app.detector.config import SETTINGS, DetectorConfig
 from app.services.backbones import BackboneInfo
 from app.services.inspection import Inspection
 from app.services.training import ModelView
@@ -41,79 +41,27 @@ class ProblemPublic(BaseModel):
 # ---------------------------------------------------------------------------- variants
 
 
-# The detector's defaults, read once: descriptions and examples quote them, so the schema can
-# never advertise a default the detector does not use. Bounds mirror DetectorConfig's checks
-# (which run again on every value, so a drift here could only make the 422 less precise).
+# Both schemas are generated from the detector's declarations (``app.detector.config``): each
+# field's type, allowed values, bounds and description, with the default quoted from
+# ``DetectorConfig``, so the schema can never advertise a bound or default the detector does
+# not use, and a new detector setting appears here without a line in this file.
 _DEFAULTS = DetectorConfig()
 # Settings whose null is a value ("the backbone's"): those the detector defaults to None.
-_NULLABLE_SETTINGS = frozenset(k for k, v in _DEFAULTS.to_dict().items() if v is None)
+_NULLABLE_SETTINGS = frozenset(s.name for s in SETTINGS if s.nullable)
 
 
-class VariantSettings(BaseModel):
-    """Detector settings of a variant. Omitted fields keep their current value (PATCH) or take
-    the documented default (create)."""
+class _VariantSettingsBase(BaseModel):
+    """VariantSettings without its fields (one per detector setting, added below)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"backbone": _DEFAULTS.backbone, "resolution": 256,
                       "coreset_ratio": _DEFAULTS.coreset_ratio,
                       "target_false_reject_rate": _DEFAULTS.target_false_reject_rate}]})
 
-    backbone: str | None = Field(
-        default=None,
-        description=f"a name from GET /v1/backbones; default {_DEFAULTS.backbone}")
-    resolution: int | None = Field(
-        default=None, ge=64, le=1024,
-        description="shorter side of the network input in px; default (null): the backbone's")
-    resize: ResizePolicy | None = Field(
-        default=None,
-        description="how images reach `resolution`: fixed_scale (one scale for every image of "
-                    "the model, from the training images), shorter_side (each image's shorter "
-                    "side to resolution), square (both sides, aspect not kept); "
-                    f"default {_DEFAULTS.resize}")
-    max_aspect: float | None = Field(
-        default=None, ge=1, le=16,
-        description="longer side cap, in multiples of resolution; "
-                    f"default {_DEFAULTS.max_aspect:g}")
-    border: int | None = Field(
-        default=None, ge=0, le=4,
-        description="mirrored margin around the image, in multiples of the backbone's stride, "
-                    "so border patches are not judged on zero padding; default (null): the "
-                    "backbone's")
-    coreset_ratio: float | None = Field(
-        default=None, gt=0, le=1,
-        description="fraction of patches kept in the memory bank (large banks only); "
-                    f"default {_DEFAULTS.coreset_ratio:g}")
-    min_bank_size: int | None = Field(
-        default=None, ge=1,
-        description="banks up to this many patches keep them all; "
-                    f"default {_DEFAULTS.min_bank_size}")
-    max_bank_size: int | None = Field(
-        default=None, ge=1,
-        description=f"the bank keeps at most this many patches; default {_DEFAULTS.max_bank_size}")
-    target_false_reject_rate: float | None = Field(
-        default=None, gt=0, lt=0.5,
-        description="good parts the calibrated threshold may reject; "
-                    f"default {_DEFAULTS.target_false_reject_rate:g}")
-    augment: Augmentation | None = Field(
-        default=None,
-        description=f"training-time views: none, flip, rot90; default {_DEFAULTS.augment}")
-    score_top_fraction: float | None = Field(
-        default=None, ge=0, le=0.5,
-        description="image score: 0 = the largest patch score, > 0 = the mean of that top "
-                    f"fraction of patch scores; default {_DEFAULTS.score_top_fraction:g}")
-    blur_sigma: float | None = Field(
-        default=None, ge=0, le=16,
-        description=f"anomaly map smoothing; default {_DEFAULTS.blur_sigma:g}")
-    precision: Precision | None = Field(
-        default=None,
-        description="backbone arithmetic: float32, or int8 (calibrated on the training images; "
-                    "up to about 1.2x the images per second on a CPU, small accuracy cost, see "
-                    f"BENCHMARKS.md); default {_DEFAULTS.precision}")
-
     @model_validator(mode="after")
-    def _null_only_where_meaningful(self) -> VariantSettings:
-        # null means "the backbone's" for resolution and border; anywhere else it would reach
-        # the detector as a number that is not there.
+    def _null_only_where_meaningful(self) -> Self:
+        # null is a value only where the detector says what it means (resolution and border:
+        # "the backbone's"); anywhere else it would reach the detector as a number not there.
         nulls = sorted(f for f in self.model_fields_set
                        if getattr(self, f) is None and f not in _NULLABLE_SETTINGS)
         if nulls:
@@ -126,24 +74,41 @@ class VariantSettings(BaseModel):
         return self.model_dump(exclude_unset=True, exclude_none=False)
 
 
-class VariantSettingsPublic(BaseModel):
-    """The effective detector settings (every field resolved)."""
+class _VariantSettingsPublicBase(BaseModel):
+    """VariantSettingsPublic without its fields (one per detector setting, added below)."""
 
     model_config = _examples(_DEFAULTS.to_dict())
 
-    backbone: str
-    resolution: int | None = Field(description="null: the backbone's default resolution")
-    resize: ResizePolicy
-    max_aspect: float
-    border: int | None = Field(description="null: the backbone's default border")
-    coreset_ratio: float
-    min_bank_size: int
-    max_bank_size: int
-    target_false_reject_rate: float
-    augment: Augmentation
-    score_top_fraction: float
-    blur_sigma: float
-    precision: Precision
+
+def _setting_fields(*, request: bool) -> dict[str, Any]:
+    """One pydantic field per detector setting. In a request every field may be omitted, and
+    null passes the type to reach ``_null_only_where_meaningful``; in a response every field is
+    present, null only where null is a value."""
+    fields: dict[str, Any] = {}
+    for s in SETTINGS:
+        if request:
+            b = s.setting
+            fields[s.name] = (s.type | None, Field(default=None, description=s.help,
+                                                   ge=b.ge, gt=b.gt, le=b.le, lt=b.lt))
+        else:
+            fields[s.name] = (s.type | None if s.nullable else s.type,
+                              Field(description=s.help))
+    return fields
+
+
+if TYPE_CHECKING:  # a type checker sees the bases; the fields exist at run time only
+    VariantSettings = _VariantSettingsBase
+    VariantSettingsPublic = _VariantSettingsPublicBase
+else:
+    VariantSettings = create_model(
+        "VariantSettings", __base__=_VariantSettingsBase, __module__=__name__,
+        __doc__="Detector settings of a variant. Omitted fields keep their current value "
+                "(PATCH) or take the documented default (create).",
+        **_setting_fields(request=True))
+    VariantSettingsPublic = create_model(
+        "VariantSettingsPublic", __base__=_VariantSettingsPublicBase, __module__=__name__,
+        __doc__="The effective detector settings (every field resolved).",
+        **_setting_fields(request=False))
 
 
 class VariantCreate(BaseModel):

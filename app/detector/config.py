@@ -1,9 +1,18 @@
-"""Per-model detector configuration, validated where it enters."""
+"""Per-model detector configuration, validated where it enters.
+
+Each detector setting is declared once, as a field of ``DetectorConfig``: its type (a
+``Literal`` type lists the allowed values), its default, and a ``Setting`` in the field's
+metadata with its bounds and the description users read. ``DetectorConfig`` checks every value
+against these declarations, and the API schemas (``app.api.schemas``) and the CLI's choices are
+derived from them (``SETTINGS``): adding a setting is one field here, plus its tests.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+import types
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from app.errors import InvalidInputError
 
@@ -11,7 +20,37 @@ Augmentation = Literal["none", "flip", "rot90"]
 ResizePolicy = Literal["fixed_scale", "shorter_side", "square"]
 Precision = Literal["float32", "int8"]
 
+AUGMENTATIONS: tuple[Augmentation, ...] = get_args(Augmentation)
+RESIZE_POLICIES: tuple[ResizePolicy, ...] = get_args(ResizePolicy)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+
 DEFAULT_BACKBONE = "efficientnet_lite0"
+
+_SETTING = "setting"  # the metadata key of a field's declaration
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The declaration of one detector setting, besides its type and default.
+
+    ``ge``/``gt``/``le``/``lt`` bound a number (inclusive/exclusive, as in the API schema).
+    ``null`` says what None means; it is required exactly for the settings whose default is
+    None, the only ones that may be None.
+    """
+
+    description: str
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    null: str | None = None
+
+
+def setting(description: str, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None,
+            null: str | None = None) -> Mapping[str, Setting]:
+    """A field's metadata: ``field(default=..., metadata=setting("what it is", ge=0))``."""
+    return {_SETTING: Setting(description, ge=ge, gt=gt, le=le, lt=lt, null=null)}
 
 
 @dataclass(frozen=True)
@@ -24,59 +63,54 @@ class DetectorConfig:
     ratio is always kept unless ``resize="square"``; there is never a centre crop.
     """
 
-    backbone: str = DEFAULT_BACKBONE
-    resolution: int | None = None  # None: the backbone's default
-    resize: ResizePolicy = "fixed_scale"
-    max_aspect: float = 4.0
+    backbone: str = field(default=DEFAULT_BACKBONE, metadata=setting(
+        "a name from GET /v1/backbones"))
+    resolution: int | None = field(default=None, metadata=setting(
+        "shorter side of the network input in px", ge=64, le=1024, null="the backbone's"))
+    resize: ResizePolicy = field(default="fixed_scale", metadata=setting(
+        "how images reach `resolution`: fixed_scale (one scale for every image of the model, "
+        "from the training images), shorter_side (each image's shorter side to resolution), "
+        "square (both sides, aspect not kept)"))
+    max_aspect: float = field(default=4.0, metadata=setting(
+        "longer side cap, in multiples of resolution", ge=1, le=16))
     # Mirrored margin around the image, in backbone size multiples (16 px for Lite0), so that
-    # border patches are not judged on a CNN's zero padding. None: the backbone's default.
-    border: int | None = None
-    coreset_ratio: float = 0.1
+    # border patches are not judged on a CNN's zero padding.
+    border: int | None = field(default=None, metadata=setting(
+        "mirrored margin around the image, in multiples of the backbone's stride, so border "
+        "patches are not judged on zero padding", ge=0, le=4, null="the backbone's"))
+    coreset_ratio: float = field(default=0.1, metadata=setting(
+        "fraction of patches kept in the memory bank (large banks only)", gt=0, le=1))
     # Banks smaller than this keep every patch: few-shot banks are small and subsampling
     # them only loses coverage (PatchCore's coreset is a speed device for large banks).
-    min_bank_size: int = 2048
-    max_bank_size: int = 16384
-    target_false_reject_rate: float = 0.01
-    augment: Augmentation = "none"
+    min_bank_size: int = field(default=2048, metadata=setting(
+        "banks up to this many patches keep them all", ge=1))
+    max_bank_size: int = field(default=16384, metadata=setting(
+        "the bank keeps at most this many patches", ge=1))
+    target_false_reject_rate: float = field(default=0.01, metadata=setting(
+        "good parts the calibrated threshold may reject", gt=0, lt=0.5))
+    augment: Augmentation = field(default="none", metadata=setting(
+        "training-time views: none, flip, rot90"))
     # 0: image score = max patch score (PatchCore); > 0: mean of that top fraction of patches.
-    score_top_fraction: float = 0.0
-    blur_sigma: float = 4.0  # at the processed resolution, as in PatchCore
+    score_top_fraction: float = field(default=0.0, metadata=setting(
+        "image score: 0 = the largest patch score, > 0 = the mean of that top fraction of patch "
+        "scores", ge=0, le=0.5))
+    # At the processed resolution, as in PatchCore.
+    blur_sigma: float = field(default=4.0, metadata=setting(
+        "anomaly map smoothing", ge=0, le=16))
     # int8: the backbone runs in 8 bits, calibrated on the training images (up to about 1.2x
     # the images per second on a CPU, a small measured accuracy cost; app/detector/quantize.py).
-    precision: Precision = "float32"
+    precision: Precision = field(default="float32", metadata=setting(
+        "backbone arithmetic: float32, or int8 (calibrated on the training images; up to about "
+        "1.2x the images per second on a CPU, small accuracy cost, see BENCHMARKS.md)"))
 
     def __post_init__(self) -> None:
-        if self.resolution is not None and not 64 <= self.resolution <= 1024:
-            raise InvalidInputError(f"resolution must be within 64..1024, got {self.resolution}")
-        if self.resize not in ("fixed_scale", "shorter_side", "square"):
+        for declared in SETTINGS:
+            declared.check(getattr(self, declared.name))
+        if self.min_bank_size > self.max_bank_size:
             raise InvalidInputError(
-                f"resize must be fixed_scale, shorter_side or square, got {self.resize!r}"
+                "min_bank_size must be at most max_bank_size, got "
+                f"{self.min_bank_size}, {self.max_bank_size}"
             )
-        if self.border is not None and not 0 <= self.border <= 4:
-            raise InvalidInputError(f"border must be within 0..4, got {self.border}")
-        if not 1.0 <= self.max_aspect <= 16.0:
-            raise InvalidInputError(f"max_aspect must be within 1..16, got {self.max_aspect}")
-        if not 0.0 < self.coreset_ratio <= 1.0:
-            raise InvalidInputError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
-        if not 1 <= self.min_bank_size <= self.max_bank_size:
-            raise InvalidInputError(
-                f"need 1 <= min_bank_size <= max_bank_size, got {self.min_bank_size}, "
-                f"{self.max_bank_size}"
-            )
-        if not 0.0 < self.target_false_reject_rate < 0.5:
-            raise InvalidInputError(
-                f"target_false_reject_rate must be in (0, 0.5), got {self.target_false_reject_rate}"
-            )
-        if self.augment not in ("none", "flip", "rot90"):
-            raise InvalidInputError(f"augment must be none, flip or rot90, got {self.augment!r}")
-        if not 0.0 <= self.score_top_fraction <= 0.5:
-            raise InvalidInputError(
-                f"score_top_fraction must be within 0..0.5, got {self.score_top_fraction}"
-            )
-        if not 0.0 <= self.blur_sigma <= 16.0:
-            raise InvalidInputError(f"blur_sigma must be within 0..16, got {self.blur_sigma}")
-        if self.precision not in ("float32", "int8"):
-            raise InvalidInputError(f"precision must be float32 or int8, got {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,3 +122,100 @@ class DetectorConfig:
         if unknown:
             raise InvalidInputError(f"unknown detector settings: {sorted(unknown)}")
         return cls(**data)
+
+
+def show(value: Any) -> str:
+    """A setting's value as descriptions and messages quote it (floats without trailing 0s)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
+class DeclaredSetting:
+    """One field of ``DetectorConfig`` with its declaration: what checks and schemas use."""
+
+    name: str
+    type: Any  # the field's type without None: int, float, str or a Literal type
+    default: Any
+    choices: tuple[Any, ...]  # the Literal type's values; () when any value of the type goes
+    setting: Setting
+
+    @property
+    def nullable(self) -> bool:
+        return self.setting.null is not None
+
+    @property
+    def bounds(self) -> dict[str, float]:
+        """The bounds declared, by the names pydantic and JSON Schema use (``ge``, ``lt``...)."""
+        s = self.setting
+        candidates = {"ge": s.ge, "gt": s.gt, "le": s.le, "lt": s.lt}
+        return {k: v for k, v in candidates.items() if v is not None}
+
+    @property
+    def help(self) -> str:
+        """The description with the default quoted: "...; default 0.1"."""
+        if self.default is None:
+            return f"{self.setting.description}; default (null): {self.setting.null}"
+        return f"{self.setting.description}; default {show(self.default)}"
+
+    def check(self, value: Any) -> None:
+        """Raise ``InvalidInputError`` naming the setting unless ``value`` is allowed."""
+        if value is None:
+            if self.nullable:
+                return
+            raise InvalidInputError(f"{self.name} cannot be null")
+        if self.choices and value not in self.choices:
+            *others, last = self.choices
+            allowed = f"{', '.join(others)} or {last}" if others else last
+            raise InvalidInputError(f"{self.name} must be {allowed}, got {value!r}")
+        bounds = self.bounds
+        if not bounds:
+            return
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidInputError(f"{self.name} must be a number, got {value!r}")
+        s = self.setting
+        if ((s.ge is not None and value < s.ge) or (s.gt is not None and value <= s.gt)
+                or (s.le is not None and value > s.le) or (s.lt is not None and value >= s.lt)):
+            raise InvalidInputError(f"{self.name} must be {self.range}, got {value}")
+
+    @property
+    def range(self) -> str:
+        """The bounds in words: "within 64..1024", "in (0, 1]", "at least 1"."""
+        s = self.setting
+        low = s.ge if s.ge is not None else s.gt
+        high = s.le if s.le is not None else s.lt
+        if low is not None and high is not None:
+            if s.ge is not None and s.le is not None:
+                return f"within {show(low)}..{show(high)}"
+            return (f"in {'[' if s.ge is not None else '('}{show(low)}, "
+                    f"{show(high)}{']' if s.le is not None else ')'}")
+        if low is not None:
+            return f"at least {show(low)}" if s.ge is not None else f"greater than {show(low)}"
+        if high is not None:
+            return f"at most {show(high)}" if s.le is not None else f"less than {show(high)}"
+        return "any number"
+
+
+def _declared(config: type) -> tuple[DeclaredSetting, ...]:
+    """The declarations of a config dataclass's fields; ``TypeError`` for a field declared
+    wrongly (checked at import, so a mistake never reaches a request)."""
+    hints = get_type_hints(config)
+    declared = []
+    for f in fields(config):
+        where = f"{config.__name__}.{f.name}"
+        spec = f.metadata.get(_SETTING)
+        if not isinstance(spec, Setting):
+            raise TypeError(f"{where} has no Setting: declare it with "
+                            "field(default=..., metadata=setting(...))")
+        if (f.default is None) != (spec.null is not None):
+            raise TypeError(f"{where}: a setting may be None exactly when its default is None, "
+                            "and then its Setting says what null means (null=...)")
+        kind = hints[f.name]
+        if get_origin(kind) in (Union, types.UnionType):
+            kind, = (a for a in get_args(kind) if a is not type(None))
+        choices = get_args(kind) if get_origin(kind) is Literal else ()
+        declared.append(DeclaredSetting(f.name, kind, f.default, choices, spec))
+    return tuple(declared)
+
+
+# Every detector setting in field order, with its type, default and declaration.
+SETTINGS: tuple[DeclaredSetting, ...] = _declared(DetectorConfig)

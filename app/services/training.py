@@ -46,7 +46,7 @@ from app.errors import (
 )
 from app.services.images import count_images, load_training_images
 from app.services.metrics import Metrics
-from app.services.variants import detector_config, resolve_settings
+from app.services.variants import resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def create_job(session: Session, *, variant: Variant, seed: int | None = None,
         raise NotEnoughImagesError(
             f"variant {variant.name!r} has no good images; upload some with label=good first"
         )
-    config = detector_config(resolve_settings(variant.settings, settings or {}))
+    config = resolve_config(variant.settings, settings or {})
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "big")
     # Increment-then-read in one transaction: the UPDATE locks the variant row (PostgreSQL) or

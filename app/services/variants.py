@@ -42,17 +42,22 @@ def check_name(name: str) -> str:
     return name
 
 
-def resolve_settings(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """``current`` updated with ``changes``, every omitted key at the detector's default,
-    validated by ``DetectorConfig`` (so a variant can never hold settings training rejects)."""
+def resolve_config(current: dict[str, Any], changes: dict[str, Any]) -> DetectorConfig:
+    """The detector configuration of ``current`` updated with ``changes``, every omitted key at
+    the detector's default; ``InvalidInputError`` for an unknown key, backbone or bad value."""
     unknown = set(changes) - set(SETTING_KEYS)
     if unknown:
         raise InvalidInputError(f"unknown settings {sorted(unknown)}; known: {list(SETTING_KEYS)}")
     merged = effective_settings(current)
     merged.update(changes)
     get_backbone(merged["backbone"])  # unknown backbone -> InvalidInputError naming the known ones
-    DetectorConfig.from_dict(merged)
-    return merged
+    return DetectorConfig.from_dict(merged)
+
+
+def resolve_settings(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``resolve_config`` as the dict a variant stores (so a variant can never hold settings
+    training rejects)."""
+    return resolve_config(current, changes).to_dict()
 
 
 def effective_settings(stored: dict[str, Any]) -> dict[str, Any]:
@@ -61,10 +66,6 @@ def effective_settings(stored: dict[str, Any]) -> dict[str, Any]:
     merged = DetectorConfig().to_dict()
     merged.update({k: v for k, v in stored.items() if k in SETTING_KEYS})
     return merged
-
-
-def detector_config(settings: dict[str, Any]) -> DetectorConfig:
-    return DetectorConfig.from_dict(resolve_settings(settings, {}))
 
 
 def create_variant(session: Session, *, name: str, description: str = "",
