@@ -49,7 +49,7 @@ RUN groupadd --system --gid 10001 nominal \
 WORKDIR /app
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app/models /app/models
-# Alembic's files: `python -m app.db.migrate` and `nominal serve` find them in the working dir.
+# Alembic's files: `nominal migrate` and `nominal serve` find them in the working dir.
 COPY alembic.ini ./
 COPY migrations ./migrations
 COPY --chmod=0755 scripts/entrypoint.sh /usr/local/bin/nominal-entrypoint

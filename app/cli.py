@@ -1,12 +1,15 @@
-"""The ``nominal`` command: serve, build backbones, evaluate."""
+"""The ``nominal`` command: serve, migrate, build backbones, evaluate."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from app.detector.config import AUGMENTATIONS, PRECISIONS, RESIZE_POLICIES
+
+log = logging.getLogger("app.cli")
 
 
 def _build_backbones(args: argparse.Namespace) -> int:
@@ -19,10 +22,36 @@ def _build_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_database(database_url: str, wait_s: float) -> bool:
+    """Wait up to ``wait_s`` for the database, then migrate it to head; False (logged) when
+    either fails."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.db.migrate import upgrade_to_head, wait_for_database
+
+    try:
+        if wait_s > 0:
+            wait_for_database(database_url, wait_s)
+        upgrade_to_head(database_url)
+    except (TimeoutError, SQLAlchemyError, RuntimeError) as exc:
+        log.error("migration failed: %s", exc)
+        return False
+    log.info("database schema at head")
+    return True
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from app.logs import configure_logging
+    from app.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return 0 if _prepare_database(settings.database_url, args.wait) else 1
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.db.migrate import upgrade_to_head
     from app.logs import configure_logging
     from app.main import create_app
     from app.settings import get_settings
@@ -30,7 +59,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     # Before the migration, so Alembic's lines come out in the service's format and level.
     configure_logging(settings.log_level, settings.log_format)
-    upgrade_to_head(settings.database_url)
+    if args.migrate and not _prepare_database(settings.database_url, args.wait):
+        return 1
     uvicorn.run(
         create_app(settings),
         host=args.host,
@@ -53,10 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nominal", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="migrate the database and serve the HTTP API")
+    wait = argparse.ArgumentParser(add_help=False)
+    wait.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                      help="wait up to this long for the database to answer first")
+
+    serve = sub.add_parser("serve", parents=[wait],
+                           help="migrate the database and serve the HTTP API")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-migrate", dest="migrate", action="store_false",
+                       help="serve the schema as it is (someone else migrates)")
     serve.set_defaults(func=_serve)
+
+    migrate = sub.add_parser("migrate", parents=[wait],
+                             help="bring the database schema to the newest revision")
+    migrate.set_defaults(func=_migrate)
 
     build = sub.add_parser("build-backbones", help="build the backbone ONNX files under models/")
     build.add_argument("names", nargs="*", help="backbones to build (default: all)")

@@ -1,16 +1,13 @@
 """Apply Alembic migrations from code: the service upgrades its database at start-up.
 
-``python -m app.db.migrate --wait 60`` is the container's start-up step (scripts/entrypoint.sh):
-wait until the database answers, then ``upgrade head``. Replicas starting together are safe:
-the migration takes a lock (see migrations/env.py), so one migrates and the others find head.
+``nominal migrate --wait 60`` (and ``nominal serve``, which migrates before serving) call
+``wait_for_database`` and ``upgrade_to_head``. Replicas starting together are safe: the
+migration takes a lock (see migrations/env.py), so one migrates and the others find head.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
-import time
 from pathlib import Path
 
 from alembic import command
@@ -18,6 +15,13 @@ from alembic.config import Config
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_fixed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,58 +63,32 @@ def wait_for_database(database_url: str, timeout_s: float, interval_s: float = 1
     """Return once ``SELECT 1`` succeeds; ``TimeoutError`` naming the last error otherwise.
     (A database container reports healthy a little before it accepts every connection, and
     on a restart the API may well be up first.)"""
-    deadline = time.monotonic() + timeout_s
+    url = make_url(database_url)
+    shown = url.render_as_string(hide_password=True)
     engine = create_engine(database_url, pool_pre_ping=True, connect_args=(
         {"connect_timeout": max(1, int(interval_s * 3))}
-        if make_url(database_url).get_backend_name() == "postgresql" else {}))
-    shown = make_url(database_url).render_as_string(hide_password=True)
-    attempt = 0
+        if url.get_backend_name() == "postgresql" else {}))
+
+    def waiting(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.info("waiting for database %s (attempt %d): %s", shown, state.attempt_number,
+                 _first_line(error))
+
+    retrying = Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(interval_s),
+                        retry=retry_if_exception_type(SQLAlchemyError), before_sleep=waiting,
+                        reraise=True)
     try:
-        while True:
-            attempt += 1
-            try:
-                with engine.connect() as connection:
-                    connection.execute(text("SELECT 1"))
-                log.info("database %s answers (attempt %d)", shown, attempt)
-                return
-            except SQLAlchemyError as exc:
-                reason = str(exc).splitlines()[0][:300]
-                if time.monotonic() + interval_s > deadline:
-                    raise TimeoutError(f"database {shown} did not answer within {timeout_s:g} s: "
-                                       f"{reason}") from None
-                log.info("waiting for database %s (attempt %d): %s", shown, attempt, reason)
-                time.sleep(interval_s)
+        for attempt in retrying:
+            with attempt, engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        log.info("database %s answers (attempt %d)", shown,
+                 retrying.statistics.get("attempt_number", 1))
+    except SQLAlchemyError as exc:
+        raise TimeoutError(f"database {shown} did not answer within {timeout_s:g} s: "
+                           f"{_first_line(exc)}") from None
     finally:
         engine.dispose()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m app.db.migrate [--wait SECONDS]``: (wait, then) upgrade to head."""
-    parser = argparse.ArgumentParser(prog="python -m app.db.migrate", description=main.__doc__)
-    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                        help="wait this long for the database to answer first")
-    args = parser.parse_args(argv)
-
-    from app.cli import print_settings_error
-    from app.logs import configure_logging
-    from app.settings import SettingsError, get_settings
-
-    try:
-        settings = get_settings()
-    except SettingsError as exc:
-        print_settings_error(exc)
-        return 2
-    configure_logging(settings.log_level, settings.log_format)
-    try:
-        if args.wait > 0:
-            wait_for_database(settings.database_url, args.wait)
-        upgrade_to_head(settings.database_url)
-    except (TimeoutError, SQLAlchemyError, RuntimeError) as exc:
-        log.error("migration failed: %s", exc)
-        return 1
-    log.info("database schema at head")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def _first_line(error: BaseException | None) -> str:
+    return str(error).splitlines()[0][:300] if error else ""

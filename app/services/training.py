@@ -50,9 +50,6 @@ from app.services.variants import resolve_config
 
 log = logging.getLogger(__name__)
 
-MAX_SEED = 2**63 - 1
-
-
 # ---------------------------------------------------------------------------- use cases
 
 

@@ -54,6 +54,20 @@ def test_entrypoint_migrates_then_runs_the_command(empty_database_url: str) -> N
     assert _entrypoint(empty_database_url, "true").returncode == 0
 
 
+def test_entrypoint_leaves_serves_migration_to_serve(empty_database_url: str) -> None:
+    """``nominal serve`` waits and migrates itself, so the entrypoint must not do it first
+    (it used to, and the schema was brought to head twice per start)."""
+    result = _entrypoint(empty_database_url, "nominal", "serve", "--help")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--wait SECONDS" in result.stdout and "--no-migrate" in result.stdout
+    assert "database schema at head" not in result.stderr
+    engine = create_engine(empty_database_url)
+    try:
+        assert inspect(engine).get_table_names() == []  # help printed; nothing migrated
+    finally:
+        engine.dispose()
+
+
 def test_entrypoint_gives_up_on_a_database_that_never_answers() -> None:
     result = _entrypoint("postgresql+psycopg://nobody@127.0.0.1:9/none", "echo", "served",
                          wait_s="2")
