@@ -4,6 +4,7 @@ problem without internals."""
 from __future__ import annotations
 
 import inspect as pyinspect
+import re
 from typing import Any
 
 import pytest
@@ -27,13 +28,42 @@ def test_every_domain_error_is_mapped(cls: type[errors.NominalError]) -> None:
     assert problem_type(cls).startswith("urn:nominal:problem:")
 
 
-def test_statuses_match_the_documented_tree() -> None:
-    """The docstring of app.errors names a status per class; the mapping must agree."""
-    doc = errors.__doc__ or ""
-    for cls, status in STATUS_BY_ERROR.items():
-        lines = [line for line in doc.splitlines() if f" {cls.__name__} " in line + " "]
-        if lines and "->" in lines[0]:
-            assert lines[0].rstrip().endswith(str(status)), (cls.__name__, lines[0])
+def _documented_tree() -> dict[str, tuple[str | None, str]]:
+    """``{class name: (parent name, status or 'internal')}`` from app.errors' docstring."""
+    tree: dict[str, tuple[str | None, str]] = {}
+    parents: list[str] = []  # by depth
+    for line in (errors.__doc__ or "").splitlines():
+        match = re.match(r"^(?P<lead>[\s│├└─]*?)(?P<name>[A-Z]\w+Error)\b(?P<rest>.*)$",
+                         line)
+        if not match:
+            continue
+        depth = len(match["lead"]) // 4 - 1  # the root sits 4 spaces in, each level 4 more
+        status = re.search(r"(?:-> (\d{3})|\((internal)\))\s*$", match["rest"])
+        assert status or depth == 0, f"no status at the end of {match['name']}'s line: {line!r}"
+        parents[depth:] = [match["name"]]
+        tree[match["name"]] = (parents[depth - 1] if depth else None,
+                               (status[1] or status[2]) if status else "internal")
+    return tree
+
+
+def test_the_documented_tree_is_read() -> None:
+    tree = _documented_tree()
+    assert tree["NominalError"] == (None, "internal")
+    assert tree["ImageTooLargeError"] == ("LimitExceededError", "413")
+    assert tree["TrainingCancelledError"][1] == "internal"
+
+
+@pytest.mark.parametrize("cls", _error_classes(), ids=lambda c: c.__name__)
+def test_every_class_is_in_the_documented_tree(cls: type[errors.NominalError]) -> None:
+    """Every class, not only those whose line happens to carry a status: its place in the
+    tree is its base class, and its status is the one the HTTP layer answers."""
+    tree = _documented_tree()
+    assert cls.__name__ in tree, f"{cls.__name__} is missing from app.errors' docstring"
+    parent, status = tree[cls.__name__]
+    if cls is not errors.NominalError:
+        assert parent == cls.__base__.__name__, cls.__name__
+    if status != "internal":
+        assert STATUS_BY_ERROR[cls] == int(status), cls.__name__
 
 
 def test_unexpected_error_is_a_500_problem_without_internals(settings: Any,
