@@ -75,8 +75,10 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage
         raise
     except UnidentifiedImageError:
         raise InvalidImageError("not a recognised image (unknown or corrupt header)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from None
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(
+            f"image declares more than {PILLOW_PIXEL_CEILING} px (refused unread as a possible "
+            f"decompression bomb); the limit is {limits.max_pixels} px") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise InvalidImageError(f"corrupt or truncated {_fmt_or_image(data)}: {exc}") from None
     return DecodedImage(pixels=pixels, format=fmt)

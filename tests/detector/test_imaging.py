@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -202,9 +203,13 @@ def _png_declaring(width: int, height: int) -> bytes:
     return png_claiming_size(_encode(Image.new("RGB", (1, 1), (1, 2, 3)), "PNG"), width, height)
 
 
-def test_declared_bomb_is_refused_from_the_header_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    data = _png_declaring(20_000, 20_000)
-    assert Image.open(io.BytesIO(data)).size == (20_000, 20_000)  # the header is valid
+@pytest.mark.parametrize("side", [10_000, 20_000],
+                         ids=["above Pillow's warning", "above Pillow's refusal"])
+def test_declared_bomb_is_refused_from_the_header_alone(monkeypatch: pytest.MonkeyPatch,
+                                                        side: int) -> None:
+    """Both sides of Pillow's own guard (a warning at 89 Mpx, a refusal at twice that, left
+    as Pillow sets them): a clear 413 naming our limit, without decoding a pixel."""
+    data = _png_declaring(side, side)
 
     def no_load(self: ImageFile.ImageFile) -> None:
         raise AssertionError("pixels were decoded before the size check")
@@ -213,12 +218,15 @@ def test_declared_bomb_is_refused_from_the_header_alone(monkeypatch: pytest.Monk
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_load)
     tracemalloc.start()
     try:
-        with pytest.raises(ImageTooLargeError, match="20000x20000"):
-            decode_image(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # Pillow's warning must not escape either
+            with pytest.raises(ImageTooLargeError, match="the limit is 40000000 px"):
+                decode_image(data)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 50 * 2**20  # decoding it would take 1.2 GB
+    assert peak < 50 * 2**20  # decoding it would take 0.3-1.2 GB
+    assert Image.MAX_IMAGE_PIXELS is not None  # nothing turned Pillow's guard off
 
 
 def test_max_pixels_limit_is_respected() -> None:
