@@ -42,6 +42,13 @@ FORMAT_VERSION = "1"
 OLDEST_READABLE_FORMAT_VERSION = 1
 
 
+def check_model_file(onnx_bytes: bytes) -> int:
+    """The format version of a stored model file, or ``UnsupportedModelFormatError`` when this
+    release does not read it; for callers that must know before serving it (activation)."""
+    model = onnx.load_from_string(onnx_bytes)
+    return read_format_version({p.key: p.value for p in model.metadata_props})
+
+
 def read_format_version(metadata: dict[str, str]) -> int:
     """The format version of a model file from its ``metadata_props``, or
     ``UnsupportedModelFormatError`` when this release does not read it (see above)."""

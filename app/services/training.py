@@ -37,6 +37,7 @@ from app.db.models import ImageLabel, Model, ModelArtifact, ModelStatus, Variant
 from app.db.session import Database
 from app.detector.config import DetectorConfig
 from app.detector.engine import Detector, FittedModel
+from app.detector.runtime import check_model_file
 from app.errors import (
     ConflictError,
     NominalError,
@@ -166,6 +167,10 @@ def activate_model(session: Session, *, variant: Variant, version: int) -> Model
     if model.status != ModelStatus.ready.value:
         raise ConflictError(f"model version {version} is {model.status}; only ready models can "
                             "be activated")
+    # A model this release cannot read (trained by a later one) would fail every inspection.
+    data = session.scalar(select(ModelArtifact.onnx).where(ModelArtifact.model_id == model.id))
+    if data is not None:
+        check_model_file(data)
     session.execute(update(Variant).where(Variant.id == variant.id)
                     .values(active_model_id=model.id, updated_at=utcnow()))
     session.commit()

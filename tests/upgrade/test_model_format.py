@@ -60,3 +60,34 @@ def test_inspect_refuses_a_model_of_a_newer_format(
     _store(database_url, model_id, bytes(original))
     response = trained.client.post("/v1/variants/bolt/inspect", **image)
     assert response.status_code == 200, response.text
+
+
+def test_activation_refuses_a_model_of_a_newer_format(
+    trained: Api, database_url: str, problem: Callable[[Any, int], dict[str, Any]]
+) -> None:
+    """Refused before it goes live, not at the line's first inspection; the active model
+    stays."""
+    second = trained.train("bolt", seed=1, activate=False)
+    assert second["status"] == "ready", second
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            model_id, original = connection.execute(
+                select(ModelArtifact.model_id, ModelArtifact.onnx)
+                .order_by(ModelArtifact.model_id.desc()).limit(1)).one()
+    finally:
+        engine.dispose()
+    model = onnx.load_from_string(original)
+    props = {p.key: p.value for p in model.metadata_props} | {KEY: "99"}
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    _store(database_url, model_id, model.SerializeToString())
+
+    body = problem(trained.client.post(f"/v1/variants/bolt/models/{second['version']}/activate"),
+                   409)
+    assert body["type"] == "urn:nominal:problem:unsupported-model-format"
+    assert "model format version 99 is newer than this release" in body["detail"]
+    assert trained.client.get("/v1/variants/bolt").json()["active_model_version"] == 1
+    _store(database_url, model_id, bytes(original))
+    response = trained.client.post(f"/v1/variants/bolt/models/{second['version']}/activate")
+    assert response.status_code == 200, response.text
