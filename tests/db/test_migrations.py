@@ -11,7 +11,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
-from app.db.migrate import alembic_config, downgrade_to_base, upgrade_to_head
+from app.db.migrate import alembic_config, current_revision, downgrade_to_base, upgrade_to_head
 from app.db.models import Base
 
 TABLES = {"variant", "image", "model", "model_artifact", "api_key"}
@@ -32,15 +32,6 @@ def tables(url: str) -> set[str]:
     engine = create_engine(url)
     try:
         return set(inspect(engine).get_table_names()) - {"alembic_version"}
-    finally:
-        engine.dispose()
-
-
-def current_revision(url: str) -> str | None:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()
 

@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from alembic import command
-from alembic.migration import MigrationContext
 from sqlalchemy import Engine, MetaData, Table, create_engine, func, select, text
 from sqlalchemy.types import DateTime
 
-from app.db.migrate import alembic_config
+from app.db.migrate import alembic_config, current_revision
 from tests.conftest import fresh_database
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "upgrade"
@@ -58,15 +57,6 @@ def unpack_sqlite(release: str, target: Path) -> Path:
     return target
 
 
-def revision(url: str) -> str | None:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
-    finally:
-        engine.dispose()
-
-
 @contextmanager
 def release_database(kind: str, release: str, tmp_path: Path) -> Iterator[str]:
     """A database of ``kind`` (``sqlite``, ``postgresql``) holding the release's rows at the
@@ -75,13 +65,14 @@ def release_database(kind: str, release: str, tmp_path: Path) -> Iterator[str]:
     pinned = manifest(release)
     sqlite_file = unpack_sqlite(release, tmp_path / f"{release}.db")
     sqlite_url = f"sqlite:///{sqlite_file}"
-    assert revision(sqlite_url) == pinned["alembic_revision"], "fixture and manifest disagree"
+    assert current_revision(sqlite_url) == pinned["alembic_revision"], \
+        "fixture and manifest disagree"
     if kind == "sqlite":
         yield sqlite_url
         return
     with fresh_database(kind, tmp_path) as url:
         command.upgrade(alembic_config(url), pinned["alembic_revision"])
-        assert revision(url) == pinned["alembic_revision"]
+        assert current_revision(url) == pinned["alembic_revision"]
         source, target = create_engine(sqlite_url), create_engine(url)
         try:
             copy_rows(source, target)

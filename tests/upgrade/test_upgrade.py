@@ -30,11 +30,11 @@ from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.db.migrate import alembic_config, upgrade_to_head
+from app.db.migrate import alembic_config, current_revision, upgrade_to_head
 from app.detector.runtime import read_format_version
 from app.main import create_app
 from tests.conftest import make_settings
-from tests.upgrade._release import manifest, probe_bytes, release_database, releases, revision
+from tests.upgrade._release import manifest, probe_bytes, release_database, releases
 
 
 @dataclass
@@ -125,7 +125,7 @@ def _check_answers(up: Upgraded, variant: dict[str, Any], model: dict[str, Any])
 
 def test_schema_is_at_head(upgraded: Upgraded) -> None:
     head = ScriptDirectory.from_config(alembic_config(upgraded.url)).get_current_head()
-    assert revision(upgraded.url) == head
+    assert current_revision(upgraded.url) == head
     assert upgraded.migrate_s < 60, f"upgrade took {upgraded.migrate_s:.1f} s"
 
 
