@@ -80,7 +80,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nominal", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="nominal", description="Nominal: few-shot visual anomaly inspection service.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     wait = argparse.ArgumentParser(add_help=False)
@@ -89,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", parents=[wait],
                            help="migrate the database and serve the HTTP API")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--no-migrate", dest="migrate", action="store_false",
                        help="serve the schema as it is (someone else migrates)")
     serve.set_defaults(func=_serve)

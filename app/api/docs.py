@@ -40,7 +40,7 @@ Every error is an RFC 9457 problem document (`application/problem+json`).
 
 Every `/v1` request carries an API key in `X-API-Key` (401 without a valid one). An `admin` key
 may do everything, key management (`/v1/api-keys`) included; an `inspector` key may inspect and
-read variants and model status, and gets 403 for anything that changes state.
+read variants, models and backbones, and gets 403 for anything that changes state.
 `NOMINAL_ADMIN_KEY` is an admin key from the environment, to create the first keys with;
 without it, the first start stores an admin key and writes it to `data/initial-admin-key`
 (`NOMINAL_INITIAL_KEY_FILE`).

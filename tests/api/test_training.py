@@ -74,6 +74,9 @@ def test_versions_and_activation_roll_back_and_forward(trained: Any, images: Any
     assert client.post("/v1/variants/bolt/inspect", **raw).json()["model_version"] == 1
     response = client.post("/v1/variants/bolt/models/2/activate")
     assert response.status_code == 200 and response.json()["is_active"] is True
+    # The same view as GET, file size included (it used to come back null).
+    assert response.json() == {**client.get("/v1/variants/bolt/models/2").json()}
+    assert response.json()["onnx_size_bytes"] > 0
     assert client.post("/v1/variants/bolt/inspect", **raw).json()["model_version"] == 2
     assert client.post("/v1/variants/bolt/models/1/activate").status_code == 200
     assert client.post("/v1/variants/bolt/inspect", **raw).json()["model_version"] == 1

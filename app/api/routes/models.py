@@ -66,7 +66,8 @@ def activate(variant: VariantDep, version: Version, session: SessionDep) -> Mode
     """Make this ready version the active one (roll forward or back); atomic, and seen by
     every replica on its next inspect."""
     model = service.activate_model(session, variant=variant, version=version)
-    return ModelPublic.of(model, is_active=True)
+    return ModelPublic.of_view(service.get_model_view(session, variant=variant,
+                                                      version=model.version))
 
 
 @router.delete("/{version}", dependencies=[AdminAccess],
