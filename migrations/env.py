@@ -24,6 +24,18 @@ def _url() -> str:
 
 
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        # Alembic runs SQLite migrations one transaction each and reads the current revision
+        # outside them, so a second process could plan from a revision that the first is about
+        # to move past. One BEGIN IMMEDIATE around it all (SQLite's DDL is transactional) makes
+        # the read and every migration one unit: starters serialise on the write lock.
+        with connection.begin():
+            _migrate(connection)
+        return
+    _migrate(connection)
+
+
+def _migrate(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -33,7 +45,7 @@ def _run(connection: Connection) -> None:
     with context.begin_transaction():
         # Replicas starting together must not migrate together: the first one takes the lock,
         # the others wait and then find the schema at head (PostgreSQL: an advisory lock held
-        # until commit; SQLite: the write lock, taken by BEGIN IMMEDIATE, see app.db.session).
+        # until commit; SQLite: the write lock of the transaction opened in ``_run``).
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()
