@@ -14,7 +14,8 @@ need pixels from outside the source is refused with ``ValueError``, not filled i
 ``STANDARD_PERTURBATIONS`` names each variation for reports; each is a function
 ``(source, rng) -> view`` whose random part (offset, angle) is drawn per view from ``rng``, so
 a seed reproduces every view. ``perturbation_report`` scores good and defect sources under
-each and reports the false-reject rate, the recall at the model's threshold and image AUROC.
+each and reports the false-reject rate, the recall at the model's threshold and image AUROC;
+``mean_over_draws`` averages the reports of several fits (draws of the k training images).
 
 Numpy and Pillow only (detector core).
 """
@@ -418,6 +419,53 @@ def perturbation_report(
             defect_scores=defect_scores,
         ))
     return results
+
+
+@dataclass(frozen=True)
+class PerturbationSummary:
+    """One perturbation over several draws (fits on different k-image draws, or different
+    seeds): the mean and the spread (population standard deviation) of each rate."""
+
+    name: str
+    n_draws: int
+    n_good_views: int  # summed over the draws
+    n_defect_views: int
+    false_reject_rate: float
+    false_reject_rate_std: float
+    recall: float
+    recall_std: float
+    auroc: float
+    auroc_std: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (NaN -> None)."""
+        return {key: _or_none(value) if isinstance(value, float) else value
+                for key, value in self.__dict__.items()}
+
+
+def mean_over_draws(draws: Sequence[Sequence[PerturbationResult]]) -> list[PerturbationSummary]:
+    """Average the reports of several draws, row by row (each draw must report the same
+    perturbations in the same order). A rate undefined in any draw stays NaN."""
+    if len(draws) == 0:
+        raise ValueError("need at least one draw to average")
+    names = [row.name for row in draws[0]]
+    for i, draw in enumerate(draws):
+        if [row.name for row in draw] != names:
+            raise ValueError(f"draw {i} reports {[row.name for row in draw]}, draw 0 {names}")
+    summaries = []
+    for rows in zip(*draws, strict=True):
+        frr, recall, auroc = (np.array([getattr(row, field) for row in rows], dtype=np.float64)
+                              for field in ("false_reject_rate", "recall", "auroc"))
+        summaries.append(PerturbationSummary(
+            name=rows[0].name,
+            n_draws=len(rows),
+            n_good_views=sum(row.n_good_views for row in rows),
+            n_defect_views=sum(row.n_defect_views for row in rows),
+            false_reject_rate=float(frr.mean()), false_reject_rate_std=float(frr.std()),
+            recall=float(recall.mean()), recall_std=float(recall.std()),
+            auroc=float(auroc.mean()), auroc_std=float(auroc.std()),
+        ))
+    return summaries
 
 
 def _rate_above(scores: np.ndarray, threshold: float) -> float:

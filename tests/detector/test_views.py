@@ -24,6 +24,7 @@ from app.detector.views import (
     gaussian_blur,
     jpeg,
     max_rotation_deg,
+    mean_over_draws,
     perturbation_report,
     perturbed_views,
     rotated_view,
@@ -319,6 +320,24 @@ def test_report_validates_its_arguments() -> None:
         perturbation_report(_mean_brightness, good, threshold=1.0, perturbations=twice)
     with pytest.raises(ValueError, match="good image"):
         perturbation_report(_mean_brightness, [], threshold=1.0)
+
+
+def test_mean_over_draws() -> None:
+    good, defects = [_flat(v) for v in GOOD_VALUES], [_flat(v) for v in DEFECT_VALUES]
+    draws = [perturbation_report(_mean_brightness, good, defects, threshold=threshold,
+                                 perturbations=STANDARD_PERTURBATIONS[:2], views_per_image=2)
+             for threshold in (125.0, 140.0)]  # FRR 2/5 then 1/5; recall 1 both times
+    none, shifted = mean_over_draws(draws)
+    assert (none.name, none.n_draws, none.n_good_views, none.n_defect_views) == ("none", 2, 10, 4)
+    assert (none.false_reject_rate, none.false_reject_rate_std) == pytest.approx((0.3, 0.1))
+    assert (none.recall, none.recall_std, none.auroc) == pytest.approx((1.0, 0.0, 0.95))
+    assert shifted.n_good_views == 20
+    assert mean_over_draws(draws[:1])[0].to_dict()["false_reject_rate"] == pytest.approx(0.4)
+    no_defects = perturbation_report(_mean_brightness, good, threshold=125.0,
+                                     perturbations=STANDARD_PERTURBATIONS[:2])
+    assert mean_over_draws([no_defects])[0].to_dict()["recall"] is None
+    with pytest.raises(ValueError, match="reports"):
+        mean_over_draws([draws[0], draws[0][::-1]])
 
 
 def test_auroc_is_exact_mann_whitney() -> None:
