@@ -2,9 +2,15 @@
 
 For each k and seed: draw k images from ``train/good`` (seeded), fit, and score the whole
 ``test/`` split through the shipped single-file ONNX model, exactly as production would.
-Reports image AUROC, pixel AUROC (null without ``ground_truth/``), the false-reject rate on
-``test/good`` and the defect recall at the calibrated threshold, fit seconds and ms/image.
-No parameter is tuned on test labels: the threshold comes from the training draw alone.
+Reports image AUROC (overall and per defect type: that type's images against all of
+``test/good``), pixel AUROC and the per-region overlap PRO (null without ``ground_truth/``),
+the false-reject rate on ``test/good`` and the defect recall at the calibrated threshold, fit
+seconds and ms/image. No parameter is tuned on test labels: the threshold comes from the
+training draw alone.
+
+Test images are streamed: each is decoded when it is scored, and its anomaly map and mask go
+into fixed-size histograms (``metrics.PixelMetrics``) before the next one is read, so memory
+does not grow with the number of test images.
 """
 
 from __future__ import annotations
@@ -14,34 +20,18 @@ import json
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
 from app.detector.config import DetectorConfig
 from app.detector.engine import Detector
-from app.detector.imaging import decode_image
 from app.detector.runtime import CompiledModel, RuntimeOptions
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
-
-@dataclass(frozen=True)
-class TestImage:
-    path: Path
-    label: str  # "good" or the defect type
-    mask: Path | None
-
-
-@dataclass(frozen=True)
-class Dataset:
-    root: Path
-    train: list[Path]
-    test: list[TestImage]
-    has_masks: bool
+from app.evaluation.dataset import Dataset, TestImage, load_dataset, load_image, load_mask
+from app.evaluation.metrics import PRO_FPR_LIMIT, PixelMetrics, ScoreBins, auroc
 
 
 @dataclass
@@ -56,54 +46,13 @@ class DrawResult:
     fit_s: float
     ms_per_image: float
     bank_size: int
+    pro: float | None = None
+    # Each defect type's images against all test/good images.
+    image_auroc_per_defect: dict[str, float] = field(default_factory=dict)
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def load_dataset(root: Path) -> Dataset:
-    """Index ``root``; masks are optional (image-level labels only -> pixel metrics null)."""
-    train_dir, test_dir = root / "train" / "good", root / "test"
-    if not train_dir.is_dir() or not test_dir.is_dir():
-        raise SystemExit(f"{root} is not in MVTec AD layout (train/good and test/ needed)")
-    test: list[TestImage] = []
-    for label_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()):
-        for path in _images(label_dir):
-            mask = root / "ground_truth" / label_dir.name / f"{path.stem}_mask.png"
-            test.append(TestImage(path, label_dir.name, mask if mask.exists() else None))
-    has_masks = any(t.mask is not None for t in test if t.label != "good")
-    return Dataset(root=root, train=_images(train_dir), test=test, has_masks=has_masks)
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties)."""
-    labels = labels.astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), dtype=np.float64)
-    # Average ranks over runs of equal scores.
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(scores)]])
-    avg = (starts + ends + 1) / 2.0  # 1-based average rank of each run
-    ranks[order] = np.repeat(avg, ends - starts)
-    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
-
-
-def _load(path: Path) -> np.ndarray:
-    return decode_image(path.read_bytes()).pixels
-
-
-def _mask(item: TestImage, shape: tuple[int, int]) -> np.ndarray:
-    if item.mask is None:
-        return np.zeros(shape, dtype=bool)
-    with Image.open(item.mask) as mask:
-        return np.asarray(mask.convert("L")) > 127
+def _nan_to_none(value: float) -> float | None:
+    return None if np.isnan(value) else value
 
 
 def evaluate_draw(
@@ -112,50 +61,57 @@ def evaluate_draw(
     config: DetectorConfig,
     k: int,
     seed: int,
-    test_images: list[tuple[TestImage, np.ndarray]],
+    test_items: list[TestImage],
 ) -> DrawResult:
-    """Fit on a seeded draw of k training images and score the test split."""
+    """Fit on a seeded draw of k training images and score the test split, one image at a
+    time (decoded here, not kept)."""
     rng = np.random.default_rng(seed)
     k_eff = min(k, len(dataset.train))
     chosen = sorted(rng.choice(len(dataset.train), k_eff, replace=False))
-    train = [_load(dataset.train[i]) for i in chosen]
+    train = [load_image(dataset.train[i]) for i in chosen]
     t0 = time.perf_counter()
     fitted = detector.fit(train, config, seed=seed)
     fit_s = time.perf_counter() - t0
+    del train
     model = CompiledModel(fitted.onnx_bytes, detector.options)
 
     want_maps = dataset.has_masks
-    scores, labels, times = [], [], []
-    pixel_scores: list[np.ndarray] = []
-    pixel_labels: list[np.ndarray] = []
-    for item, image in test_images:
+    pixels = PixelMetrics(fitted.threshold) if want_maps else None
+    scores, times = [], []
+    for item in test_items:
+        image = load_image(item.path)
         t = time.perf_counter()
-        if want_maps:
+        if pixels is not None:
             score, amap = model.run(image)
         else:
             score = model.score(image)
         times.append(time.perf_counter() - t)
         scores.append(score)
-        labels.append(item.label != "good")
-        if want_maps:
-            pixel_scores.append(amap.ravel())
-            pixel_labels.append(_mask(item, amap.shape).ravel())
-    s, y = np.asarray(scores), np.asarray(labels)
-    pixel = None
-    if want_maps:
-        pixel = auroc(np.concatenate(pixel_scores), np.concatenate(pixel_labels))
+        if pixels is not None:
+            pixels.add(amap, load_mask(item, amap.shape))
+            del amap
+        del image
+    s = np.asarray(scores)
+    y = np.asarray([item.label != "good" for item in test_items])
+    kinds = np.asarray([item.label for item in test_items])
+    per_defect = {
+        label: auroc(s[(kinds == label) | ~y], y[(kinds == label) | ~y])
+        for label in sorted(set(kinds[y].tolist()))
+    }
     flagged = s > fitted.threshold
     return DrawResult(
         k=k_eff,
         seed=seed,
         image_auroc=auroc(s, y),
-        pixel_auroc=pixel,
+        pixel_auroc=None if pixels is None else _nan_to_none(pixels.auroc()),
         false_reject_rate=float(flagged[~y].mean()) if (~y).any() else float("nan"),
         defect_recall=float(flagged[y].mean()) if y.any() else float("nan"),
         threshold=fitted.threshold,
         fit_s=fit_s,
         ms_per_image=1000.0 * statistics.median(times),
         bank_size=fitted.bank_size,
+        pro=None if pixels is None else _nan_to_none(pixels.pro()),
+        image_auroc_per_defect=per_defect,
     )
 
 
@@ -174,48 +130,72 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(real)) if real else None
 
 
-def summarise(results: list[DrawResult]) -> list[dict[str, float | int | None]]:
-    """Means over seeds per k."""
+SUMMARY_FIELDS = (
+    "image_auroc",
+    "pixel_auroc",
+    "pro",
+    "false_reject_rate",
+    "defect_recall",
+    "fit_s",
+    "ms_per_image",
+    "bank_size",
+)
+
+
+def summarise(results: list[DrawResult]) -> list[dict[str, Any]]:
+    """Means over seeds per k (per defect type too)."""
     rows = []
     for k in sorted({r.k for r in results}):
         group = [r for r in results if r.k == k]
+        labels = sorted({label for r in group for label in r.image_auroc_per_defect})
         rows.append(
             {
                 "k": k,
                 "draws": len(group),
-                **{
-                    f: _mean([getattr(r, f) for r in group])
-                    for f in (
-                        "image_auroc",
-                        "pixel_auroc",
-                        "false_reject_rate",
-                        "defect_recall",
-                        "fit_s",
-                        "ms_per_image",
-                        "bank_size",
-                    )
+                **{f: _mean([getattr(r, f) for r in group]) for f in SUMMARY_FIELDS},
+                "image_auroc_per_defect": {
+                    label: _mean([r.image_auroc_per_defect.get(label) for r in group])
+                    for label in labels
                 },
             }
         )
     return rows
 
 
-def format_table(rows: list[dict[str, float | int | None]]) -> str:
-    def fmt(v: float | int | None, digits: int = 3) -> str:
-        return "n/a" if v is None else f"{v:.{digits}f}"
+def _fmt(v: float | int | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
 
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The summary as a markdown table (rows from JSON files written before PRO existed show
+    n/a there)."""
     lines = [
-        "| k | draws | image AUROC | pixel AUROC | FRR (test good) | defect recall | fit s "
-        "| ms/image |",
-        "|---|---|---|---|---|---|---|---|",
+        "| k | draws | image AUROC | pixel AUROC | PRO (FPR 0.3) | FRR (test good) "
+        "| defect recall | fit s | ms/image |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['k']} | {r['draws']} | {fmt(r['image_auroc'])} | {fmt(r['pixel_auroc'])} | "
-            f"{fmt(r['false_reject_rate'])} | {fmt(r['defect_recall'])} | {fmt(r['fit_s'], 2)} | "
-            f"{fmt(r['ms_per_image'], 1)} |"
+            f"| {r['k']} | {r['draws']} | {_fmt(r['image_auroc'])} | {_fmt(r['pixel_auroc'])} | "
+            f"{_fmt(r.get('pro'))} | {_fmt(r['false_reject_rate'])} | "
+            f"{_fmt(r['defect_recall'])} | {_fmt(r['fit_s'], 2)} | "
+            f"{_fmt(r['ms_per_image'], 1)} |"
         )
     return "\n".join(lines)
+
+
+def format_per_defect(rows: list[dict[str, Any]]) -> str:
+    """Image AUROC per defect type (against all test/good images), one line per k; empty for
+    rows without it."""
+    lines = []
+    for r in rows:
+        per_defect = r.get("image_auroc_per_defect") or {}
+        if per_defect:
+            parts = ", ".join(f"{label} {_fmt(v)}" for label, v in per_defect.items())
+            lines.append(f"k={r['k']}: {parts}")
+    if not lines:
+        return ""
+    return "Image AUROC per defect type (against all test/good):\n" + "\n".join(lines)
 
 
 def run_evaluation_command(args: argparse.Namespace) -> int:
@@ -233,7 +213,6 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
     config = DetectorConfig.from_dict({k: v for k, v in options.items() if v is not None})
     detector = Detector(Path(args.models_dir), RuntimeOptions(threads=args.threads))
     test_items = dataset.test[: args.max_test] if args.max_test else dataset.test
-    test_images = [(item, _load(item.path)) for item in test_items]
     shots = _parse_shots(args.shots, len(dataset.train))
 
     results: list[DrawResult] = []
@@ -241,12 +220,13 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
         # Every image is the same draw whatever the seed: one draw is enough.
         seeds = [0] if k >= len(dataset.train) else list(range(args.seeds))
         for seed in seeds:
-            result = evaluate_draw(detector, dataset, config, k, seed, test_images)
+            result = evaluate_draw(detector, dataset, config, k, seed, test_items)
             results.append(result)
             pixel = "n/a" if result.pixel_auroc is None else f"{result.pixel_auroc:.4f}"
+            pro = "n/a" if result.pro is None else f"{result.pro:.4f}"
             print(
                 f"k={result.k} seed={seed} image_auroc={result.image_auroc:.4f} "
-                f"pixel_auroc={pixel} "
+                f"pixel_auroc={pixel} pro={pro} "
                 f"frr={result.false_reject_rate:.3f} recall={result.defect_recall:.3f} "
                 f"fit={result.fit_s:.2f}s {result.ms_per_image:.1f}ms/img",
                 flush=True,
@@ -255,17 +235,29 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
     print(
         f"\n{dataset.root.name}: {config.backbone}, resolution {config.resolution or 'default'}, "
         f"resize {config.resize}, augment {config.augment}, precision {config.precision}, "
-        f"{len(test_images)} test images; "
+        f"{len(test_items)} test images; "
         "means over seeds\n"
     )
     print(format_table(rows))
+    per_defect = format_per_defect(rows)
+    if per_defect:
+        print("\n" + per_defect)
     if args.json:
+        bins = ScoreBins(1.0)
         payload = {
             "dataset": str(dataset.root),
             "config": config.to_dict(),
-            "test_images": len(test_images),
+            "test_images": len(test_items),
             "results": [asdict(r) for r in results],
             "summary": rows,
+            "pixel_metrics": {
+                "method": "histograms over fixed log-spaced bins around each draw's threshold",
+                "bins": bins.count,
+                "bins_per_decade": bins.bins_per_decade,
+                "range_over_threshold": [bins.low, bins.high],
+                "pro_fpr_limit": PRO_FPR_LIMIT,
+                "pro_connectivity": 8,
+            },
             "machine": {
                 "python": platform.python_version(),
                 "onnxruntime": ort.__version__,

@@ -1,0 +1,89 @@
+"""``nominal evaluate`` end to end on a tiny generated MVTec-AD-layout folder (64 x 64 images,
+masks for the defects): the JSON has the pixel AUROC, PRO and the image AUROC per defect type,
+with sane values, and the pixel metrics are null without masks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.cli import main
+from tests.conftest import textured_part
+
+SIZE = 64
+
+
+def _save(path: Path, pixels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def _dataset(root: Path) -> Path:
+    for i in range(3):
+        _save(root / "train" / "good" / f"{i:03d}.png", textured_part(i, SIZE, SIZE))
+    for i in range(3):
+        _save(root / "test" / "good" / f"{i:03d}.png", textured_part(100 + i, SIZE, SIZE))
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    defects = {
+        "blob": [((yy - 30) ** 2 + (xx - 30) ** 2 <= 49), ((yy - 15) ** 2 + (xx - 45) ** 2 <= 25)],
+        # Two regions in one image: a square and a bar.
+        "stain": [((yy > 8) & (yy < 16) & (xx > 8) & (xx < 16))
+                  | ((yy > 40) & (yy < 44) & (xx > 10) & (xx < 50))],
+    }
+    for label, masks in defects.items():
+        for i, mask in enumerate(masks):
+            image = textured_part(200 + i, SIZE, SIZE)
+            image[mask] = (20, 20, 20) if label == "blob" else (240, 200, 40)
+            _save(root / "test" / label / f"{i:03d}.png", image)
+            _save(root / "ground_truth" / label / f"{i:03d}_mask.png",
+                  (mask * 255).astype(np.uint8))
+    return root
+
+
+def _evaluate(dataset: Path, out: Path, models_dir: Path) -> dict[str, Any]:
+    code = main(["evaluate", str(dataset), "--shots", "2", "--seeds", "2", "--resolution", "64",
+                 "--models-dir", str(models_dir), "--threads", "1", "--json", str(out)])
+    assert code == 0
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+def test_evaluate_reports_pixel_auroc_pro_and_per_defect_auroc(
+    tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _evaluate(_dataset(tmp_path / "parts"), tmp_path / "out.json", models_dir)
+    printed = capsys.readouterr().out
+    assert "| PRO (FPR 0.3) |" in printed and "Image AUROC per defect type" in printed
+    assert data["test_images"] == 6
+    assert len(data["results"]) == 2
+    for result in data["results"]:
+        # The existing fields keep their names.
+        for key in ("k", "seed", "image_auroc", "pixel_auroc", "false_reject_rate",
+                    "defect_recall", "threshold", "fit_s", "ms_per_image", "bank_size"):
+            assert key in result, key
+        assert 0.5 < result["pixel_auroc"] <= 1.0  # dark and bright blobs on a texture
+        assert 0.0 < result["pro"] <= 1.0
+        assert set(result["image_auroc_per_defect"]) == {"blob", "stain"}
+        assert all(0.0 <= v <= 1.0 for v in result["image_auroc_per_defect"].values())
+    (row,) = data["summary"]
+    assert row["k"] == 2 and row["draws"] == 2
+    assert row["pro"] == pytest.approx(np.mean([r["pro"] for r in data["results"]]))
+    assert row["image_auroc_per_defect"]["stain"] == pytest.approx(
+        np.mean([r["image_auroc_per_defect"]["stain"] for r in data["results"]]))
+    assert data["pixel_metrics"]["pro_fpr_limit"] == 0.3
+
+
+def test_without_masks_the_pixel_metrics_are_null(tmp_path: Path, models_dir: Path) -> None:
+    dataset = _dataset(tmp_path / "parts")
+    shutil.rmtree(dataset / "ground_truth")
+    data = _evaluate(dataset, tmp_path / "out.json", models_dir)
+    for result in data["results"]:
+        assert result["pixel_auroc"] is None and result["pro"] is None
+        assert set(result["image_auroc_per_defect"]) == {"blob", "stain"}
+    assert data["summary"][0]["pro"] is None
