@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from app.evaluation import format_table
+from app.evaluation import format_per_defect, format_table
 
 
 def describe(payload: dict) -> str:
@@ -25,6 +25,9 @@ def main(paths: list[str]) -> int:
         payload = json.loads(Path(path).read_text())
         print(f"{describe(payload)} (`{Path(path).name}`)\n")
         print(format_table(payload["summary"]))
+        per_defect = format_per_defect(payload["summary"])  # empty for older files
+        if per_defect:
+            print("\n" + per_defect)
         print()
     return 0
 
