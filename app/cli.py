@@ -133,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="score at most this many test images (default: the whole split)",
     )
+    evaluate.add_argument("--report", type=Path, default=None, metavar="DIR",
+                          help="write a self-contained HTML report (DIR/index.html)")
+    evaluate.add_argument("--worst", type=int, default=4,
+                          help="worst false rejects and missed defects shown in the report")
+    evaluate.add_argument(
+        "--perturb", action="store_true",
+        help="also score good and defect test images under the allowed variations (shift, "
+             "rotation, light, JPEG, blur) at the largest k, fitted on central windows")
+    evaluate.add_argument("--views-per-image", type=int, default=5,
+                          help="perturbed views per image for the random variations")
     evaluate.add_argument("--models-dir", default="models")
     evaluate.add_argument("--threads", type=int, default=2)
     evaluate.add_argument("--json", type=Path, default=None, help="write results here")

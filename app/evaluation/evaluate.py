@@ -29,9 +29,17 @@ import onnxruntime as ort
 
 from app.detector.config import DetectorConfig
 from app.detector.engine import Detector
+from app.detector.heatmap import render_heatmap_png
 from app.detector.runtime import CompiledModel, RuntimeOptions
+from app.detector.views import (
+    PerturbationResult,
+    mean_over_draws,
+    perturbation_report,
+    training_view,
+)
 from app.evaluation.dataset import Dataset, TestImage, load_dataset, load_image, load_mask
 from app.evaluation.metrics import PRO_FPR_LIMIT, PixelMetrics, ScoreBins, auroc
+from app.evaluation.report import DrawScores, Example, ReportInput, write_report
 
 
 @dataclass
@@ -55,6 +63,23 @@ def _nan_to_none(value: float) -> float | None:
     return None if np.isnan(value) else value
 
 
+@dataclass
+class Draw:
+    """One draw's figures, plus what the report shows of it (scores, worst cases)."""
+
+    result: DrawResult
+    scores: DrawScores
+    examples: list[Example]
+
+
+def _training_draw(dataset: Dataset, k: int, seed: int) -> list[np.ndarray]:
+    """The seeded draw of k training images (decoded)."""
+    rng = np.random.default_rng(seed)
+    k_eff = min(k, len(dataset.train))
+    chosen = sorted(rng.choice(len(dataset.train), k_eff, replace=False))
+    return [load_image(dataset.train[i]) for i in chosen]
+
+
 def evaluate_draw(
     detector: Detector,
     dataset: Dataset,
@@ -62,13 +87,14 @@ def evaluate_draw(
     k: int,
     seed: int,
     test_items: list[TestImage],
-) -> DrawResult:
+    *,
+    worst: int = 0,
+) -> Draw:
     """Fit on a seeded draw of k training images and score the test split, one image at a
-    time (decoded here, not kept)."""
-    rng = np.random.default_rng(seed)
-    k_eff = min(k, len(dataset.train))
-    chosen = sorted(rng.choice(len(dataset.train), k_eff, replace=False))
-    train = [load_image(dataset.train[i]) for i in chosen]
+    time (decoded here, not kept). ``worst`` > 0: render that many of the highest-scoring
+    good images and of the lowest-scoring defects as heatmap thumbnails."""
+    train = _training_draw(dataset, k, seed)
+    k_eff = len(train)
     t0 = time.perf_counter()
     fitted = detector.fit(train, config, seed=seed)
     fit_s = time.perf_counter() - t0
@@ -99,7 +125,7 @@ def evaluate_draw(
         for label in sorted(set(kinds[y].tolist()))
     }
     flagged = s > fitted.threshold
-    return DrawResult(
+    result = DrawResult(
         k=k_eff,
         seed=seed,
         image_auroc=auroc(s, y),
@@ -113,6 +139,48 @@ def evaluate_draw(
         pro=None if pixels is None else _nan_to_none(pixels.pro()),
         image_auroc_per_defect=per_defect,
     )
+    examples = _worst_cases(model, test_items, s, y, worst) if worst else []
+    return Draw(result, DrawScores(k_eff, seed, fitted.threshold, s, y), examples)
+
+
+def _worst_cases(model: CompiledModel, items: list[TestImage], scores: np.ndarray,
+                 is_defect: np.ndarray, count: int) -> list[Example]:
+    """The good images closest to (or past) rejection and the defects furthest from it."""
+    good = [int(i) for i in np.flatnonzero(~is_defect)[np.argsort(-scores[~is_defect])][:count]]
+    missed = [int(i) for i in np.flatnonzero(is_defect)[np.argsort(scores[is_defect])][:count]]
+    examples = []
+    for kind, indices in (("false reject", good), ("missed defect", missed)):
+        for i in indices:
+            item = items[i]
+            image = load_image(item.path)
+            _, amap = model.run(image)
+            verdict = "rejected" if scores[i] > model.threshold else "passed"
+            examples.append(Example(
+                kind=kind, png=render_heatmap_png(_thumbnail_of(image), _thumbnail_of(amap),
+                                                  model.threshold),
+                title=f"{item.label}/{item.path.name}: score {scores[i]:.3g}, threshold "
+                      f"{model.threshold:.3g}, {verdict}"))
+    return examples
+
+
+def _thumbnail_of(array: np.ndarray, side: int = 256) -> np.ndarray:
+    """Every n-th pixel, so the longer side is about ``side`` (thumbnails only)."""
+    step = max(1, int(np.ceil(max(array.shape[:2]) / side)))
+    return np.ascontiguousarray(array[::step, ::step])
+
+
+def perturbation_draw(detector: Detector, dataset: Dataset, config: DetectorConfig, k: int,
+                      seed: int, test_items: list[TestImage], *,
+                      views_per_image: int) -> list[PerturbationResult]:
+    """Fit on the training views (central windows) of a seeded draw, then score good and
+    defect test images under each allowed variation (``app.detector.views``)."""
+    train = [training_view(image) for image in _training_draw(dataset, k, seed)]
+    model = CompiledModel(detector.fit(train, config, seed=seed).onnx_bytes, detector.options)
+    del train
+    good = [load_image(t.path) for t in test_items if t.label == "good"]
+    defects = [load_image(t.path) for t in test_items if t.label != "good"]
+    return perturbation_report(model, good, defects, views_per_image=views_per_image,
+                               seed=seed)
 
 
 def _parse_shots(text: str, n_train: int) -> list[int]:
@@ -198,6 +266,17 @@ def format_per_defect(rows: list[dict[str, Any]]) -> str:
     return "Image AUROC per defect type (against all test/good):\n" + "\n".join(lines)
 
 
+def format_perturbations(rows: list[dict[str, Any]]) -> str:
+    """The perturbation summary as a markdown table."""
+    lines = ["| perturbation | good views | defect views | FRR | recall | image AUROC |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['n_good_views']} | {r['n_defect_views']} | "
+                     f"{_fmt(r['false_reject_rate'])} | {_fmt(r['recall'])} | "
+                     f"{_fmt(r['auroc'])} |")
+    return "\n".join(lines)
+
+
 def run_evaluation_command(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset)
     options = {
@@ -216,11 +295,19 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
     shots = _parse_shots(args.shots, len(dataset.train))
 
     results: list[DrawResult] = []
+    draws: list[Draw] = []
+    perturbations: list[list[PerturbationResult]] = []
+    worst = args.worst if args.report else 0
     for k in shots:
         # Every image is the same draw whatever the seed: one draw is enough.
         seeds = [0] if k >= len(dataset.train) else list(range(args.seeds))
         for seed in seeds:
-            result = evaluate_draw(detector, dataset, config, k, seed, test_items)
+            # The worst cases of the first draw at the largest k go into the report.
+            first_of_last = k == shots[-1] and seed == seeds[0]
+            draw = evaluate_draw(detector, dataset, config, k, seed, test_items,
+                                 worst=worst if first_of_last else 0)
+            draws.append(draw)
+            result = draw.result
             results.append(result)
             pixel = "n/a" if result.pixel_auroc is None else f"{result.pixel_auroc:.4f}"
             pro = "n/a" if result.pro is None else f"{result.pro:.4f}"
@@ -231,6 +318,10 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
                 f"fit={result.fit_s:.2f}s {result.ms_per_image:.1f}ms/img",
                 flush=True,
             )
+            if args.perturb and k == shots[-1]:
+                perturbations.append(perturbation_draw(
+                    detector, dataset, config, k, seed, test_items,
+                    views_per_image=args.views_per_image))
     rows = summarise(results)
     print(
         f"\n{dataset.root.name}: {config.backbone}, resolution {config.resolution or 'default'}, "
@@ -242,6 +333,19 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
     per_defect = format_per_defect(rows)
     if per_defect:
         print("\n" + per_defect)
+    perturbation_rows = ([p.to_dict() for p in mean_over_draws(perturbations)]
+                         if perturbations else [])
+    if perturbation_rows:
+        print(f"\nAllowed variations at k={shots[-1]} ({len(perturbations)} draws, "
+              f"{args.views_per_image} views per image where random; fitted on central "
+              "windows):\n")
+        print(format_perturbations(perturbation_rows))
+    if args.report:
+        path = write_report(args.report, ReportInput(
+            dataset=str(dataset.root), config=config.to_dict(), summary=rows,
+            draws=[d.scores for d in draws], examples=[e for d in draws for e in d.examples],
+            perturbations=perturbation_rows or None))
+        print(f"\nreport: {path}")
     if args.json:
         bins = ScoreBins(1.0)
         payload = {
@@ -250,6 +354,7 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
             "test_images": len(test_items),
             "results": [asdict(r) for r in results],
             "summary": rows,
+            "perturbations": perturbation_rows or None,
             "pixel_metrics": {
                 "method": "histograms over fixed log-spaced bins around each draw's threshold",
                 "bins": bins.count,
