@@ -149,7 +149,7 @@ def _worst_cases(model: CompiledModel, items: list[TestImage], scores: np.ndarra
     good = [int(i) for i in np.flatnonzero(~is_defect)[np.argsort(-scores[~is_defect])][:count]]
     missed = [int(i) for i in np.flatnonzero(is_defect)[np.argsort(scores[is_defect])][:count]]
     examples = []
-    for kind, indices in (("false reject", good), ("missed defect", missed)):
+    for kind, indices in (("good", good), ("defect", missed)):
         for i in indices:
             item = items[i]
             image = load_image(item.path)

@@ -42,7 +42,7 @@ class DrawScores:
 class Example:
     """One thumbnail of the worst cases: a heatmap overlay PNG and what it shows."""
 
-    kind: str  # "false reject" or "missed defect"
+    kind: str  # "good" (highest-scoring good images) or "defect" (lowest-scoring defects)
     title: str
     png: bytes
 
@@ -136,6 +136,12 @@ code { background: #eef1f4; padding: 0 0.25em; }
 """
 
 
+_WORST_HEADINGS = {
+    "good": "Worst false rejects: the highest-scoring good images (rejected past the threshold)",
+    "defect": "Worst missed defects: the lowest-scoring defects (missed under the threshold)",
+}
+
+
 def render_report(data: ReportInput) -> str:
     """The page as one HTML string (no external reference of any kind)."""
     parts = [f"<h1>Evaluation: {html.escape(Path(data.dataset).name)}</h1>",
@@ -176,11 +182,11 @@ def render_report(data: ReportInput) -> str:
                          [[p["name"], p.get("n_good_views"), p.get("n_defect_views"),
                            p.get("false_reject_rate"), p.get("recall"), p.get("auroc")]
                           for p in data.perturbations])]
-    for kind in ("false reject", "missed defect"):
+    for kind, heading in _WORST_HEADINGS.items():
         shown = [e for e in data.examples if e.kind == kind]
         if not shown:
             continue
-        parts += [f"<h2>Worst {kind}s</h2>", '<div class="plots thumbs">']
+        parts += [f"<h2>{heading}</h2>", '<div class="plots thumbs">']
         parts += [f'<figure><img alt="{html.escape(e.title)}" src="{_data_uri(e.png)}">'
                   f"<figcaption>{html.escape(e.title)}</figcaption></figure>" for e in shown]
         parts.append("</div>")

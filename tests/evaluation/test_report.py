@@ -46,7 +46,8 @@ def test_the_page_is_self_contained(evaluated: dict[str, Any]) -> None:
     page = evaluated["page"].read_text()
     assert "http://" not in page and "https://" not in page and "src=\"data:image/png" in page
     for heading in ("Summary", "Image AUROC per defect type", "k = 1", "k = 2",
-                    "Allowed variations", "Worst false rejects", "Worst missed defects"):
+                    "Allowed variations", "Worst false rejects: the highest-scoring good images",
+                    "Worst missed defects: the lowest-scoring defects"):
         assert heading in page, heading
 
 
