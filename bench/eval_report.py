@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from app.evaluation import format_per_defect, format_table
+from app.evaluation.evaluate import format_perturbations
 
 
 def describe(payload: dict) -> str:
@@ -28,6 +29,9 @@ def main(paths: list[str]) -> int:
         per_defect = format_per_defect(payload["summary"])  # empty for older files
         if per_defect:
             print("\n" + per_defect)
+        if payload.get("perturbations"):  # written with --perturb
+            print(f"\nAllowed variations at k = {payload['summary'][-1]['k']}:\n")
+            print(format_perturbations(payload["perturbations"]))
         print()
     return 0
 
