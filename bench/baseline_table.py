@@ -1,0 +1,52 @@
+"""The baseline of BENCHMARKS.md as two markdown tables, from bench/baseline.sh's JSON files:
+every configuration x data set x k, and the allowed-variation tables where they were run.
+
+    python -m bench.baseline_table bench/results/baseline/*.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from app.evaluation.evaluate import format_perturbations
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _configuration(payload: dict[str, Any]) -> str:
+    config = payload["config"]
+    parts = [config["backbone"]]
+    if config.get("resolution"):
+        parts.append(str(config["resolution"]))
+    if config.get("resize") != "fixed_scale":
+        parts.append(config["resize"])
+    return " ".join(parts)
+
+
+def main(paths: list[str]) -> int:
+    payloads = [json.loads(Path(p).read_text()) for p in sorted(paths)]
+    print("| configuration | data | k | image AUROC | pixel AUROC | PRO | FRR | recall "
+          "| ms/image |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for payload in payloads:
+        for row in payload["summary"]:
+            print(f"| {_configuration(payload)} | {Path(payload['dataset']).name} | {row['k']} "
+                  f"| {_fmt(row['image_auroc'])} | {_fmt(row['pixel_auroc'])} "
+                  f"| {_fmt(row.get('pro'))} | {_fmt(row['false_reject_rate'])} "
+                  f"| {_fmt(row['defect_recall'])} | {_fmt(row['ms_per_image'], 1)} |")
+    for payload in payloads:
+        if payload.get("perturbations"):
+            print(f"\n**{_configuration(payload)}, {Path(payload['dataset']).name}, "
+                  f"k = {payload['summary'][-1]['k']}** (means over "
+                  f"{payload['perturbations'][0]['n_draws']} draws)\n")
+            print(format_perturbations(payload["perturbations"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
