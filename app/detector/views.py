@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import math
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -353,9 +353,23 @@ def perturbed_views(
 ) -> list[np.ndarray]:
     """Views of every source in order (``views_per_image`` each for a random perturbation,
     one otherwise), drawn from ``perturbation_rng(seed, perturbation.name, stream)``."""
+    return list(iter_perturbed_views(sources, perturbation, views_per_image=views_per_image,
+                                     seed=seed, stream=stream))
+
+
+def iter_perturbed_views(
+    sources: Iterable[np.ndarray],
+    perturbation: Perturbation,
+    *,
+    views_per_image: int = DEFAULT_VIEWS_PER_IMAGE,
+    seed: int = 0,
+    stream: int = 0,
+) -> Iterator[np.ndarray]:
+    """``perturbed_views`` one view at a time: the same views, and only one source's views in
+    memory at once (``sources`` may itself load each image when it is reached)."""
     rng = perturbation_rng(seed, perturbation.name, stream)
-    return [view for source in sources
-            for view in perturbation.views(source, rng, views_per_image)]
+    for source in sources:
+        yield from perturbation.views(source, rng, views_per_image)
 
 
 # --------------------------------------------------------------------------- report
@@ -429,7 +443,7 @@ def perturbation_report(
     results = []
     for perturbation in perturbations:
         good_scores, defect_scores = (
-            np.array([float(score(view)) for view in perturbed_views(
+            np.array([float(score(view)) for view in iter_perturbed_views(
                 sources, perturbation, views_per_image=views_per_image, seed=seed,
                 stream=stream)], dtype=np.float64)
             for stream, sources in ((0, good), (1, defects))

@@ -20,9 +20,10 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import onnxruntime as ort
@@ -177,10 +178,30 @@ def perturbation_draw(detector: Detector, dataset: Dataset, config: DetectorConf
     train = [training_view(image) for image in _training_draw(dataset, k, seed)]
     model = CompiledModel(detector.fit(train, config, seed=seed).onnx_bytes, detector.options)
     del train
-    good = [load_image(t.path) for t in test_items if t.label == "good"]
-    defects = [load_image(t.path) for t in test_items if t.label != "good"]
+    # Decoded when reached, once per perturbation: memory holds one image and its views.
+    good = _Decoded([t for t in test_items if t.label == "good"])
+    defects = _Decoded([t for t in test_items if t.label != "good"])
     return perturbation_report(model, good, defects, views_per_image=views_per_image,
                                seed=seed)
+
+
+class _Decoded(Sequence[np.ndarray]):
+    """Test images as a sequence that decodes each one when it is read."""
+
+    def __init__(self, items: list[TestImage]) -> None:
+        self._items = items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[np.ndarray]: ...
+    def __getitem__(self, index: int | slice) -> np.ndarray | Sequence[np.ndarray]:
+        if isinstance(index, slice):
+            return _Decoded(self._items[index])
+        return load_image(self._items[index].path)
 
 
 def _parse_shots(text: str, n_train: int) -> list[int]:
