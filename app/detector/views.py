@@ -32,6 +32,8 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image, ImageFilter
 
+from app.detector import roc
+
 DEFAULT_FRACTION = 0.9  # side of the central window, as a fraction of the source's side
 DEFAULT_VIEWS_PER_IMAGE = 5
 
@@ -513,16 +515,10 @@ def _rate_above(scores: np.ndarray, threshold: float) -> float:
 
 
 def _auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
-    """Exact image AUROC: P(positive > negative) + P(tie) / 2 (Mann-Whitney U), NaN when
-    either class is empty. Private on purpose: the detector core must not import the
-    evaluation layer, whose ``auroc`` computes the same thing from ranks."""
-    if len(negatives) == 0 or len(positives) == 0:
-        return math.nan
-    negatives = np.sort(negatives)
-    below = np.searchsorted(negatives, positives, side="left")  # negatives < each positive
-    not_above = np.searchsorted(negatives, positives, side="right")  # negatives <= it
-    u = below.sum() + 0.5 * (not_above - below).sum()
-    return float(u / (len(negatives) * len(positives)))
+    """Image AUROC of defect views (``positives``) against good ones (``negatives``)."""
+    scores = np.concatenate([negatives, positives]).astype(np.float64)
+    labels = np.r_[np.zeros(len(negatives), dtype=bool), np.ones(len(positives), dtype=bool)]
+    return roc.auroc(scores, labels)
 
 
 def _or_none(value: float) -> float | None:

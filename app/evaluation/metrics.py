@@ -34,28 +34,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from app.detector.roc import auroc
+
+__all__ = ["PRO_FPR_LIMIT", "PixelMetrics", "PixelRoc", "ProCurve", "ScoreBins", "auroc"]
+
 PRO_FPR_LIMIT = 0.3
 # 8-connectivity: diagonal neighbours belong to the same region.
 _REGION_STRUCTURE = np.ones((3, 3), dtype=bool)
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties)."""
-    labels = labels.astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), dtype=np.float64)
-    # Average ranks over runs of equal scores.
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(scores)]])
-    avg = (starts + ends + 1) / 2.0  # 1-based average rank of each run
-    ranks[order] = np.repeat(avg, ends - starts)
-    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
 
 
 class ScoreBins:
