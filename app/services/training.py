@@ -171,10 +171,22 @@ def activate_model(session: Session, *, variant: Variant, version: int) -> Model
     data = session.scalar(select(ModelArtifact.onnx).where(ModelArtifact.model_id == model.id))
     if data is not None:
         check_model_file(data)
-    session.execute(update(Variant).where(Variant.id == variant.id)
-                    .values(active_model_id=model.id, updated_at=utcnow()))
-    session.commit()
-    session.refresh(variant)
+    # The variant or the model may be deleted by another request meanwhile: that is a 404,
+    # whichever commits first (no row updated, or the model's row gone under the key).
+    gone = NotFoundError(f"model version {version} of variant {variant.name!r} was deleted "
+                         "while it was being activated")
+    updated = session.execute(
+        update(Variant).where(Variant.id == variant.id)
+        .values(active_model_id=model.id, updated_at=utcnow())
+    ).rowcount  # type: ignore[attr-defined]
+    if not updated:
+        session.rollback()
+        raise gone
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise gone from None
     return model
 
 

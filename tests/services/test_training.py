@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from app.db.models import ImageLabel, Model, ModelStatus, utcnow
 from app.db.session import Database
 from app.detector.engine import Detector
-from app.errors import ConflictError, NotEnoughImagesError
+from app.errors import ConflictError, NotEnoughImagesError, NotFoundError
 from app.services import images as image_service
 from app.services import training
 from app.services import variants as variant_service
@@ -232,3 +232,28 @@ def test_concurrent_job_creation_gets_distinct_versions(database: Database,
         t.join()
     assert not errors, errors
     assert sorted(results) == list(range(1, 9))
+
+
+def test_activating_a_version_whose_variant_was_just_deleted_is_not_found(
+        database: Database, images: Any, real_detector: Detector) -> None:
+    """The variant read, then deleted by another request before the activation's UPDATE:
+    a clear 404, not a server error. (PostgreSQL: SQLite's writers hold the write lock from
+    their first statement, so there the deletion waits instead.)"""
+    if database.is_sqlite:
+        pytest.skip("SQLite serialises writing requests: the deletion cannot come in between")
+    make_variant(database, images, "gone")
+    version = queue(database, "gone")
+    runner = worker(database, real_detector)
+    runner.start()
+    try:
+        assert wait_status(database, "gone", version, {"ready", "failed"}).status == "ready"
+    finally:
+        runner.stop()
+    with database.session(write=True) as session:
+        variant = variant_service.get_variant(session, name="gone")
+        training.get_model(session, variant=variant, version=version)  # both read
+        with database.session(write=True) as other:
+            variant_service.delete_variant(other, variant=variant_service.get_variant(
+                other, name="gone"))
+        with pytest.raises(NotFoundError):
+            training.activate_model(session, variant=variant, version=version)
