@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--precision", default=None, choices=PRECISIONS)
     evaluate.add_argument("--coreset-ratio", type=float, default=None)
     evaluate.add_argument(
+        "--set", dest="settings", action="append", default=[], metavar="NAME=VALUE",
+        help="any detector setting (as in a variant's settings), e.g. --set variation_views=4; "
+        "repeatable; wins over the options above")
+    evaluate.add_argument(
         "--target-frr",
         type=float,
         default=None,

@@ -237,12 +237,18 @@ class CalibrationPublic(BaseModel):
     """How the threshold was chosen, and the scores it was chosen from."""
 
     threshold: float
-    method: str = Field(description="leave-one-out, region-holdout or f1-with-defects")
+    method: str = Field(description="leave-one-out (each training image's views against the "
+                        "others), region-holdout (one image: each region against the rest), "
+                        "region-holdout+views (the same, with held-out variation views of the "
+                        "image) or f1-with-defects")
     target_false_reject_rate: float
     good_scores: list[float]
     defect_scores: list[float]
     good_mean: float
     good_std: float
+    n_parts: int | None = Field(default=None, description=(
+        "good parts the good scores come from: a part's allowed-variation views count once; "
+        "null for models calibrated before such views existed"))
 
 
 _MODEL_EXAMPLE = {

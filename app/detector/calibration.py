@@ -40,12 +40,17 @@ class Calibration:
     """A model's threshold and the evidence it was chosen from."""
 
     threshold: float
-    method: str  # "leave-one-out", "region-holdout" or "f1-with-defects"
+    # "leave-one-out", "region-holdout", "region-holdout+views" (one image and its held-out
+    # variation views) or "f1-with-defects"
+    method: str
     target_false_reject_rate: float
     good_scores: list[float] = field(default_factory=list)
     defect_scores: list[float] = field(default_factory=list)
     good_mean: float = 0.0  # plain statistics of good_scores, for people to read; the
     good_std: float = 0.0  # threshold works on their logs (threshold_from_good)
+    # Parts the good scores come from (a part's variation views count once); None: models
+    # calibrated before views existed, one score per part.
+    n_parts: int | None = None
 
     def normalize(self, score: float) -> float:
         return normalize_score(score, self.threshold)
@@ -68,8 +73,14 @@ def normalize_score(score: float, threshold: float) -> float:
     return float(min(1.0, max(0.0, 0.5 * score / threshold)))
 
 
-def threshold_from_good(scores: np.ndarray, target_false_reject_rate: float) -> float:
+def threshold_from_good(
+    scores: np.ndarray, target_false_reject_rate: float, n_parts: int | None = None
+) -> float:
     """Upper one-sided prediction bound for the score of a *new* good image.
+
+    ``n_parts``: how many parts the scores come from (default: one score each). Views of one
+    part (its allowed variations) widen the spread but are not independent evidence: the
+    degrees of freedom count parts.
 
     Log scores are modelled as normal with a spread pooled from the sample and the prior
     (``PRIOR_LOG_SPREAD`` worth ``PRIOR_WEIGHT`` images: the conjugate normal model's
@@ -80,14 +91,17 @@ def threshold_from_good(scores: np.ndarray, target_false_reject_rate: float) -> 
     zero, which says nothing about how far a new part can be and in log units would blow the
     spread up, so scores count as at least ``LOW_SCORE_FLOOR`` times the median.
 
-    One score (region hold-out, itself a pessimistic estimate for most parts) has no spread:
-    the bound is then linear, the normal quantile on ``ONE_SHOT_RELATIVE_SPREAD``. Never
-    below the highest good score seen.
+    One part (region hold-out, itself a pessimistic estimate for most parts, and the part's
+    own variation views) has no spread between parts: the bound is then linear, the normal
+    quantile on ``ONE_SHOT_RELATIVE_SPREAD`` above the highest of its scores. Never below the
+    highest good score seen.
     """
     if len(scores) == 0:
         raise ValueError("need at least one good score to calibrate")
     values = np.asarray(scores, dtype=np.float64)
-    n = len(values)
+    n = len(values) if n_parts is None else n_parts
+    if not 1 <= n <= len(values):
+        raise ValueError(f"{len(values)} scores cannot come from {n} parts")
     p = 1.0 - target_false_reject_rate
     top = float(np.max(values))
     if n == 1:
@@ -144,10 +158,12 @@ def calibrate(
     *,
     method: str,
     defect_scores: np.ndarray | None = None,
+    n_parts: int | None = None,
 ) -> Calibration:
-    """Build the ``Calibration`` of a model from held-out good scores (and optional defects)."""
+    """Build the ``Calibration`` of a model from held-out good scores (and optional defects);
+    ``n_parts`` as in ``threshold_from_good``."""
     good = np.asarray(good_scores, dtype=np.float64)
-    threshold = threshold_from_good(good, target_false_reject_rate)
+    threshold = threshold_from_good(good, target_false_reject_rate, n_parts)
     defects = np.asarray(defect_scores if defect_scores is not None else [], dtype=np.float64)
     if len(defects):
         threshold = f1_threshold(good, defects)
@@ -161,14 +177,21 @@ def calibrate(
         defect_scores=[round(float(s), 6) for s in defects],
         good_mean=float(np.mean(good)),
         good_std=std if math.isfinite(std) else 0.0,
+        n_parts=len(good) if n_parts is None else n_parts,
     )
 
 
 def region_holdout_score(
-    patches: np.ndarray, grid: tuple[int, int], radius: int = 2, top_fraction: float = 0.0
+    patches: np.ndarray,
+    grid: tuple[int, int],
+    radius: int = 2,
+    top_fraction: float = 0.0,
+    weights: np.ndarray | None = None,
 ) -> float:
     """One-shot proxy score: each patch's distance to the nearest patch of the *same* image
     outside a ``(2 radius + 1)^2`` window around it; the image score is the maximum.
+    ``weights`` (``(h * w,)``, e.g. ``memory.edge_weights``) scale the patch scores first, as
+    the model's graph does.
 
     ``patches`` is ``(h * w, C)`` in row-major grid order. Memory ``O((h w)^2)`` floats, which is
     fine for one image (1024 patches -> 4 MiB).
@@ -185,4 +208,5 @@ def region_holdout_score(
     nearest = np.min(d2, axis=1)
     if not np.all(np.isfinite(nearest)):
         raise ValueError(f"grid {grid} too small for region hold-out with radius {radius}")
-    return image_score(np.sqrt(np.maximum(nearest, 0.0)), top_fraction)
+    distances = np.sqrt(np.maximum(nearest, 0.0))
+    return image_score(distances if weights is None else distances * weights, top_fraction)

@@ -78,6 +78,12 @@ class DetectorConfig:
     border: int | None = field(default=None, metadata=setting(
         "mirrored margin around the image, in multiples of the backbone's stride, so border "
         "patches are not judged on zero padding", ge=0, le=4, null="the backbone's"))
+    # Below 1, a part displaced in the frame no longer rejects for what the mirrored margin
+    # shows next to the edge (BENCHMARKS.md, "Edge patches").
+    edge_weight: float = field(default=1.0, metadata=setting(
+        "factor on the scores of the patches next to the frame's edge, those the mirrored "
+        "margin reaches (none without a margin): 1 judges them like the others, 0 ignores them",
+        ge=0, le=1))
     coreset_ratio: float = field(default=0.1, metadata=setting(
         "fraction of patches kept in the memory bank (large banks only)", gt=0, le=1))
     # Banks smaller than this keep every patch: few-shot banks are small and subsampling
@@ -90,6 +96,12 @@ class DetectorConfig:
         "good parts the calibrated threshold may reject", gt=0, lt=0.5))
     augment: Augmentation = field(default="none", metadata=setting(
         "training-time views: none, flip, rot90"))
+    # Views of each training image drawn from a good part's allowed variations (displaced,
+    # turned, re-lit, JPEG; app/detector/variations.py): in the bank, and held out to calibrate.
+    variation_views: int = field(default=0, metadata=setting(
+        "training views per image drawn from the allowed variations of a good part (window "
+        "displaced by up to 4 %, turned up to 3 degrees, light x0.8-1.2, contrast x0.8-1, JPEG "
+        "60-95): fitted into the memory bank, and held out to set the threshold", ge=0, le=16))
     # 0: image score = max patch score (PatchCore); > 0: mean of that top fraction of patches.
     score_top_fraction: float = field(default=0.0, metadata=setting(
         "image score: 0 = the largest patch score, > 0 = the mean of that top fraction of patch "

@@ -24,15 +24,18 @@ from app.detector.backbones import BackboneSpec, backbone_path, get_backbone
 from app.detector.calibration import Calibration, calibrate, region_holdout_score
 from app.detector.config import DetectorConfig
 from app.detector.graph import ResizePlan, build_feature_extractor, build_scoring_model
-from app.detector.memory import greedy_coreset, image_score, nearest_distances
+from app.detector.memory import edge_weights, greedy_coreset, image_score, nearest_distances
 from app.detector.quantize import MAX_CALIBRATION_INPUTS, quantize_backbone
 from app.detector.runtime import FORMAT_VERSION, METADATA_PREFIX, RuntimeOptions, check_image_array
+from app.detector.variations import variation_views
 from app.errors import InvalidInputError
 
 # Patches the greedy coreset chooses from; beyond this a seeded random sample is used.
 MAX_CORESET_CANDIDATES = 65536
 # Training images scored for leave-one-out calibration; beyond this a seeded subset is used.
 MAX_CALIBRATION_IMAGES = 50
+# Fresh variation views of a one-image model's photo, scored to calibrate it.
+ONE_SHOT_HELD_OUT_VIEWS = 8
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -160,20 +163,31 @@ class Detector:
             extractor = FeatureExtractor(spec, backbone, plan, self.options)
             timings["quantize_s"] = time.perf_counter() - tq
             report(0.0, "features")
-        originals: list[PatchFeatures] = []  # the un-augmented view of each image
+        # Per image, where its judged views lie in all_patches: the photo itself, then its
+        # allowed-variation views (held out, they calibrate). Mirror views only fill the bank.
+        spans: list[list[tuple[int, int, tuple[int, int]]]] = []
         chunks: list[np.ndarray] = []
         owners: list[np.ndarray] = []
+        start = 0
         for i, image in enumerate(images):
-            for j, view in enumerate(augment(image, config.augment)):
-                feats = extractor(view)
-                if j == 0:
-                    originals.append(feats)
+            views = [(extractor(v), j == 0) for j, v in enumerate(augment(image, config.augment))]
+            views += [(extractor(v), True) for v in variation_views(
+                image, config.variation_views, seed=seed, stream=i + 1)]
+            own = []
+            for feats, judged in views:
+                if judged:
+                    own.append((start, start + len(feats.patches), feats.grid))
+                start += len(feats.patches)
                 chunks.append(feats.patches)
                 owners.append(np.full(len(feats.patches), i, dtype=np.int32))
+            spans.append(own)
             report(0.4 * (i + 1) / len(good_images), "features")
         all_patches = np.concatenate(chunks)
         owner = np.concatenate(owners)
         del chunks
+        judged_views = [
+            [PatchFeatures(all_patches[a:b], grid) for a, b, grid in own] for own in spans
+        ]
         timings["features_s"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
@@ -199,23 +213,25 @@ class Detector:
 
         t2 = time.perf_counter()
         report(0.7, "calibration")
-        good_scores, method = holdout_scores(
-            originals, bank, bank_owner, seed, config.score_top_fraction
+        # One image has no other to hold out: fresh variation views of it stand in.
+        held_out = (
+            [extractor(view) for view in variation_views(
+                images[0], ONE_SHOT_HELD_OUT_VIEWS, seed=seed, stream=0)]
+            if len(images) == 1 and config.variation_views else []
+        )
+        judge = Judge(config.score_top_fraction, edge_band(spec, plan), config.edge_weight)
+        good_scores, n_parts, method = holdout_scores(
+            judged_views, bank, bank_owner, seed, judge, held_out
         )
         defect_scores = np.array(
-            [
-                image_score(
-                    nearest_distances(extractor(check_image_array(img)).patches, bank),
-                    config.score_top_fraction,
-                )
-                for img in defect_images
-            ],
+            [judge.score(extractor(check_image_array(img)), bank) for img in defect_images],
             dtype=np.float64,
         )
         calibration = calibrate(
             good_scores,
             config.target_false_reject_rate,
             method=method,
+            n_parts=n_parts,
             defect_scores=defect_scores if len(defect_scores) else None,
         )
         timings["calibration_s"] = time.perf_counter() - t2
@@ -251,6 +267,8 @@ class Detector:
             config.blur_sigma,
             props,
             top_fraction=config.score_top_fraction,
+            edge_band=judge.edge_band,
+            edge_weight=judge.edge_weight,
         )
         onnx_bytes = model.SerializeToString()
         timings["export_s"] = time.perf_counter() - t3
@@ -274,52 +292,89 @@ class Detector:
         plan: ResizePlan,
         backbone: onnx.ModelProto | None = None,
     ) -> PatchFeatures:
-        """The engine's own scoring path: ``(h * w,)`` nearest distances on the patch grid.
+        """The engine's own scoring path: ``(h * w,)`` nearest distances on the patch grid,
+        edge patches weighted as the model's graph weighs them.
 
         ``backbone``: the model's own (``FittedModel.backbone``) where it is not the shared
         float32 one (int8 models).
         """
+        spec = get_backbone(config.backbone)
         extractor = (
             self.extractor(config, plan)
             if backbone is None
-            else FeatureExtractor(get_backbone(config.backbone), backbone, plan, self.options)
+            else FeatureExtractor(spec, backbone, plan, self.options)
         )
         feats = extractor(check_image_array(image))
-        return PatchFeatures(patches=nearest_distances(feats.patches, bank), grid=feats.grid)
+        judge = Judge(config.score_top_fraction, edge_band(spec, plan), config.edge_weight)
+        return PatchFeatures(patches=judge.patch_scores(feats, bank), grid=feats.grid)
+
+
+@dataclass(frozen=True)
+class Judge:
+    """How patch distances become an image score, as the scoring graph computes it: edge
+    patches weighted (``memory.edge_weights``), then the max or the top-fraction mean."""
+
+    top_fraction: float = 0.0
+    edge_band: int = 0
+    edge_weight: float = 1.0
+
+    def weights(self, grid: tuple[int, int]) -> np.ndarray | None:
+        if self.edge_band <= 0 or self.edge_weight == 1.0:
+            return None
+        return edge_weights(grid, self.edge_band, self.edge_weight)
+
+    def patch_scores(self, feats: PatchFeatures, bank: np.ndarray) -> np.ndarray:
+        """Weighted nearest distances ``(h * w,)`` of ``feats`` to ``bank``."""
+        distances = nearest_distances(feats.patches, bank)
+        weights = self.weights(feats.grid)
+        return distances if weights is None else distances * weights
+
+    def score(self, feats: PatchFeatures, bank: np.ndarray) -> float:
+        return image_score(self.patch_scores(feats, bank), self.top_fraction)
+
+    def region_holdout(self, feats: PatchFeatures) -> float:
+        return region_holdout_score(feats.patches, feats.grid, top_fraction=self.top_fraction,
+                                    weights=self.weights(feats.grid))
+
+
+def edge_band(spec: BackboneSpec, plan: ResizePlan) -> int:
+    """Cells of the patch grid next to each edge that the mirrored margin reaches."""
+    return math.ceil(plan.border * spec.size_multiple / spec.patch_stride)
 
 
 def holdout_scores(
-    originals: list[PatchFeatures],
+    views: list[list[PatchFeatures]],
     bank: np.ndarray,
     bank_owner: np.ndarray,
     seed: int,
-    top_fraction: float,
-) -> tuple[np.ndarray, str]:
-    """Scores of training images as if unseen: each against the bank minus its own patches.
+    judge: Judge,
+    held_out: Sequence[PatchFeatures] = (),
+) -> tuple[np.ndarray, int, str]:
+    """Scores of good views as if unseen, the number of parts they come from, and the method.
 
-    Removing an image's members from the shared coreset approximates a coreset built without
-    it (slightly sparser, so slightly pessimistic). With one image: region hold-out.
+    ``views[i]``: image i's photo, then its allowed-variation views. Each image's views are
+    scored against the bank minus every patch of that image (leave-one-out). Removing an
+    image's members from the shared coreset approximates a coreset built without it
+    (slightly sparser, so slightly pessimistic). With one image: region hold-out (each patch
+    against the rest of the photo), and ``held_out`` views of it, scored against the bank,
+    so that its own allowed variations are never rejected.
     """
-    if len(originals) == 1:
-        only = originals[0]
-        score = region_holdout_score(only.patches, only.grid, top_fraction=top_fraction)
-        return np.array([score]), "region-holdout"
-    images = np.arange(len(originals))
+    if len(views) == 1:
+        scores = [judge.region_holdout(views[0][0])]
+        scores += [judge.score(view, bank) for view in held_out]
+        return np.asarray(scores), 1, "region-holdout+views" if held_out else "region-holdout"
+    images = np.arange(len(views))
     if len(images) > MAX_CALIBRATION_IMAGES:
         rng = np.random.default_rng(seed + 1)
         images = np.sort(rng.choice(len(images), MAX_CALIBRATION_IMAGES, replace=False))
     scores = []
     for i in images:
         others = bank[bank_owner != i]
-        view = originals[i]
-        # An image that owns the whole bank has nothing to be compared with: judge it
-        # against the rest of itself, as with one shot.
-        scores.append(
-            image_score(nearest_distances(view.patches, others), top_fraction)
-            if len(others)
-            else region_holdout_score(view.patches, view.grid, top_fraction=top_fraction)
-        )
-    return np.asarray(scores), "leave-one-out"
+        for view in views[i]:
+            # An image that owns the whole bank has nothing to be compared with: judge it
+            # against the rest of itself, as with one shot.
+            scores.append(judge.score(view, others) if len(others) else judge.region_holdout(view))
+    return np.asarray(scores), len(images), "leave-one-out"
 
 
 def resize_plan(config: DetectorConfig, images: Sequence[np.ndarray]) -> ResizePlan:

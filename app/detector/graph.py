@@ -321,8 +321,13 @@ def build_scoring_model(
     metadata: Mapping[str, str],
     *,
     top_fraction: float = 0.0,
+    edge_band: int = 0,
+    edge_weight: float = 1.0,
 ) -> onnx.ModelProto:
     """The single-file model an integrator runs: memory bank ``(M, C)`` inside.
+
+    Patch scores fewer than ``edge_band`` cells from the frame's edge are multiplied by
+    ``edge_weight`` (``memory.edge_weights``) before the image score and the map.
 
     ``image`` uint8 ``(H, W, 3)`` -> ``score`` float32 ``(1,)``, ``anomaly_map`` float32 ``(H, W)``.
     """
@@ -333,6 +338,9 @@ def build_scoring_model(
     patch_scores = _nearest_distances(g, patches, bank.astype(np.float32))
 
     score_grid = g.op("Reshape", [patch_scores, grid])  # (h, w)
+    if edge_band > 0 and edge_weight != 1.0:
+        score_grid = _weigh_edges(g, score_grid, grid, edge_band, edge_weight)
+        patch_scores = g.op("Reshape", [score_grid, g.const("flat1", _i64([-1]))])
     _image_score(g, patch_scores, top_fraction)
     g.nodes.append(
         helper.make_node(
@@ -346,6 +354,27 @@ def build_scoring_model(
         helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["H", "W"]),
     ]
     return _model(g, backbone, outputs, metadata, "nominal_detector")
+
+
+def _weigh_edges(g: _Graph, score_grid: str, grid: str, band: int, weight: float) -> str:
+    """``score_grid (h, w)`` with the cells fewer than ``band`` from an edge times ``weight``."""
+
+    def to_edge(side: str) -> str:  # (n,) int64: each index's distance to the nearer end
+        n = g.op("Squeeze", [side, g.const("ax0", _i64([0]))])
+        one = g.const("one_i", np.asarray(1, dtype=np.int64))
+        index = g.op("Range", [g.const("zero_i", np.asarray(0, dtype=np.int64)), n, one])
+        last = g.op("Sub", [n, one])
+        return g.op("Min", [index, g.op("Sub", [last, index])])
+
+    rows, cols = _split(g, grid)
+    distance = g.op("Min", [
+        g.op("Unsqueeze", [to_edge(rows), g.const("ax1", _i64([1]))]),
+        g.op("Unsqueeze", [to_edge(cols), g.const("ax0", _i64([0]))]),
+    ])  # (h, w)
+    near = g.op("Less", [distance, g.const("band", np.asarray(band, dtype=np.int64))])
+    factor = g.op("Where", [near, g.const("edge_weight", _f32(weight)),
+                            g.const("one_f", _f32(1.0))])
+    return g.op("Mul", [score_grid, factor])
 
 
 def _image_score(g: _Graph, patch_scores: str, top_fraction: float) -> None:

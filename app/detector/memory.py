@@ -47,6 +47,19 @@ def nearest_distances(patches: np.ndarray, bank: np.ndarray) -> np.ndarray:
     return out
 
 
+def edge_weights(grid: tuple[int, int], band: int, weight: float) -> np.ndarray:
+    """Factor per patch ``(h * w,)`` float32, row-major: ``weight`` for patches fewer than
+    ``band`` cells from the frame's edge, 1 elsewhere (the scoring graph's ``_weigh_edges``).
+
+    Edge patches see the mirrored margin, whose content moves with the part: a good part a
+    few pixels off its usual place scores high there (BENCHMARKS.md, "Edge patches").
+    """
+    h, w = grid
+    rows, cols = np.arange(h), np.arange(w)
+    to_edge = np.minimum.outer(np.minimum(rows, h - 1 - rows), np.minimum(cols, w - 1 - cols))
+    return np.where(to_edge < band, np.float32(weight), np.float32(1.0)).ravel()
+
+
 def image_score(patch_scores: np.ndarray, top_fraction: float) -> float:
     """Image score from patch scores ``(N,)``: the maximum (PatchCore), or with
     ``top_fraction > 0`` the mean of the highest ``ceil(top_fraction * N)`` patches, which one

@@ -28,7 +28,7 @@ from typing import Any, overload
 import numpy as np
 import onnxruntime as ort
 
-from app.detector.config import DetectorConfig
+from app.detector.config import SETTINGS, DetectorConfig
 from app.detector.engine import Detector
 from app.detector.heatmap import render_heatmap_png
 from app.detector.runtime import CompiledModel, RuntimeOptions
@@ -38,6 +38,7 @@ from app.detector.views import (
     perturbation_report,
     training_view,
 )
+from app.errors import InvalidInputError
 from app.evaluation.dataset import Dataset, TestImage, load_dataset, load_image, load_mask
 from app.evaluation.metrics import PRO_FPR_LIMIT, PixelMetrics, ScoreBins, auroc
 from app.evaluation.report import DrawScores, Example, ReportInput, write_report
@@ -204,6 +205,30 @@ class _Decoded(Sequence[np.ndarray]):
         return load_image(self._items[index].path)
 
 
+def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["variation_views=4", "border=0"]`` -> detector settings, each value converted to its
+    declared type; ``SystemExit`` naming the pair for an unknown name or a bad value."""
+    declared = {s.name: s for s in SETTINGS}
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip()
+        if not sep or name not in declared:
+            known = ", ".join(sorted(declared))
+            raise SystemExit(f"--set expects NAME=VALUE with NAME one of {known}; got {pair!r}")
+        kind = declared[name]
+        text = text.strip()
+        if text.lower() in ("null", "none") and kind.nullable:
+            settings[name] = None
+            continue
+        convert = kind.type if kind.type in (int, float) else str
+        try:
+            settings[name] = convert(text)
+        except ValueError:
+            raise SystemExit(f"--set {name}: {text!r} is not a valid {convert.__name__}") from None
+    return settings
+
+
 def _parse_shots(text: str, n_train: int) -> list[int]:
     shots = []
     for part in text.split(","):
@@ -310,7 +335,12 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
         "target_false_reject_rate": args.target_frr,
     }
     # Options not given take the detector's defaults.
-    config = DetectorConfig.from_dict({k: v for k, v in options.items() if v is not None})
+    chosen = {k: v for k, v in options.items() if v is not None}
+    chosen.update(parse_settings(args.settings))
+    try:
+        config = DetectorConfig.from_dict(chosen)
+    except InvalidInputError as exc:
+        raise SystemExit(f"nominal evaluate: {exc}") from None
     detector = Detector(Path(args.models_dir), RuntimeOptions(threads=args.threads))
     test_items = dataset.test[: args.max_test] if args.max_test else dataset.test
     shots = _parse_shots(args.shots, len(dataset.train))
