@@ -14,6 +14,7 @@ from app.detector.calibration import (
     ONE_SHOT_RELATIVE_SPREAD,
     PRIOR_LOG_SPREAD,
     PRIOR_WEIGHT,
+    Calibration,
     calibrate,
     f1_threshold,
     normalize_score,
@@ -244,3 +245,35 @@ def test_region_holdout_rejects_a_grid_too_small() -> None:
     patches = np.random.default_rng(0).standard_normal((9, 4)).astype(np.float32)
     with pytest.raises(ValueError, match="too small"):
         region_holdout_score(patches, (3, 3), radius=2)
+
+
+# --- views of a part ----------------------------------------------------------------------
+
+
+def test_views_of_few_parts_count_as_few_parts() -> None:
+    """Twelve scores from three parts (four views each) are less evidence than twelve parts:
+    the bound is wider, and never below the highest score."""
+    scores = np.array([2.0, 2.2, 2.5, 2.1, 2.4, 2.3, 2.6, 2.0, 2.2, 2.5, 2.7, 2.1])
+    as_parts = threshold_from_good(scores, 0.01)
+    as_views = threshold_from_good(scores, 0.01, n_parts=3)
+    assert as_views > as_parts >= scores.max()
+    assert threshold_from_good(scores, 0.01, n_parts=12) == as_parts
+
+
+def test_one_part_with_views_bounds_its_highest_score() -> None:
+    z = NormalDist().inv_cdf(0.99)
+    threshold = threshold_from_good(np.array([3.0, 4.0, 3.5]), 0.01, n_parts=1)
+    assert threshold == pytest.approx(4.0 * (1 + z * ONE_SHOT_RELATIVE_SPREAD * math.sqrt(2)))
+
+
+@pytest.mark.parametrize("n_parts", [0, 4])
+def test_more_parts_than_scores_is_refused(n_parts: int) -> None:
+    with pytest.raises(ValueError, match="cannot come from"):
+        threshold_from_good(np.array([1.0, 2.0, 3.0]), 0.01, n_parts=n_parts)
+
+
+def test_calibration_records_the_parts() -> None:
+    cal = calibrate(np.array([1.0, 1.2, 1.1, 1.3]), 0.01, method="leave-one-out", n_parts=2)
+    assert cal.n_parts == 2
+    assert Calibration.from_dict(cal.to_dict()) == cal
+    assert calibrate(np.array([1.0, 1.2]), 0.01, method="leave-one-out").n_parts == 2

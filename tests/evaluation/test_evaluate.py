@@ -87,3 +87,28 @@ def test_without_masks_the_pixel_metrics_are_null(tmp_path: Path, models_dir: Pa
         assert result["pixel_auroc"] is None and result["pro"] is None
         assert set(result["image_auroc_per_defect"]) == {"blob", "stain"}
     assert data["summary"][0]["pro"] is None
+
+
+def test_any_detector_setting_can_be_set(tmp_path: Path, models_dir: Path) -> None:
+    dataset = _dataset(tmp_path / "parts")
+    out = tmp_path / "set.json"
+    code = main(["evaluate", str(dataset), "--shots", "2", "--seeds", "1", "--resolution", "64",
+                 "--set", "variation_views=1", "--set", "edge_weight=0.5", "--set",
+                 "border=null", "--models-dir", str(models_dir), "--threads", "1",
+                 "--json", str(out)])
+    assert code == 0
+    config = json.loads(out.read_text())["config"]
+    assert (config["variation_views"], config["edge_weight"], config["border"]) == (1, 0.5, None)
+
+
+@pytest.mark.parametrize(("pair", "message"), [
+    ("views=2", "NAME one of"),
+    ("variation_views", "NAME one of"),
+    ("variation_views=two", "not a valid int"),
+    ("edge_weight=2", "edge_weight must be within 0..1"),
+])
+def test_bad_settings_are_refused_naming_them(tmp_path: Path, models_dir: Path, pair: str,
+                                              message: str) -> None:
+    dataset = _dataset(tmp_path / "parts")
+    with pytest.raises(SystemExit, match=message):
+        main(["evaluate", str(dataset), "--set", pair, "--models-dir", str(models_dir)])

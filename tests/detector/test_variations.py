@@ -1,0 +1,144 @@
+"""Allowed-variation views (app/detector/variations.py), edge weighting, and how both enter a
+fitted model: the bank, the calibration and the shipped graph."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from app.detector.config import DetectorConfig
+from app.detector.engine import Detector, bank_from_model, plan_from_model
+from app.detector.memory import edge_weights, image_score
+from app.detector.variations import (
+    MIN_WINDOW_SIDE,
+    SHIFT,
+    VIEW_FRACTION,
+    variation_views,
+    variation_window,
+)
+from app.detector.views import max_rotation_deg
+
+# --- the views ---------------------------------------------------------------------------
+
+
+def test_windows_lie_inside_the_source_displaced_by_at_most_the_allowed_shift() -> None:
+    rng = np.random.default_rng(0)
+    shape = (460, 1130, 3)
+    centres = []
+    for _ in range(200):
+        window = variation_window(shape, rng)
+        assert window.fits(shape)
+        assert (window.height, window.width) == (round(VIEW_FRACTION * 460),
+                                                  round(VIEW_FRACTION * 1130))
+        cx, cy = window.centre
+        assert abs(cy - 230) <= SHIFT * 460 + 1 and abs(cx - 565) <= SHIFT * 1130 + 1
+        centres.append((cx, cy))
+    # The offsets really vary, in both directions on both axes.
+    xs, ys = np.array(centres).T
+    assert xs.min() < 565 - 20 < 565 + 20 < xs.max()
+    assert ys.min() < 230 - 8 < 230 + 8 < ys.max()
+
+
+def test_a_view_shows_only_source_pixels() -> None:
+    """A bright frame around a dark source would show in a view padded, mirrored or turned
+    past the source's reach; photometric changes alone cannot make a dark pixel white."""
+    source = np.full((200, 240, 3), 40, dtype=np.uint8)
+    for view in variation_views(source, 30, seed=1):
+        assert view.shape == (round(VIEW_FRACTION * 200), round(VIEW_FRACTION * 240), 3)
+        assert view.max() <= 40 * 1.2 + 12  # brightness x1.2 and JPEG ringing at most
+
+
+def test_rotation_never_exceeds_what_the_window_can_turn() -> None:
+    rng = np.random.default_rng(2)
+    shape = (512, 512, 3)
+    for _ in range(50):
+        window = variation_window(shape, rng)
+        assert max_rotation_deg(window, shape) > 0  # room to turn a little, everywhere
+
+
+def test_views_are_reproducible_and_streams_differ() -> None:
+    source = np.random.default_rng(3).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    first = list(variation_views(source, 3, seed=5))
+    again = list(variation_views(source, 3, seed=5))
+    other = list(variation_views(source, 3, seed=5, stream=1))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not any(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+    assert list(variation_views(source, 0, seed=5)) == []
+    with pytest.raises(ValueError):
+        list(variation_views(source, -1, seed=5))
+
+
+def test_a_source_too_small_to_displace_keeps_its_frame() -> None:
+    side = int(MIN_WINDOW_SIDE / VIEW_FRACTION) - 1
+    source = np.full((side, side, 3), 100, dtype=np.uint8)
+    (view,) = variation_views(source, 1, seed=0)
+    assert view.shape == source.shape
+
+
+# --- edge weights ------------------------------------------------------------------------
+
+
+def test_edge_weights_mark_the_band_next_to_every_edge() -> None:
+    weights = edge_weights((5, 6), band=2, weight=0.5).reshape(5, 6)
+    expected = np.full((5, 6), 0.5, dtype=np.float32)
+    expected[2, 2:4] = 1.0  # the only cells two or more from every edge
+    np.testing.assert_array_equal(weights, expected)
+    np.testing.assert_array_equal(edge_weights((3, 3), band=0, weight=0.0), np.ones(9))
+
+
+# --- in a fitted model -------------------------------------------------------------------
+
+
+def _onnx_score(onnx_bytes: bytes, image: np.ndarray) -> float:
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    score, _ = session.run(["score", "anomaly_map"], {"image": image})
+    return float(score[0])
+
+
+@pytest.mark.parametrize("edge_weight", [0.0, 0.5, 1.0])
+def test_the_graph_weighs_edge_patches_as_the_engine_does(
+    detector: Detector, train_images: list[np.ndarray],
+    good_image: Callable[..., np.ndarray], edge_weight: float,
+) -> None:
+    config = DetectorConfig(resolution=64, edge_weight=edge_weight)
+    model = detector.fit(train_images, config)
+    image = good_image(31, 80, 112)
+    engine = detector.patch_scores(image, bank_from_model(model.onnx_bytes), config,
+                                   plan_from_model(model.onnx_bytes))
+    h, w = engine.grid
+    grid = engine.patches.reshape(h, w)
+    # Lite0's 16 px margin reaches two cells of its stride-8 grid.
+    plain = detector.patch_scores(image, bank_from_model(model.onnx_bytes),
+                                  DetectorConfig(resolution=64),
+                                  plan_from_model(model.onnx_bytes)).patches.reshape(h, w)
+    np.testing.assert_allclose(grid[2:-2, 2:-2], plain[2:-2, 2:-2])
+    np.testing.assert_allclose(grid[:2], edge_weight * plain[:2], rtol=1e-6)
+    onnx_score = _onnx_score(model.onnx_bytes, image)
+    assert onnx_score == pytest.approx(image_score(engine.patches, 0.0), rel=1e-4)
+
+
+def test_variation_views_fill_the_bank_and_calibrate_leave_one_out(
+    detector: Detector, train_images: list[np.ndarray],
+) -> None:
+    plain = detector.fit(train_images, DetectorConfig(resolution=64))
+    varied = detector.fit(train_images, DetectorConfig(resolution=64, variation_views=2))
+    assert varied.bank_size > plain.bank_size  # every patch is kept at this size
+    # Each held-out image is judged on its photo and its two views: 3 parts, 9 scores.
+    assert varied.calibration.method == "leave-one-out"
+    assert varied.calibration.n_parts == 3 and len(varied.calibration.good_scores) == 9
+    assert plain.calibration.n_parts == 3 and len(plain.calibration.good_scores) == 3
+    assert max(varied.calibration.good_scores) <= varied.threshold
+
+
+def test_one_image_is_calibrated_on_its_held_out_views(
+    detector: Detector, train_images: list[np.ndarray],
+) -> None:
+    model = detector.fit(train_images[:1], DetectorConfig(resolution=64, variation_views=2))
+    calibration = model.calibration
+    assert calibration.method == "region-holdout+views"
+    assert calibration.n_parts == 1 and len(calibration.good_scores) == 1 + 8
+    # None of the image's own allowed variations is rejected.
+    assert max(calibration.good_scores) <= model.threshold
