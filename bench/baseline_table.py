@@ -25,6 +25,10 @@ def _configuration(payload: dict[str, Any]) -> str:
         parts.append(str(config["resolution"]))
     if config.get("resize") != "fixed_scale":
         parts.append(config["resize"])
+    if config.get("variation_views"):
+        parts.append(f"views {config['variation_views']}")
+    if config.get("edge_weight", 1.0) != 1.0:
+        parts.append(f"edge x{config['edge_weight']:g}")
     return " ".join(parts)
 
 

@@ -247,8 +247,8 @@ class Detector:
                     "input": "image: uint8 [H, W, 3] RGB, any size; resized inside the graph",
                     "resize": plan.describe(spec.size_multiple),
                     "normalise": f"(x - {list(spec.mean)}) / {list(spec.std)}",
-                    "outputs": "score: float32 [1], max nearest-neighbour patch distance; "
-                    "anomaly_map: float32 [H, W]",
+                    "outputs": "score: float32 [1], " + _score_rule(judge)
+                    + "; anomaly_map: float32 [H, W], the judged patch distances",
                     "decision": "anomalous when score > threshold",
                 }
             ),
@@ -335,6 +335,16 @@ class Judge:
     def region_holdout(self, feats: PatchFeatures) -> float:
         return region_holdout_score(feats.patches, feats.grid, top_fraction=self.top_fraction,
                                     weights=self.weights(feats.grid))
+
+
+def _score_rule(judge: Judge) -> str:
+    """The image score's rule in words, for the model's metadata."""
+    rule = ("max nearest-neighbour patch distance" if judge.top_fraction <= 0 else
+            f"mean of the top {judge.top_fraction:g} of nearest-neighbour patch distances")
+    if judge.weights((1, 1)) is not None:
+        rule += (f", patches fewer than {judge.edge_band} cells from an edge weighted "
+                 f"x{judge.edge_weight:g}")
+    return rule
 
 
 def edge_band(spec: BackboneSpec, plan: ResizePlan) -> int:

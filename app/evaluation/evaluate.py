@@ -406,6 +406,9 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
             "results": [asdict(r) for r in results],
             "summary": rows,
             "perturbations": perturbation_rows or None,
+            # Each draw's own rows (seed order), so one draw can be compared with another run's.
+            "perturbation_draws": [[row.to_dict() for row in draw] for draw in perturbations]
+            or None,
             "pixel_metrics": {
                 "method": "histograms over fixed log-spaced bins around each draw's threshold",
                 "bins": bins.count,

@@ -40,6 +40,11 @@ def test_the_json_holds_the_perturbation_table(evaluated: dict[str, Any]) -> Non
     shift = next(r for r in rows if r["name"] == "shift_4pct")
     none = next(r for r in rows if r["name"] == "none")
     assert shift["n_good_views"] == 2 * none["n_good_views"]  # two views per image, random
+    # Each draw's own rows too, whose mean is the table.
+    draws = evaluated["json"]["perturbation_draws"]
+    assert len(draws) == 2 and all(len(draw) == len(rows) for draw in draws)
+    assert none["false_reject_rate"] == pytest.approx(
+        sum(draw[0]["false_reject_rate"] for draw in draws) / 2)
 
 
 def test_the_page_is_self_contained(evaluated: dict[str, Any]) -> None:

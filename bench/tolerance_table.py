@@ -1,0 +1,72 @@
+"""The candidates of BENCHMARKS.md "Tolerance of allowed variations" side by side, from
+``nominal evaluate --perturb --json`` files (bench/tolerance.sh; candidate A is today's
+default, bench/results/baseline/lite0.*.json):
+
+    python -m bench.tolerance_table A=bench/results/baseline/lite0 B=bench/results/tolerance/B ...
+
+Per candidate and data set: each perturbation's false-reject rate (recall in brackets) at
+16 shots, and how many perturbations meet the issue's criteria (FRR at most 5 %, recall at
+most 5 points below the unperturbed recall); then the k = 1 and k = 16 rows of every set.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+SETS = ("mvtec_bottle_512", "mvtec_screw_512", "bsdata_pitting", "magnetic_tile")
+MAX_FRR = 0.05
+MAX_RECALL_DROP = 0.05
+
+
+def _load(prefix: str, data: str) -> dict[str, Any] | None:
+    path = Path(f"{prefix}.{data}.json")
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def criteria_met(rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """(perturbations meeting both criteria, perturbations), ``none`` excluded."""
+    reference = rows[0]["recall"] or 0.0
+    perturbed = rows[1:]
+    met = sum(1 for r in perturbed
+              if r["false_reject_rate"] <= MAX_FRR and r["recall"] >= reference - MAX_RECALL_DROP)
+    return met, len(perturbed)
+
+
+def main(arguments: list[str]) -> int:
+    candidates = [argument.split("=", 1) for argument in arguments]
+    names = None
+    for name, prefix in candidates:
+        for data in SETS:
+            payload = _load(prefix, data)
+            if payload is None or not payload.get("perturbations"):
+                continue
+            rows = payload["perturbations"]
+            if names is None:
+                names = [r["name"] for r in rows]
+                print("| candidate | data | " + " | ".join(names) + " | criteria met |")
+                print("|---|---|" + "---|" * (len(names) + 1))
+            met, total = criteria_met(rows)
+            cells = [f"{r['false_reject_rate']:.3f} ({r['recall']:.2f})" for r in rows]
+            print(f"| {name} | {data} | " + " | ".join(cells) + f" | {met}/{total} |")
+    print("\n| candidate | data | k | image AUROC | pixel AUROC | PRO | FRR | recall | ms/image |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, prefix in candidates:
+        for data in SETS:
+            payload = _load(prefix, data)
+            for row in (payload or {}).get("summary", []):
+                print(f"| {name} | {data} | {row['k']} | {row['image_auroc']:.3f} | "
+                      f"{_num(row['pixel_auroc'])} | {_num(row.get('pro'))} | "
+                      f"{row['false_reject_rate']:.3f} | {row['defect_recall']:.3f} | "
+                      f"{row['ms_per_image']:.1f} |")
+    return 0
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
