@@ -318,10 +318,13 @@ class Judge:
     edge_band: int = 0
     edge_weight: float = 1.0
 
+    @property
+    def weighs_edges(self) -> bool:
+        return self.edge_band > 0 and self.edge_weight != 1.0
+
     def weights(self, grid: tuple[int, int]) -> np.ndarray | None:
-        if self.edge_band <= 0 or self.edge_weight == 1.0:
-            return None
-        return edge_weights(grid, self.edge_band, self.edge_weight)
+        """Per-patch factors for a grid; None where every patch counts fully."""
+        return edge_weights(grid, self.edge_band, self.edge_weight) if self.weighs_edges else None
 
     def patch_scores(self, feats: PatchFeatures, bank: np.ndarray) -> np.ndarray:
         """Weighted nearest distances ``(h * w,)`` of ``feats`` to ``bank``."""
@@ -341,7 +344,7 @@ def _score_rule(judge: Judge) -> str:
     """The image score's rule in words, for the model's metadata."""
     rule = ("max nearest-neighbour patch distance" if judge.top_fraction <= 0 else
             f"mean of the top {judge.top_fraction:g} of nearest-neighbour patch distances")
-    if judge.weights((1, 1)) is not None:
+    if judge.weighs_edges:
         rule += (f", patches fewer than {judge.edge_band} cells from an edge weighted "
                  f"x{judge.edge_weight:g}")
     return rule
