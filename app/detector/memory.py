@@ -52,7 +52,8 @@ def edge_weights(grid: tuple[int, int], band: int, weight: float) -> np.ndarray:
     ``band`` cells from the frame's edge, 1 elsewhere (the scoring graph's ``_weigh_edges``).
 
     Edge patches see the mirrored margin, whose content moves with the part: a good part a
-    few pixels off its usual place scores high there (BENCHMARKS.md, "Edge patches").
+    few pixels off its usual place scores high there (BENCHMARKS.md, "Tolerance of allowed
+    variations").
     """
     h, w = grid
     rows, cols = np.arange(h), np.arange(w)

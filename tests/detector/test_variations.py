@@ -112,7 +112,7 @@ def test_the_graph_weighs_edge_patches_as_the_engine_does(
     grid = engine.patches.reshape(h, w)
     # Lite0's 16 px margin reaches two cells of its stride-8 grid.
     plain = detector.patch_scores(image, bank_from_model(model.onnx_bytes),
-                                  DetectorConfig(resolution=64),
+                                  DetectorConfig(resolution=64, edge_weight=1.0),
                                   plan_from_model(model.onnx_bytes)).patches.reshape(h, w)
     np.testing.assert_allclose(grid[2:-2, 2:-2], plain[2:-2, 2:-2])
     np.testing.assert_allclose(grid[:2], edge_weight * plain[:2], rtol=1e-6)
