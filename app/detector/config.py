@@ -79,7 +79,8 @@ class DetectorConfig:
         "mirrored margin around the image, in multiples of the backbone's stride, so border "
         "patches are not judged on zero padding", ge=0, le=4, null="the backbone's"))
     # Below 1, a part displaced in the frame no longer rejects for what the mirrored margin
-    # shows next to the edge; 0.5 chosen among declared candidates on the four shared sets
+    # shows next to the edge; 0.5 (and the band's width, engine.edge_band) chosen among
+    # declared candidates on the four shared sets
     # (BENCHMARKS.md, "Tolerance of allowed variations").
     edge_weight: float = field(default=0.5, metadata=setting(
         "factor on the scores of the patches next to the frame's edge, those the mirrored "

@@ -351,8 +351,11 @@ def _score_rule(judge: Judge) -> str:
 
 
 def edge_band(spec: BackboneSpec, plan: ResizePlan) -> int:
-    """Cells of the patch grid next to each edge that the mirrored margin reaches."""
-    return math.ceil(plan.border * spec.size_multiple / spec.patch_stride)
+    """Cells of the patch grid next to each edge that the mirrored margin reaches: its own
+    cells, and as far again as the patch neighbourhood averages (Lite0: 2 + 1)."""
+    if plan.border <= 0:
+        return 0
+    return math.ceil(plan.border * spec.size_multiple / spec.patch_stride) + spec.neighbourhood // 2
 
 
 def holdout_scores(

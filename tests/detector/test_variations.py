@@ -110,12 +110,14 @@ def test_the_graph_weighs_edge_patches_as_the_engine_does(
                                    plan_from_model(model.onnx_bytes))
     h, w = engine.grid
     grid = engine.patches.reshape(h, w)
-    # Lite0's 16 px margin reaches two cells of its stride-8 grid.
+    # Lite0's 16 px margin covers two cells of its stride-8 grid, and its 3 x 3 patch
+    # neighbourhood carries it one cell further.
     plain = detector.patch_scores(image, bank_from_model(model.onnx_bytes),
                                   DetectorConfig(resolution=64, edge_weight=1.0),
                                   plan_from_model(model.onnx_bytes)).patches.reshape(h, w)
-    np.testing.assert_allclose(grid[2:-2, 2:-2], plain[2:-2, 2:-2])
-    np.testing.assert_allclose(grid[:2], edge_weight * plain[:2], rtol=1e-6)
+    np.testing.assert_allclose(grid[3:-3, 3:-3], plain[3:-3, 3:-3])
+    np.testing.assert_allclose(grid[:3], edge_weight * plain[:3], rtol=1e-6)
+    np.testing.assert_allclose(grid[:, -3:], edge_weight * plain[:, -3:], rtol=1e-6)
     onnx_score = _onnx_score(model.onnx_bytes, image)
     assert onnx_score == pytest.approx(image_score(engine.patches, 0.0), rel=1e-4)
 
