@@ -14,8 +14,16 @@ from typing import Any
 from app.evaluation.evaluate import format_perturbations
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
+def fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def summary_row(label: str, payload: dict[str, Any], row: dict[str, Any]) -> str:
+    """One summary row (one k) of an evaluation JSON as a markdown row, under ``label``."""
+    return (f"| {label} | {Path(payload['dataset']).name} | {row['k']} "
+            f"| {fmt(row['image_auroc'])} | {fmt(row['pixel_auroc'])} "
+            f"| {fmt(row.get('pro'))} | {fmt(row['false_reject_rate'])} "
+            f"| {fmt(row['defect_recall'])} | {fmt(row['ms_per_image'], 1)} |")
 
 
 def _configuration(payload: dict[str, Any]) -> str:
@@ -39,10 +47,7 @@ def main(paths: list[str]) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for payload in payloads:
         for row in payload["summary"]:
-            print(f"| {_configuration(payload)} | {Path(payload['dataset']).name} | {row['k']} "
-                  f"| {_fmt(row['image_auroc'])} | {_fmt(row['pixel_auroc'])} "
-                  f"| {_fmt(row.get('pro'))} | {_fmt(row['false_reject_rate'])} "
-                  f"| {_fmt(row['defect_recall'])} | {_fmt(row['ms_per_image'], 1)} |")
+            print(summary_row(_configuration(payload), payload, row))
     for payload in payloads:
         if payload.get("perturbations"):
             print(f"\n**{_configuration(payload)}, {Path(payload['dataset']).name}, "

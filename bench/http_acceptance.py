@@ -37,6 +37,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from app.detector.roc import auroc
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 PARITY_RTOL = 1e-3
 RESCORE_RTOL = 1e-6
@@ -60,23 +62,6 @@ def test_set(dataset: Path) -> list[tuple[str, int, Path]]:
     if not items:
         raise SystemExit(f"no test images under {root}")
     return items
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve: Mann-Whitney U with average ranks for ties."""
-    positive = labels.astype(bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(scores)]])
-    ranks = np.empty(len(scores), dtype=np.float64)
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.baseline_table import summary_row
+
 SETS = ("mvtec_bottle_512", "mvtec_screw_512", "bsdata_pitting", "magnetic_tile")
 MAX_FRR = 0.05
 MAX_RECALL_DROP = 0.05
@@ -57,15 +59,8 @@ def main(arguments: list[str]) -> int:
         for data in SETS:
             payload = _load(prefix, data)
             for row in (payload or {}).get("summary", []):
-                print(f"| {name} | {data} | {row['k']} | {row['image_auroc']:.3f} | "
-                      f"{_num(row['pixel_auroc'])} | {_num(row.get('pro'))} | "
-                      f"{row['false_reject_rate']:.3f} | {row['defect_recall']:.3f} | "
-                      f"{row['ms_per_image']:.1f} |")
+                print(summary_row(name, payload, row))
     return 0
-
-
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

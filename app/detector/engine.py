@@ -219,7 +219,7 @@ class Detector:
                 images[0], ONE_SHOT_HELD_OUT_VIEWS, seed=seed, stream=0)]
             if len(images) == 1 and config.variation_views else []
         )
-        judge = Judge(config.score_top_fraction, edge_band(spec, plan), config.edge_weight)
+        judge = Judge.of(config, spec, plan)
         good_scores, n_parts, method = holdout_scores(
             judged_views, bank, bank_owner, seed, judge, held_out
         )
@@ -305,7 +305,7 @@ class Detector:
             else FeatureExtractor(spec, backbone, plan, self.options)
         )
         feats = extractor(check_image_array(image))
-        judge = Judge(config.score_top_fraction, edge_band(spec, plan), config.edge_weight)
+        judge = Judge.of(config, spec, plan)
         return PatchFeatures(patches=judge.patch_scores(feats, bank), grid=feats.grid)
 
 
@@ -317,6 +317,11 @@ class Judge:
     top_fraction: float = 0.0
     edge_band: int = 0
     edge_weight: float = 1.0
+
+    @classmethod
+    def of(cls, config: DetectorConfig, spec: BackboneSpec, plan: ResizePlan) -> Judge:
+        """The judge of a model with ``config`` on ``spec`` under ``plan``."""
+        return cls(config.score_top_fraction, edge_band(spec, plan), config.edge_weight)
 
     @property
     def weighs_edges(self) -> bool:
