@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     execution_providers: tuple[str, ...] = Field(
         default=("CPUExecutionProvider",), min_length=1,
         description="onnxruntime execution providers, in order of preference (JSON list)")
+    max_defect_regions: int = Field(
+        default=10, ge=0, le=1000,
+        description="defect regions in a verdict at most, highest score first")
     inference_workers: int = Field(
         default_factory=lambda: max(2, os.cpu_count() or 2), ge=1, le=256,
         description="concurrent decode+score calls (thread pool size)")

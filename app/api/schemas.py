@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from app.db.models import ApiKey, ApiKeyRole, Image, ImageLabel, Model, ModelStatus
+from app.detector.calibration import normalize_score
 from app.detector.config import SETTINGS, DetectorConfig
+from app.detector.regions import DefectRegion
 from app.services.backbones import BackboneInfo
 from app.services.inspection import Inspection
 from app.services.training import ModelView
@@ -327,9 +329,31 @@ class ModelPage(BaseModel):
 # ---------------------------------------------------------------------------- inspection
 
 
+_REGION_EXAMPLE = {"bbox": [612, 388, 96, 64], "area_px": 4608, "max_score": 7.2,
+                   "normalized_max_score": 0.71}
 _INSPECTION_EXAMPLE = {"score": 7.2, "normalized_score": 0.71, "threshold": 5.052,
-                       "is_anomalous": True, "variant": "bolt-m8", "model_version": 3,
+                       "is_anomalous": True, "regions": [_REGION_EXAMPLE],
+                       "variant": "bolt-m8", "model_version": 3,
                        "latency_ms": 23.4, "width": 1280, "height": 960}
+
+
+class DefectRegionPublic(BaseModel):
+    """A connected group of patches scoring above the threshold (app/detector/regions.py)."""
+
+    model_config = _examples(_REGION_EXAMPLE)
+
+    bbox: tuple[int, int, int, int] = Field(
+        description="[x, y, width, height] in pixels of the submitted image, x to the right and "
+                    "y down from its top-left corner")
+    area_px: int = Field(description="pixels of the submitted image its patches cover")
+    max_score: float = Field(description="its highest patch score (the unit of `score`)")
+    normalized_max_score: float = Field(description="max_score on the 0..1 scale of "
+                                                    "normalized_score")
+
+    @classmethod
+    def of(cls, region: DefectRegion, threshold: float) -> DefectRegionPublic:
+        return cls(bbox=region.bbox, area_px=region.area_px, max_score=region.max_score,
+                   normalized_max_score=normalize_score(region.max_score, threshold))
 
 
 class InspectionPublic(BaseModel):
@@ -338,7 +362,12 @@ class InspectionPublic(BaseModel):
     score: float = Field(description="max patch distance to the memory bank (raw units)")
     normalized_score: float = Field(description="0..1, 0.5 at the threshold, 1 at twice it")
     threshold: float
-    is_anomalous: bool = Field(description="score > threshold")
+    is_anomalous: bool = Field(description="score > threshold and, when the model has a "
+                                           "minimum defect area, a region at least that large")
+    regions: list[DefectRegionPublic] = Field(
+        description="where the patches above the threshold are, highest max_score first, at "
+                    "most NOMINAL_MAX_DEFECT_REGIONS; regions smaller than the model's minimum "
+                    "defect area are left out")
     variant: str
     model_version: int
     latency_ms: float = Field(description="server-side decode + score time")
@@ -349,7 +378,9 @@ class InspectionPublic(BaseModel):
     def of(cls, result: Inspection) -> InspectionPublic:
         v = result.verdict
         return cls(score=v.score, normalized_score=v.normalized_score, threshold=v.threshold,
-                   is_anomalous=v.is_anomalous, variant=result.variant,
+                   is_anomalous=v.is_anomalous,
+                   regions=[DefectRegionPublic.of(r, v.threshold) for r in v.regions],
+                   variant=result.variant,
                    model_version=result.model_version, latency_ms=result.latency_ms,
                    width=result.width, height=result.height)
 

@@ -108,6 +108,11 @@ class DetectorConfig:
     score_top_fraction: float = field(default=0.0, metadata=setting(
         "image score: 0 = the largest patch score, > 0 = the mean of that top fraction of patch "
         "scores", ge=0, le=0.5))
+    # Read at inspection (runtime.CompiledModel.inspect) from the model's nominal.regions.
+    min_defect_area_px: int = field(default=0, metadata=setting(
+        "an image is anomalous only if one of its defect regions covers at least this many "
+        "pixels of the inspected image (0: any region, the score alone decides)",
+        ge=0, le=100_000_000))
     # At the processed resolution, as in PatchCore.
     blur_sigma: float = field(default=4.0, metadata=setting(
         "anomaly map smoothing", ge=0, le=16))

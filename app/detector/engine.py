@@ -26,6 +26,7 @@ from app.detector.config import DetectorConfig
 from app.detector.graph import ResizePlan, build_feature_extractor, build_scoring_model
 from app.detector.memory import edge_weights, greedy_coreset, image_score, nearest_distances
 from app.detector.quantize import MAX_CALIBRATION_INPUTS, quantize_backbone
+from app.detector.regions import RegionRule
 from app.detector.runtime import FORMAT_VERSION, METADATA_PREFIX, RuntimeOptions, check_image_array
 from app.detector.variations import variation_views
 from app.errors import InvalidInputError
@@ -248,10 +249,16 @@ class Detector:
                     "resize": plan.describe(spec.size_multiple),
                     "normalise": f"(x - {list(spec.mean)}) / {list(spec.std)}",
                     "outputs": "score: float32 [1], " + _score_rule(judge)
-                    + "; anomaly_map: float32 [H, W], the judged patch distances",
-                    "decision": "anomalous when score > threshold",
+                    + "; patch_scores: float32 [h, w], the judged patch distances on the "
+                    "patch grid; anomaly_map: float32 [H, W], patch_scores smoothed and resized "
+                    "to the image",
+                    "decision": "anomalous when score > threshold" + (
+                        f" and a defect region covers at least {config.min_defect_area_px} px"
+                        if config.min_defect_area_px else ""),
                 }
             ),
+            METADATA_PREFIX + "regions": RegionRule(
+                min_area_px=config.min_defect_area_px).to_json(),
             METADATA_PREFIX + "config": json.dumps(config.to_dict()),
             METADATA_PREFIX + "resize_plan": json.dumps(asdict(plan)),
             METADATA_PREFIX + "calibration": json.dumps(calibration.to_dict()),

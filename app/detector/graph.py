@@ -10,7 +10,8 @@ Two graphs share one front end, so the engine's own path and the shipped model c
 
 ``build_scoring_model``
     the extractor plus the memory bank as constants:
-    ``image``  ->  ``score`` float32 ``(1,)``, ``anomaly_map`` float32 ``(H, W)``
+    ``image``  ->  ``score`` float32 ``(1,)``, ``patch_scores`` float32 ``(h, w)``,
+    ``anomaly_map`` float32 ``(H, W)``
     Nearest neighbours: ``|y|^2 - 2 x.y`` in 8-bit integers over chunks of the bank (no
     ``N x M x C`` broadcast) shortlists a few rows per patch; the exact float32 ``|x - y|``
     over the shortlist gives the distance: the exact distance to a real bank row, never below
@@ -329,7 +330,9 @@ def build_scoring_model(
     Patch scores fewer than ``edge_band`` cells from the frame's edge are multiplied by
     ``edge_weight`` (``memory.edge_weights``) before the image score and the map.
 
-    ``image`` uint8 ``(H, W, 3)`` -> ``score`` float32 ``(1,)``, ``anomaly_map`` float32 ``(H, W)``.
+    ``image`` uint8 ``(H, W, 3)`` -> ``score`` float32 ``(1,)``, ``patch_scores`` float32
+    ``(h, w)`` (the judged patch grid the score and ``regions.defect_regions`` read),
+    ``anomaly_map`` float32 ``(H, W)``.
     """
     if bank.ndim != 2 or bank.shape[1] != spec.feature_dim or len(bank) == 0:
         raise ValueError(f"bank must be (M, {spec.feature_dim}), got {bank.shape}")
@@ -342,6 +345,7 @@ def build_scoring_model(
         score_grid = _weigh_edges(g, score_grid, grid, edge_band, edge_weight)
         patch_scores = g.op("Reshape", [score_grid, g.const("flat1", _i64([-1]))])
     _image_score(g, patch_scores, top_fraction)
+    g.nodes.append(helper.make_node("Identity", [score_grid], ["patch_scores"]))
     g.nodes.append(
         helper.make_node(
             "Identity",
@@ -351,6 +355,7 @@ def build_scoring_model(
     )
     outputs = [
         helper.make_tensor_value_info("score", TensorProto.FLOAT, [1]),
+        helper.make_tensor_value_info("patch_scores", TensorProto.FLOAT, ["h", "w"]),
         helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["H", "W"]),
     ]
     return _model(g, backbone, outputs, metadata, "nominal_detector")

@@ -7,9 +7,12 @@ min-max, so a good part stays calm and a defect stands out.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from app.detector.imaging import encode_png
+from app.detector.regions import DefectRegion
 
 # Colour stops of the scale, as (position in [0, 1], RGB): blue -> cyan -> green -> yellow
 # -> red -> dark red. Position 0.5 is the threshold.
@@ -52,6 +55,31 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, threshold: float) -> np.
     return blended.round().astype(np.uint8)
 
 
-def render_heatmap_png(image: np.ndarray, anomaly_map: np.ndarray, threshold: float) -> bytes:
-    """PNG bytes of ``overlay``."""
-    return encode_png(overlay(image, anomaly_map, threshold))
+# Region outlines: white, framed by black, visible on any colour of the scale and any part.
+_OUTLINE = np.array([255, 255, 255], dtype=np.uint8)
+_FRAME = np.array([0, 0, 0], dtype=np.uint8)
+
+
+def outline_regions(image: np.ndarray, regions: Sequence[DefectRegion]) -> np.ndarray:
+    """A copy of ``image (H, W, 3)`` with each region's box drawn: a white line (about 1/250
+    of the shorter side, at least 1 px) with a black edge on both sides of it."""
+    out = image.copy()
+    height, width = out.shape[:2]
+    line = max(1, round(min(height, width) / 250))
+    for colour, grow in ((_FRAME, line), (_OUTLINE, 0)):
+        for r in regions:
+            x0, y0 = max(0, r.x - grow), max(0, r.y - grow)
+            x1 = min(width, r.x + r.width + grow)
+            y1 = min(height, r.y + r.height + grow)
+            thick = line + 2 * grow
+            out[y0:y1, x0:min(x1, x0 + thick)] = colour
+            out[y0:y1, max(x0, x1 - thick):x1] = colour
+            out[y0:min(y1, y0 + thick), x0:x1] = colour
+            out[max(y0, y1 - thick):y1, x0:x1] = colour
+    return out
+
+
+def render_heatmap_png(image: np.ndarray, anomaly_map: np.ndarray, threshold: float,
+                       regions: Sequence[DefectRegion] = ()) -> bytes:
+    """PNG bytes of ``overlay``, with the defect regions outlined."""
+    return encode_png(outline_regions(overlay(image, anomaly_map, threshold), regions))

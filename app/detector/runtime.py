@@ -14,6 +14,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from app.detector.calibration import normalize_score
+from app.detector.regions import DefectRegion, RegionRule
 from app.errors import InvalidInputError, UnsupportedModelFormatError
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,13 @@ METADATA_PREFIX = "nominal."
 # artefacts); raising OLDEST_READABLE_FORMAT_VERSION instead strands stored models and needs a
 # release note. tests/upgrade pins this (the models of release 0.1.0, format 1, must give the
 # same scores after upgrading), tests/detector/test_format_version.py the refusals.
-FORMAT_VERSION = "1"
+#
+# Versions: 1, outputs ``score`` and ``anomaly_map``. 2 adds the ``patch_scores`` output (the
+# judged patch grid the defect regions come from, ``app.detector.regions``) and the
+# ``nominal.regions`` metadata (the regions' rule and the model's minimum defect area); a
+# version-1 file is given that output when loaded (``with_patch_scores``: the grid its map
+# is made from), so it reports regions too.
+FORMAT_VERSION = "2"
 OLDEST_READABLE_FORMAT_VERSION = 1
 
 
@@ -150,12 +157,14 @@ class RuntimeOptions:
 
 @dataclass(frozen=True)
 class Verdict:
-    """One inspected image: raw and normalised score against the model's threshold."""
+    """One inspected image: raw and normalised score against the model's threshold, and where
+    the anomalous patches are (highest score first, at most the number asked for)."""
 
     score: float
     normalized_score: float
     threshold: float
     is_anomalous: bool
+    regions: tuple[DefectRegion, ...] = ()
     anomaly_map: np.ndarray | None = None  # (H, W) float32 when requested
 
 
@@ -187,6 +196,10 @@ class CompiledModel:
         self.metadata: dict[str, str] = props
         self.format_version = read_format_version(props)
         self.threshold = float(props[METADATA_PREFIX + "threshold"])
+        self.region_rule = RegionRule.from_json(props.get(METADATA_PREFIX + "regions"))
+        if "patch_scores" not in {o.name for o in model.graph.output}:
+            with_patch_scores(model)
+            onnx_bytes = model.SerializeToString()
         self.size_bytes = len(onnx_bytes)
         # Why the score-only split failed (None: it worked, or the graph has no map branch).
         # The model then still scores correctly, at the cost of building the map every call.
@@ -217,44 +230,86 @@ class CompiledModel:
     def calibration(self) -> dict[str, Any]:
         return json.loads(self.metadata.get(METADATA_PREFIX + "calibration", "{}"))
 
-    def run(self, image: np.ndarray) -> tuple[float, np.ndarray]:
-        """``image (H, W, 3)`` uint8 -> (score, anomaly map ``(H, W)``)."""
+    def outputs(self, image: np.ndarray, *, with_map: bool = True) -> ModelOutputs:
+        """``image (H, W, 3)`` uint8 -> the graph's outputs (the map only when asked for)."""
         pixels = check_image_array(image)
         if self.map_session is None:
-            score, anomaly_map = self.session.run(["score", "anomaly_map"], {"image": pixels})
-            return float(score[0]), anomaly_map
-        passed = [name for name in self.handoff if name != "image"]
-        score, *values = self.session.run(["score", *passed], {"image": pixels})
+            names = ["score", "patch_scores", *(["anomaly_map"] if with_map else [])]
+            score, grid, *rest = self.session.run(names, {"image": pixels})
+            return ModelOutputs(float(score[0]), grid, rest[0] if with_map else None)
+        passed = [name for name in self.handoff if name != "image"] if with_map else []
+        score, grid, *values = self.session.run(["score", "patch_scores", *passed],
+                                                {"image": pixels})
+        if not with_map:
+            return ModelOutputs(float(score[0]), grid, None)
         feeds: dict[str, np.ndarray] = dict(zip(passed, values, strict=True))
         if "image" in self.handoff:
             feeds["image"] = pixels
         (anomaly_map,) = self.map_session.run(["anomaly_map"], feeds)
-        return float(score[0]), anomaly_map
+        return ModelOutputs(float(score[0]), grid, anomaly_map)
+
+    def run(self, image: np.ndarray) -> tuple[float, np.ndarray]:
+        """``image (H, W, 3)`` uint8 -> (score, anomaly map ``(H, W)``)."""
+        out = self.outputs(image)
+        assert out.anomaly_map is not None
+        return out.score, out.anomaly_map
 
     def score(self, image: np.ndarray) -> float:
         (score,) = self.session.run(["score"], {"image": check_image_array(image)})
         return float(score[0])
 
-    def inspect(self, image: np.ndarray, *, with_map: bool = False) -> Verdict:
-        if with_map:
-            score, anomaly_map = self.run(image)
-        else:
-            score, anomaly_map = self.score(image), None
+    def inspect(self, image: np.ndarray, *, with_map: bool = False,
+                max_regions: int | None = None) -> Verdict:
+        """The verdict on ``image``: anomalous when the score is above the threshold and, for
+        a model with a minimum defect area, one of its regions is at least that large."""
+        out = self.outputs(image, with_map=with_map)
+        regions = self.region_rule.regions(out.patch_scores, self.threshold, image.shape[:2])
+        anomalous = out.score > self.threshold and (
+            self.region_rule.min_area_px <= 0 or bool(regions))
         return Verdict(
-            score=score,
-            normalized_score=normalize_score(score, self.threshold),
+            score=out.score,
+            normalized_score=normalize_score(out.score, self.threshold),
             threshold=self.threshold,
-            is_anomalous=score > self.threshold,
-            anomaly_map=anomaly_map,
+            is_anomalous=anomalous,
+            regions=tuple(regions if max_regions is None else regions[:max_regions]),
+            anomaly_map=out.anomaly_map,
         )
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """What a model's graph answers for one image (``anomaly_map`` None when not asked)."""
+
+    score: float
+    patch_scores: np.ndarray  # (h, w) float32, the judged patch grid
+    anomaly_map: np.ndarray | None
+
+
+def with_patch_scores(model: onnx.ModelProto) -> None:
+    """Give a format-1 model the ``patch_scores`` output, in place: the patch grid its
+    ``anomaly_map`` is made from (``graph.anomaly_map``: ``rows @ grid @ cols``), which is
+    the grid ``score`` reads. ``UnsupportedModelFormatError`` for a graph of another shape."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    node = producer.get("anomaly_map")
+    outer = producer.get(node.input[0]) if node is not None else None
+    inner = producer.get(outer.input[0]) if outer is not None else None
+    if (node is None or node.op_type != "Identity" or outer is None or outer.op_type != "MatMul"
+            or inner is None or inner.op_type != "MatMul"):
+        raise UnsupportedModelFormatError(
+            "the model file's anomaly map is not built the way Nominal builds it, so its patch "
+            "scores cannot be found; retrain the model"
+        )
+    model.graph.node.append(helper.make_node("Identity", [inner.input[1]], ["patch_scores"]))
+    model.graph.output.insert(1, helper.make_tensor_value_info(
+        "patch_scores", onnx.TensorProto.FLOAT, ["h", "w"]))
 
 
 def split_score_and_map(
     model: onnx.ModelProto,
 ) -> tuple[onnx.ModelProto, onnx.ModelProto, list[str]] | None:
-    """The scoring graph as two graphs: what ``score`` needs, and the rest of what
-    ``anomaly_map`` needs (upsampling, blur, resize to the image), joined by the returned
-    tensor names (outputs of the first, inputs of the second).
+    """The scoring graph as two graphs: what ``score`` and ``patch_scores`` need, and the
+    rest of what ``anomaly_map`` needs (upsampling, blur, resize to the image), joined by the
+    returned tensor names (outputs of the first, inputs of the second).
 
     onnxruntime runs every node of a graph whatever outputs are fetched, so one session would
     build the anomaly map on every score-only call (``/inspect`` without a heatmap): about
@@ -263,7 +318,7 @@ def split_score_and_map(
     runs the whole file as one session).
     """
     graph = model.graph
-    if {o.name for o in graph.output} != {"score", "anomaly_map"}:
+    if {o.name for o in graph.output} != {"score", "patch_scores", "anomaly_map"}:
         return None
     producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
 
@@ -277,7 +332,7 @@ def split_score_and_map(
                 stack.extend(x for x in graph.node[index].input if x)
         return nodes
 
-    score_nodes = needed("score")
+    score_nodes = needed("score") | needed("patch_scores")
     map_nodes = needed("anomaly_map") - score_nodes
     if not map_nodes:
         return None
@@ -332,7 +387,7 @@ def split_score_and_map(
     score_part = part(
         score_nodes,
         list(graph.input),
-        [outputs["score"], *map(value, passed)],
+        [outputs["score"], outputs["patch_scores"], *map(value, passed)],
         graph.name + "_score",
     )
     map_part = part(

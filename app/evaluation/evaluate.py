@@ -41,6 +41,7 @@ from app.detector.views import (
 from app.errors import InvalidInputError
 from app.evaluation.dataset import Dataset, TestImage, load_dataset, load_image, load_mask
 from app.evaluation.metrics import PRO_FPR_LIMIT, PixelMetrics, ScoreBins, auroc
+from app.evaluation.regions import RegionTally
 from app.evaluation.report import DrawScores, Example, ReportInput, write_report
 
 
@@ -59,6 +60,12 @@ class DrawResult:
     pro: float | None = None
     # Each defect type's images against all test/good images.
     image_auroc_per_defect: dict[str, float] = field(default_factory=dict)
+    # Defect regions (app/evaluation/regions.py), per candidate peak fraction: the share of
+    # ground-truth defects a region finds (None without masks), and FRR / recall by minimum
+    # defect area.
+    ground_truth_defects: int = 0
+    regions_found: dict[str, float | None] = field(default_factory=dict)
+    min_area: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def _nan_to_none(value: float) -> float | None:
@@ -105,20 +112,21 @@ def evaluate_draw(
 
     want_maps = dataset.has_masks
     pixels = PixelMetrics(fitted.threshold) if want_maps else None
+    tally = RegionTally(fitted.threshold)
     scores, times = [], []
     for item in test_items:
         image = load_image(item.path)
         t = time.perf_counter()
-        if pixels is not None:
-            score, amap = model.run(image)
-        else:
-            score = model.score(image)
+        out = model.outputs(image, with_map=pixels is not None)
         times.append(time.perf_counter() - t)
-        scores.append(score)
+        scores.append(out.score)
+        mask = None
         if pixels is not None:
-            pixels.add(amap, load_mask(item, amap.shape))
-            del amap
-        del image
+            assert out.anomaly_map is not None
+            mask = load_mask(item, out.anomaly_map.shape)
+            pixels.add(out.anomaly_map, mask)
+        tally.add(out.score, out.patch_scores, image.shape[:2], item.label != "good", mask)
+        del image, out, mask
     s = np.asarray(scores)
     y = np.asarray([item.label != "good" for item in test_items])
     kinds = np.asarray([item.label for item in test_items])
@@ -140,6 +148,9 @@ def evaluate_draw(
         bank_size=fitted.bank_size,
         pro=None if pixels is None else _nan_to_none(pixels.pro()),
         image_auroc_per_defect=per_defect,
+        ground_truth_defects=tally.ground_truth,
+        regions_found=tally.found_share() if pixels is not None else {},
+        min_area=tally.min_area_rates(),
     )
     examples = _worst_cases(model, test_items, s, y, worst) if worst else []
     return Draw(result, DrawScores(k_eff, seed, fitted.threshold, s, y), examples)
@@ -271,6 +282,23 @@ def summarise(results: list[DrawResult]) -> list[dict[str, Any]]:
                     label: _mean([r.image_auroc_per_defect.get(label) for r in group])
                     for label in labels
                 },
+                "ground_truth_defects": _mean([r.ground_truth_defects for r in group]),
+                "regions_found": {
+                    c: _mean([r.regions_found.get(c) for r in group])
+                    for c in sorted({c for r in group for c in r.regions_found})
+                },
+                "min_area": {
+                    c: [
+                        {
+                            "min_area_px": row["min_area_px"],
+                            **{m: _mean([r.min_area[c][i][m] for r in group if c in r.min_area])
+                               for m in ("false_reject_rate", "recall")},
+                        }
+                        for i, row in enumerate(next(r.min_area[c] for r in group
+                                                     if c in r.min_area))
+                    ]
+                    for c in sorted({c for r in group for c in r.min_area})
+                },
             }
         )
     return rows
@@ -310,6 +338,28 @@ def format_per_defect(rows: list[dict[str, Any]]) -> str:
     if not lines:
         return ""
     return "Image AUROC per defect type (against all test/good):\n" + "\n".join(lines)
+
+
+def format_regions(rows: list[dict[str, Any]]) -> str:
+    """Per k: ground-truth defects found by a region (IoU >= 0.3) and FRR / recall by minimum
+    defect area, for each candidate peak fraction; empty for rows without them."""
+    lines = []
+    for r in rows:
+        found, by_area = r.get("regions_found") or {}, r.get("min_area") or {}
+        if not by_area:
+            continue
+        sizes = [row["min_area_px"] for row in next(iter(by_area.values()))]
+        lines += [f"k={r['k']}, {_fmt(r.get('ground_truth_defects'), 1)} ground-truth defects "
+                  "per draw:", "",
+                  "| peak fraction | found (IoU >= 0.3) | "
+                  + " | ".join(f"FRR / recall, min {size} px" for size in sizes) + " |",
+                  "|---|---|" + "---|" * len(sizes)]
+        for c, table in by_area.items():
+            cells = " | ".join(f"{_fmt(t['false_reject_rate'])} / {_fmt(t['recall'])}"
+                               for t in table)
+            lines.append(f"| {c} | {_fmt(found.get(c))} | {cells} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 def format_perturbations(rows: list[dict[str, Any]]) -> str:
@@ -384,6 +434,9 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
     per_defect = format_per_defect(rows)
     if per_defect:
         print("\n" + per_defect)
+    regions = format_regions(rows)
+    if regions:
+        print("\nDefect regions by peak fraction of the region rule:\n\n" + regions)
     perturbation_rows = ([p.to_dict() for p in mean_over_draws(perturbations)]
                          if perturbations else [])
     if perturbation_rows:

@@ -175,8 +175,10 @@ def load_model(database: Database, cache: ModelCache, active: ActiveModel) -> Co
 
 def inspect_images(database: Database, cache: ModelCache, metrics: Metrics, *, name: str,
                    images: Sequence[bytes], max_pixels: int, heatmap: bool = False,
-                   labels: Sequence[str] | None = None) -> list[Inspection]:
+                   labels: Sequence[str] | None = None,
+                   max_regions: int | None = None) -> list[Inspection]:
     """Decode and score ``images`` with the variant's active model, in order (blocking).
+    Each verdict carries at most ``max_regions`` defect regions (None: all).
 
     Every image is decoded before any is scored, so a bad file in a batch fails the request
     without scoring work; ``labels`` name the files in error messages.
@@ -196,12 +198,12 @@ def inspect_images(database: Database, cache: ModelCache, metrics: Metrics, *, n
     results: list[Inspection] = []
     for image, own_decode_s in zip(decoded, decode_s, strict=True):
         t0 = time.perf_counter()
-        verdict = model.inspect(image.pixels, with_map=heatmap)
+        verdict = model.inspect(image.pixels, with_map=heatmap, max_regions=max_regions)
         png = None
         if heatmap:
             assert verdict.anomaly_map is not None
             png = render_heatmap_png(image.pixels, np.asarray(verdict.anomaly_map),
-                                     verdict.threshold)
+                                     verdict.threshold, regions=verdict.regions)
         latency = time.perf_counter() - t0 + own_decode_s + (shared_s if not results else 0.0)
         results.append(Inspection(variant=name, model_version=active.version, verdict=verdict,
                                   latency_ms=round(latency * 1000.0, 3), width=image.width,

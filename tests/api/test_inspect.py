@@ -8,7 +8,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from PIL import Image
 
-VERDICT_KEYS = {"score", "normalized_score", "threshold", "is_anomalous", "variant",
+VERDICT_KEYS = {"score", "normalized_score", "threshold", "is_anomalous", "regions", "variant",
                 "model_version", "latency_ms"}
 
 
@@ -41,6 +41,34 @@ def test_defect_scores_higher_than_good(trained: Any, images: Any, client: TestC
     assert good["is_anomalous"] is False
 
 
+def test_verdicts_say_where_the_defect_is(trained: Any, images: Any, client: TestClient) -> None:
+    """The test defect is a dark disc of radius 10 in the middle of a 96 px part."""
+    def verdict(data: bytes) -> dict[str, Any]:
+        response = client.post("/v1/variants/bolt/inspect", content=data,
+                               headers={"content-type": "image/png"})
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    assert verdict(images.good_png(32))["regions"] == []
+    bad = verdict(images.defect_png(33))
+    top = bad["regions"][0]
+    x, y, width, height = top["bbox"]
+    assert 0 <= x < 48 < x + width <= 96 and 0 <= y < 48 < y + height <= 96
+    assert 0 < top["area_px"] <= width * height
+    assert top["max_score"] == bad["score"]
+    assert top["normalized_max_score"] == bad["normalized_score"]
+    scores = [r["max_score"] for r in bad["regions"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_regions_per_verdict_are_capped(make_client: Any, api_class: Any, images: Any) -> None:
+    client = make_client(max_defect_regions=0)
+    api_class(client).trained_variant("bolt")
+    response = client.post("/v1/variants/bolt/inspect", content=images.defect_png(34),
+                           headers={"content-type": "image/png"})
+    assert response.json()["is_anomalous"] and response.json()["regions"] == []
+
+
 def test_all_raw_formats(trained: Any, images: Any, client: TestClient) -> None:
     pixels = images.good_pixels(40)
     for fmt, media in (("PNG", "image/png"), ("JPEG", "image/jpeg"), ("BMP", "image/bmp"),
@@ -62,6 +90,7 @@ def test_heatmap_png_with_verdict_headers(trained: Any, images: Any, client: Tes
         assert float(response.headers["x-anomaly-score"]) > 0
         assert response.headers["x-is-anomalous"] in ("true", "false")
         assert response.headers["x-model-version"] == "1"
+        assert int(response.headers["x-defect-regions"]) >= 1
         overlay = Image.open(io.BytesIO(response.content))
         assert overlay.size == (96, 96) and overlay.mode == "RGB"
     json_answer = client.post("/v1/variants/bolt/inspect", content=data,
@@ -82,6 +111,7 @@ def test_batch_returns_verdicts_in_order(trained: Any, images: Any, client: Test
                            headers={"content-type": "image/png"}).json()["score"] for d in data]
     assert [r["score"] for r in results] == singles
     assert results[1]["is_anomalous"] and not results[0]["is_anomalous"]
+    assert results[1]["regions"] and results[0]["regions"] == []
 
 
 def test_inspect_before_any_model_is_409(api: Any, images: Any, client: TestClient,

@@ -84,3 +84,10 @@ def test_http_load_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
     assert data["total_errors"] == 0
     assert {level["clients"] for level in data["inspect"]} == {1, 2}
     assert data["server"]["memory_mib"]["one_variant_loaded"]["vmrss_mib"] > 0
+
+
+def test_regions_latency_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
+    data = run_quick("regions_latency", tmp_path, bench_env)
+    assert data["ms"]["score only"]["median"] > 0
+    assert data["ms"]["verdict with regions"]["median"] > 0
+    assert data["ratio_median"] > 0

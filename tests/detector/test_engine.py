@@ -68,9 +68,13 @@ def test_onnx_file_carries_its_metadata(fitted: FittedModel, config: DetectorCon
     props = _plain_session(fitted.onnx_bytes).get_modelmeta().custom_metadata_map
     assert float(props["nominal.threshold"]) == fitted.threshold
     assert props["nominal.backbone"] == "efficientnet_lite0"
-    assert props["nominal.format_version"] == "1"
+    assert props["nominal.format_version"] == "2"
     preprocessing = json.loads(props["nominal.preprocessing"])
     assert {"input", "resize", "normalise", "outputs", "decision"} <= set(preprocessing)
+    assert "patch_scores" in preprocessing["outputs"]
+    regions = json.loads(props["nominal.regions"])
+    assert regions["min_defect_area_px"] == config.min_defect_area_px
+    assert "8-connected" in regions["rule"]
     assert DetectorConfig.from_dict(json.loads(props["nominal.config"])) == config
     assert int(props["nominal.bank_size"]) == fitted.bank_size
     assert bank_from_model(fitted.onnx_bytes).shape == (fitted.bank_size, 152)

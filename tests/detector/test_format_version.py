@@ -19,10 +19,12 @@ from app.detector.engine import FittedModel
 from app.detector.runtime import (
     FORMAT_VERSION,
     METADATA_PREFIX,
+    OLDEST_READABLE_FORMAT_VERSION,
     CompiledModel,
     read_format_version,
 )
 from app.errors import ConflictError, UnsupportedModelFormatError
+from tests.detector.conftest import Defect
 
 KEY = METADATA_PREFIX + "format_version"
 
@@ -60,7 +62,8 @@ def test_a_newer_version_is_refused_with_what_to_do(fitted: FittedModel) -> None
         CompiledModel(with_format_version(fitted.onnx_bytes, newer))
     detail = raised.value.detail
     assert f"model format version {newer} is newer than this release" in detail
-    assert f"reads model format version {FORMAT_VERSION}" in detail
+    reads = f"reads model format versions {OLDEST_READABLE_FORMAT_VERSION} to {FORMAT_VERSION}"
+    assert reads in detail
     assert "upgrade this service" in detail
     assert isinstance(raised.value, ConflictError)  # HTTP 409
 
@@ -93,3 +96,42 @@ def test_older_versions_load_down_to_the_oldest_readable(
     model = CompiledModel(with_format_version(fitted.onnx_bytes, "2"))
     assert model.format_version == 2
     assert np.isfinite(model.threshold)
+
+
+def as_format_1(onnx_bytes: bytes) -> bytes:
+    """The model file as format 1 wrote it: no ``patch_scores`` output, no regions metadata."""
+    model = onnx.load_from_string(onnx_bytes)
+    kept = [o for o in model.graph.output if o.name != "patch_scores"]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    (identity,) = [n for n in model.graph.node if "patch_scores" in n.output]
+    model.graph.node.remove(identity)
+    props = {p.key: p.value for p in model.metadata_props
+             if p.key != METADATA_PREFIX + "regions"} | {KEY: "1"}
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    return model.SerializeToString()
+
+
+def test_a_format_1_file_reports_the_same_score_and_regions(
+    fitted: FittedModel, defect_image: Callable[..., Defect]
+) -> None:
+    """Version 1 files have no patch_scores output: the reader finds the grid their map is
+    made from, so they answer regions like a version 2 file."""
+    image = defect_image(3).image
+    current = CompiledModel(fitted.onnx_bytes).inspect(image, with_map=True)
+    legacy_model = CompiledModel(as_format_1(fitted.onnx_bytes))
+    legacy = legacy_model.inspect(image, with_map=True)
+    assert legacy_model.format_version == 1
+    assert legacy_model.split_error is None
+    assert legacy.score == current.score
+    assert legacy.regions == current.regions and current.regions
+    np.testing.assert_array_equal(legacy.anomaly_map, current.anomaly_map)
+
+
+def test_a_format_1_file_of_another_shape_is_refused(fitted: FittedModel) -> None:
+    model = onnx.load_from_string(as_format_1(fitted.onnx_bytes))
+    (identity,) = [n for n in model.graph.node if "anomaly_map" in n.output]
+    identity.op_type = "Relu"
+    with pytest.raises(UnsupportedModelFormatError, match="patch scores cannot be found"):
+        CompiledModel(model.SerializeToString())

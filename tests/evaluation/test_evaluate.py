@@ -77,6 +77,20 @@ def test_evaluate_reports_pixel_auroc_pro_and_per_defect_auroc(
     assert row["image_auroc_per_defect"]["stain"] == pytest.approx(
         np.mean([r["image_auroc_per_defect"]["stain"] for r in data["results"]]))
     assert data["pixel_metrics"]["pro_fpr_limit"] == 0.3
+    # Defect regions: each candidate rule, found share and the minimum-area table.
+    assert "Defect regions by peak fraction" in printed
+    for result in data["results"]:
+        assert result["ground_truth_defects"] >= 4  # at least one blob per defect image
+        assert set(result["regions_found"]) == {"0", "0.5", "0.75"}
+        assert all(0.0 <= v <= 1.0 for v in result["regions_found"].values())
+        table = result["min_area"]["0"]
+        assert [t["min_area_px"] for t in table] == [0, 64, 256, 1024, 4096]
+        assert table[0]["recall"] == pytest.approx(result["defect_recall"])
+        assert table[0]["false_reject_rate"] == pytest.approx(result["false_reject_rate"])
+        recalls = [t["recall"] for t in table]
+        assert recalls == sorted(recalls, reverse=True)  # a larger minimum never flags more
+    assert row["regions_found"]["0"] == pytest.approx(
+        np.mean([r["regions_found"]["0"] for r in data["results"]]))
 
 
 def test_without_masks_the_pixel_metrics_are_null(tmp_path: Path, models_dir: Path) -> None:

@@ -15,7 +15,11 @@ import onnx
 from sqlalchemy import create_engine, select, update
 
 from app.db.models import ModelArtifact
-from app.detector.runtime import FORMAT_VERSION, METADATA_PREFIX
+from app.detector.runtime import (
+    FORMAT_VERSION,
+    METADATA_PREFIX,
+    OLDEST_READABLE_FORMAT_VERSION,
+)
 from tests.conftest import Api, good_png
 
 KEY = METADATA_PREFIX + "format_version"
@@ -54,7 +58,8 @@ def test_inspect_refuses_a_model_of_a_newer_format(
     assert body["type"] == "urn:nominal:problem:unsupported-model-format"
     assert body["title"] == "Unsupported model format"
     assert f"model format version {newer} is newer than this release" in body["detail"]
-    assert f"reads model format version {FORMAT_VERSION}" in body["detail"]
+    reads = f"reads model format versions {OLDEST_READABLE_FORMAT_VERSION} to {FORMAT_VERSION}"
+    assert reads in body["detail"]
     # Refused every time (nothing half-loaded is cached), and served again once readable.
     problem(trained.client.post("/v1/variants/bolt/inspect", **image), 409)
     _store(database_url, model_id, bytes(original))

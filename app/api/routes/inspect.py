@@ -61,6 +61,8 @@ _HEATMAP_RESPONSE = {
         "X-Normalized-Score": {"schema": {"type": "number"}},
         "X-Threshold": {"schema": {"type": "number"}},
         "X-Is-Anomalous": {"schema": {"type": "string", "enum": ["true", "false"]}},
+        "X-Defect-Regions": {"schema": {"type": "integer"},
+                             "description": "defect regions outlined on the PNG"},
         "X-Model-Version": {"schema": {"type": "integer"}},
     },
 }
@@ -151,7 +153,7 @@ async def inspect(
     with_map = _wants_heatmap(request, heatmap)
     (result,) = await _run(request, database=database, cache=cache, metrics=metrics, name=name,
                            images=[data], max_pixels=settings.max_image_pixels, heatmap=with_map,
-                           labels=["image"])
+                           labels=["image"], max_regions=settings.max_defect_regions)
     if with_map:
         v = result.verdict
         assert result.heatmap_png is not None
@@ -160,6 +162,7 @@ async def inspect(
             "X-Normalized-Score": repr(v.normalized_score),
             "X-Threshold": repr(v.threshold),
             "X-Is-Anomalous": "true" if v.is_anomalous else "false",
+            "X-Defect-Regions": str(len(v.regions)),
             "X-Model-Version": str(result.model_version),
             "X-Variant": result.variant,
             "X-Latency-Ms": repr(result.latency_ms),
@@ -201,7 +204,8 @@ async def inspect_batch(
         await form.close()  # spooled temporary files
     results = await _run(request, database=database, cache=cache, metrics=metrics, name=name,
                          images=[d for d, _ in read], max_pixels=settings.max_image_pixels,
-                         labels=[label for _, label in read])
+                         labels=[label for _, label in read],
+                         max_regions=settings.max_defect_regions)
     return [BatchInspectionPublic(**InspectionPublic.of(r).model_dump(), index=i,
                                   filename=filenames[i])
             for i, r in enumerate(results)]
