@@ -11,6 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from app.db.models import ApiKey, ApiKeyRole, Image, ImageLabel, Model, ModelStatus
 from app.detector.calibration import normalize_score
 from app.detector.config import SETTINGS, DetectorConfig
+from app.detector.layout import (
+    MAX_IGNORE_MASKS,
+    MAX_REGIONS_OF_INTEREST,
+    ROI_NAME_PATTERN,
+    Layout,
+)
 from app.detector.regions import DefectRegion
 from app.services.backbones import BackboneInfo
 from app.services.inspection import Inspection
@@ -113,6 +119,52 @@ else:
         **_setting_fields(request=False))
 
 
+class RectangleSpec(BaseModel):
+    """A rectangle of the image frame in relative coordinates (0..1 of its width and height,
+    x to the right and y down from the top-left corner), so it survives another camera
+    resolution."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    x: float = Field(ge=0, lt=1)
+    y: float = Field(ge=0, lt=1)
+    width: float = Field(gt=0, le=1, description="x + width <= 1")
+    height: float = Field(gt=0, le=1, description="y + height <= 1")
+
+
+class RegionOfInterestSpec(RectangleSpec):
+    """An inspection window judged on its own, with its own verdict."""
+
+    name: str = Field(pattern=ROI_NAME_PATTERN, description="unique within the variant")
+    min_defect_area_px: int | None = Field(
+        default=None, ge=0, description="overrides the model's minimum defect area here")
+
+
+_LAYOUT_EXAMPLE: dict[str, Any] = {
+    "regions_of_interest": [
+        {"name": "connector-J3", "x": 0.62, "y": 0.1, "width": 0.2, "height": 0.15},
+        {"name": "connector-J4", "x": 0.62, "y": 0.4, "width": 0.2, "height": 0.15,
+         "min_defect_area_px": 400}],
+    "ignore": [{"x": 0.05, "y": 0.85, "width": 0.3, "height": 0.1}],
+}
+
+
+class LayoutSpec(BaseModel):
+    """Where a variant's models look. With regions of interest, only they are judged, each
+    with its own verdict; ignore masks are never judged and stay out of the memory bank."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_LAYOUT_EXAMPLE]})
+
+    regions_of_interest: list[RegionOfInterestSpec] = Field(
+        default_factory=list, max_length=MAX_REGIONS_OF_INTEREST)
+    ignore: list[RectangleSpec] = Field(default_factory=list, max_length=MAX_IGNORE_MASKS)
+
+    def to_layout(self) -> Layout:
+        """The detector's layout; ``InvalidInputError`` (422) for what the fields alone do
+        not catch (a rectangle past the frame's edge, repeated names)."""
+        return Layout.from_dict(self.model_dump(exclude_none=True))
+
+
 class VariantCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"name": "bolt-m8", "description": "M8 hex bolt, top camera",
@@ -121,14 +173,20 @@ class VariantCreate(BaseModel):
     name: str = Field(pattern=NAME_PATTERN, description="lowercase slug, unique; used in URLs")
     description: str = Field(default="", max_length=2000)
     settings: VariantSettings | None = None
+    layout: LayoutSpec | None = Field(default=None, description="regions of interest and "
+                                                                "ignore masks")
 
 
 class VariantUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"description": "M8 hex bolt, top camera, new lighting", "settings": {"resolution": 320}}]})
+        {"description": "M8 hex bolt, top camera, new lighting", "settings": {"resolution": 320}},
+        {"layout": _LAYOUT_EXAMPLE}]})
 
     description: str | None = Field(default=None, max_length=2000)
     settings: VariantSettings | None = None
+    layout: LayoutSpec | None = Field(
+        default=None, description="replaces the layout (an empty one removes it); the active "
+        "model gets a new version with it at once, from the same memory bank and threshold")
 
 
 _VARIANT_EXAMPLE = {
@@ -145,6 +203,8 @@ class VariantPublic(BaseModel):
     name: str
     description: str
     settings: VariantSettingsPublic
+    layout: LayoutSpec = Field(description="regions of interest and ignore masks (empty: the "
+                                           "whole frame is judged)")
     active_model_version: int | None = Field(description="the version inspect uses; null until "
                                                          "a model is ready and active")
     n_good_images: int
@@ -159,6 +219,7 @@ class VariantPublic(BaseModel):
         return cls(name=v.name, description=v.description,
                    settings=VariantSettingsPublic.model_validate(
                        effective_settings(v.settings)),
+                   layout=LayoutSpec.model_validate(v.layout or {}),
                    active_model_version=summary.active_model_version,
                    n_good_images=summary.n_good_images, n_defect_images=summary.n_defect_images,
                    n_models=summary.n_models, created_at=v.created_at, updated_at=v.updated_at)
@@ -284,6 +345,8 @@ class ModelPublic(BaseModel):
     seed: int | None = None
     cancel_requested: bool = False
     config: dict[str, Any] | None = None
+    layout: LayoutSpec | None = Field(default=None, description="the layout in the model's "
+                                                                "file (null: none)")
     threshold: float | None = None
     calibration: CalibrationPublic | None = None
     bank_size: int | None = None
@@ -307,6 +370,7 @@ class ModelPublic(BaseModel):
             version=model.version, status=ModelStatus(model.status), progress=model.progress,
             stage=model.stage, is_active=is_active, activate=model.activate,
             seed=model.seed, cancel_requested=model.cancel_requested, config=model.config,
+            layout=LayoutSpec.model_validate(model.layout) if model.layout else None,
             threshold=model.threshold,
             calibration=(CalibrationPublic.model_validate(model.calibration)
                          if model.calibration else None),
@@ -330,9 +394,14 @@ class ModelPage(BaseModel):
 
 
 _REGION_EXAMPLE = {"bbox": [612, 388, 96, 64], "area_px": 4608, "max_score": 7.2,
-                   "normalized_max_score": 0.71}
+                   "normalized_max_score": 0.71, "region_of_interest": "connector-J3"}
 _INSPECTION_EXAMPLE = {"score": 7.2, "normalized_score": 0.71, "threshold": 5.052,
                        "is_anomalous": True, "regions": [_REGION_EXAMPLE],
+                       "regions_of_interest": [
+                           {"name": "connector-J3", "score": 7.2, "normalized_score": 0.71,
+                            "is_anomalous": True},
+                           {"name": "connector-J4", "score": 3.1, "normalized_score": 0.31,
+                            "is_anomalous": False}],
                        "variant": "bolt-m8", "model_version": 3,
                        "latency_ms": 23.4, "width": 1280, "height": 960}
 
@@ -349,11 +418,22 @@ class DefectRegionPublic(BaseModel):
     max_score: float = Field(description="its highest patch score (the unit of `score`)")
     normalized_max_score: float = Field(description="max_score on the 0..1 scale of "
                                                     "normalized_score")
+    region_of_interest: str | None = Field(default=None, description="the region of interest "
+                                                                     "it lies in, if any")
 
     @classmethod
     def of(cls, region: DefectRegion, threshold: float) -> DefectRegionPublic:
         return cls(bbox=region.bbox, area_px=region.area_px, max_score=region.max_score,
-                   normalized_max_score=normalize_score(region.max_score, threshold))
+                   normalized_max_score=normalize_score(region.max_score, threshold),
+                   region_of_interest=region.region_of_interest)
+
+
+class RegionOfInterestVerdictPublic(BaseModel):
+    name: str
+    score: float = Field(description="the region's own score, by the image score's rule")
+    normalized_score: float
+    is_anomalous: bool = Field(description="score > threshold and, with a minimum defect area, "
+                                           "a region of it at least that large")
 
 
 class InspectionPublic(BaseModel):
@@ -368,6 +448,9 @@ class InspectionPublic(BaseModel):
         description="where the patches above the threshold are, highest max_score first, at "
                     "most NOMINAL_MAX_DEFECT_REGIONS; regions smaller than the model's minimum "
                     "defect area are left out")
+    regions_of_interest: list[RegionOfInterestVerdictPublic] = Field(
+        description="one verdict per region of interest of the model's layout, in its order "
+                    "(empty without regions of interest); the image is anomalous when one is")
     variant: str
     model_version: int
     latency_ms: float = Field(description="server-side decode + score time")
@@ -380,6 +463,11 @@ class InspectionPublic(BaseModel):
         return cls(score=v.score, normalized_score=v.normalized_score, threshold=v.threshold,
                    is_anomalous=v.is_anomalous,
                    regions=[DefectRegionPublic.of(r, v.threshold) for r in v.regions],
+                   regions_of_interest=[
+                       RegionOfInterestVerdictPublic(name=r.name, score=r.score,
+                                                     normalized_score=r.normalized_score,
+                                                     is_anomalous=r.is_anomalous)
+                       for r in v.regions_of_interest],
                    variant=result.variant,
                    model_version=result.model_version, latency_ms=result.latency_ms,
                    width=result.width, height=result.height)

@@ -98,6 +98,8 @@ class Variant(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     # Detector settings as given (omitted keys take the detector's defaults at training time).
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Regions of interest and ignore masks (app.detector.layout.Layout.to_dict); None: none.
+    layout: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # use_alter: variant and model reference each other.
     active_model_id: Mapped[int | None] = mapped_column(
         ForeignKey("model.id", ondelete="SET NULL", use_alter=True), nullable=True
@@ -155,6 +157,8 @@ class Model(Base):
     activate: Mapped[bool] = mapped_column(Boolean, default=True)
     # Full detector configuration used (defaults resolved at job creation).
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The layout the model was built with (its ONNX file holds the same); None: none.
+    layout: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
     calibration: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     bank_size: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -187,11 +187,12 @@ def region_holdout_score(
     radius: int = 2,
     top_fraction: float = 0.0,
     weights: np.ndarray | None = None,
+    judged: int | None = None,
 ) -> float:
     """One-shot proxy score: each patch's distance to the nearest patch of the *same* image
     outside a ``(2 radius + 1)^2`` window around it; the image score is the maximum.
     ``weights`` (``(h * w,)``, e.g. ``memory.edge_weights``) scale the patch scores first, as
-    the model's graph does.
+    the model's graph does; ``judged`` is what ``memory.image_score`` counts the top fraction of.
 
     ``patches`` is ``(h * w, C)`` in row-major grid order. Memory ``O((h w)^2)`` floats, which is
     fine for one image (1024 patches -> 4 MiB).
@@ -209,4 +210,5 @@ def region_holdout_score(
     if not np.all(np.isfinite(nearest)):
         raise ValueError(f"grid {grid} too small for region hold-out with radius {radius}")
     distances = np.sqrt(np.maximum(nearest, 0.0))
-    return image_score(distances if weights is None else distances * weights, top_fraction)
+    return image_score(distances if weights is None else distances * weights, top_fraction,
+                       judged)

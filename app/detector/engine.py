@@ -24,6 +24,7 @@ from app.detector.backbones import BackboneSpec, backbone_path, get_backbone
 from app.detector.calibration import Calibration, calibrate, region_holdout_score
 from app.detector.config import DetectorConfig
 from app.detector.graph import ResizePlan, build_feature_extractor, build_scoring_model
+from app.detector.layout import LAYOUT_METADATA, Layout
 from app.detector.memory import edge_weights, greedy_coreset, image_score, nearest_distances
 from app.detector.quantize import MAX_CALIBRATION_INPUTS, quantize_backbone
 from app.detector.regions import RegionRule
@@ -136,12 +137,16 @@ class Detector:
         defect_images: Sequence[np.ndarray] = (),
         progress: ProgressCallback | None = None,
         metadata: dict[str, str] | None = None,
+        layout: Layout | None = None,
     ) -> FittedModel:
         """Fit a model from ``good_images`` (each ``(H, W, 3)`` uint8, sizes may differ).
 
         ``progress(fraction, stage)`` is called as work advances; it may raise (for example
         ``TrainingCancelledError``) to abort. ``defect_images`` only refine the threshold.
+        ``layout``: regions of interest and ignore masks; ignored patches stay out of the
+        memory bank, and the threshold is calibrated on what the layout judges.
         """
+        layout = layout or Layout()
         if len(good_images) == 0:
             raise InvalidInputError("need at least one good image to fit a model")
         report = progress or (lambda fraction, stage: None)
@@ -169,6 +174,7 @@ class Detector:
         spans: list[list[tuple[int, int, tuple[int, int]]]] = []
         chunks: list[np.ndarray] = []
         owners: list[np.ndarray] = []
+        bankable: list[np.ndarray] = []  # per patch: not under an ignore mask
         start = 0
         for i, image in enumerate(images):
             views = [(extractor(v), j == 0) for j, v in enumerate(augment(image, config.augment))]
@@ -181,10 +187,14 @@ class Detector:
                 start += len(feats.patches)
                 chunks.append(feats.patches)
                 owners.append(np.full(len(feats.patches), i, dtype=np.int32))
+                bankable.append(~layout.ignored_cells(feats.grid).ravel())
             spans.append(own)
             report(0.4 * (i + 1) / len(good_images), "features")
         all_patches = np.concatenate(chunks)
         owner = np.concatenate(owners)
+        candidates = np.flatnonzero(np.concatenate(bankable))
+        if len(candidates) == 0:
+            raise InvalidInputError("the ignore masks cover every patch of the training images")
         del chunks
         judged_views = [
             [PatchFeatures(all_patches[a:b], grid) for a, b, grid in own] for own in spans
@@ -192,13 +202,12 @@ class Detector:
         timings["features_s"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        size = bank_size(len(all_patches), config)
-        candidates = np.arange(len(all_patches))
+        size = bank_size(len(candidates), config)
         if len(candidates) > MAX_CORESET_CANDIDATES and size < len(candidates):
             # Greedy k-center costs O(N * size): beyond this many patches it runs on a seeded
             # random sample, which bounds training time for hundreds of images.
             rng = np.random.default_rng(seed)
-            candidates = np.sort(rng.choice(len(candidates), MAX_CORESET_CANDIDATES, replace=False))
+            candidates = np.sort(rng.choice(candidates, MAX_CORESET_CANDIDATES, replace=False))
             size = min(size, len(candidates))
         chosen = candidates[
             greedy_coreset(
@@ -220,7 +229,7 @@ class Detector:
                 images[0], ONE_SHOT_HELD_OUT_VIEWS, seed=seed, stream=0)]
             if len(images) == 1 and config.variation_views else []
         )
-        judge = Judge.of(config, spec, plan)
+        judge = Judge.of(config, spec, plan, layout)
         good_scores, n_parts, method = holdout_scores(
             judged_views, bank, bank_owner, seed, judge, held_out
         )
@@ -259,6 +268,7 @@ class Detector:
             ),
             METADATA_PREFIX + "regions": RegionRule(
                 min_area_px=config.min_defect_area_px).to_json(),
+            LAYOUT_METADATA: layout.to_json(),
             METADATA_PREFIX + "config": json.dumps(config.to_dict()),
             METADATA_PREFIX + "resize_plan": json.dumps(asdict(plan)),
             METADATA_PREFIX + "calibration": json.dumps(calibration.to_dict()),
@@ -276,6 +286,7 @@ class Detector:
             top_fraction=config.score_top_fraction,
             edge_band=judge.edge_band,
             edge_weight=judge.edge_weight,
+            layout=layout,
         )
         onnx_bytes = model.SerializeToString()
         timings["export_s"] = time.perf_counter() - t3
@@ -298,9 +309,10 @@ class Detector:
         config: DetectorConfig,
         plan: ResizePlan,
         backbone: onnx.ModelProto | None = None,
+        layout: Layout | None = None,
     ) -> PatchFeatures:
         """The engine's own scoring path: ``(h * w,)`` nearest distances on the patch grid,
-        edge patches weighted as the model's graph weighs them.
+        edge patches weighted and the layout applied as the model's graph does it.
 
         ``backbone``: the model's own (``FittedModel.backbone``) where it is not the shared
         float32 one (int8 models).
@@ -312,31 +324,46 @@ class Detector:
             else FeatureExtractor(spec, backbone, plan, self.options)
         )
         feats = extractor(check_image_array(image))
-        judge = Judge.of(config, spec, plan)
+        judge = Judge.of(config, spec, plan, layout)
         return PatchFeatures(patches=judge.patch_scores(feats, bank), grid=feats.grid)
 
 
 @dataclass(frozen=True)
 class Judge:
     """How patch distances become an image score, as the scoring graph computes it: edge
-    patches weighted (``memory.edge_weights``), then the max or the top-fraction mean."""
+    patches weighted (``memory.edge_weights``), the cells the layout does not judge set to 0,
+    then the max or the top-fraction mean over the judged cells."""
 
     top_fraction: float = 0.0
     edge_band: int = 0
     edge_weight: float = 1.0
+    layout: Layout = field(default_factory=Layout)
 
     @classmethod
-    def of(cls, config: DetectorConfig, spec: BackboneSpec, plan: ResizePlan) -> Judge:
+    def of(cls, config: DetectorConfig, spec: BackboneSpec, plan: ResizePlan,
+           layout: Layout | None = None) -> Judge:
         """The judge of a model with ``config`` on ``spec`` under ``plan``."""
-        return cls(config.score_top_fraction, edge_band(spec, plan), config.edge_weight)
+        return cls(config.score_top_fraction, edge_band(spec, plan), config.edge_weight,
+                   layout or Layout())
 
     @property
     def weighs_edges(self) -> bool:
         return self.edge_band > 0 and self.edge_weight != 1.0
 
     def weights(self, grid: tuple[int, int]) -> np.ndarray | None:
-        """Per-patch factors for a grid; None where every patch counts fully."""
-        return edge_weights(grid, self.edge_band, self.edge_weight) if self.weighs_edges else None
+        """Per-patch factors for a grid (edges, layout); None where every patch counts fully."""
+        factors = edge_weights(grid, self.edge_band, self.edge_weight) \
+            if self.weighs_edges else None
+        if self.layout.is_empty:
+            return factors
+        judged = self.layout.cell_masks(grid)[1].ravel()
+        return judged if factors is None else factors * judged
+
+    def judged(self, grid: tuple[int, int]) -> int:
+        """How many cells of a grid the layout judges (the top fraction's base)."""
+        if self.layout.is_empty:
+            return grid[0] * grid[1]
+        return int(self.layout.cell_masks(grid)[1].sum())
 
     def patch_scores(self, feats: PatchFeatures, bank: np.ndarray) -> np.ndarray:
         """Weighted nearest distances ``(h * w,)`` of ``feats`` to ``bank``."""
@@ -345,11 +372,13 @@ class Judge:
         return distances if weights is None else distances * weights
 
     def score(self, feats: PatchFeatures, bank: np.ndarray) -> float:
-        return image_score(self.patch_scores(feats, bank), self.top_fraction)
+        return image_score(self.patch_scores(feats, bank), self.top_fraction,
+                           judged=self.judged(feats.grid))
 
     def region_holdout(self, feats: PatchFeatures) -> float:
         return region_holdout_score(feats.patches, feats.grid, top_fraction=self.top_fraction,
-                                    weights=self.weights(feats.grid))
+                                    weights=self.weights(feats.grid),
+                                    judged=self.judged(feats.grid))
 
 
 def _score_rule(judge: Judge) -> str:

@@ -11,7 +11,7 @@ Two graphs share one front end, so the engine's own path and the shipped model c
 ``build_scoring_model``
     the extractor plus the memory bank as constants:
     ``image``  ->  ``score`` float32 ``(1,)``, ``patch_scores`` float32 ``(h, w)``,
-    ``anomaly_map`` float32 ``(H, W)``
+    ``roi_scores`` float32 ``(R,)``, ``anomaly_map`` float32 ``(H, W)``
     Nearest neighbours: ``|y|^2 - 2 x.y`` in 8-bit integers over chunks of the bank (no
     ``N x M x C`` broadcast) shortlists a few rows per patch; the exact float32 ``|x - y|``
     over the shortlist gives the distance: the exact distance to a real bank row, never below
@@ -32,6 +32,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from app.detector.backbones import BackboneSpec
+from app.detector.layout import IGNORE_TENSOR, LAYOUT_METADATA, ROIS_TENSOR, Layout
 
 OPSET = 18
 BACKBONE_PREFIX = "backbone/"
@@ -324,15 +325,18 @@ def build_scoring_model(
     top_fraction: float = 0.0,
     edge_band: int = 0,
     edge_weight: float = 1.0,
+    layout: Layout | None = None,
 ) -> onnx.ModelProto:
     """The single-file model an integrator runs: memory bank ``(M, C)`` inside.
 
     Patch scores fewer than ``edge_band`` cells from the frame's edge are multiplied by
-    ``edge_weight`` (``memory.edge_weights``) before the image score and the map.
+    ``edge_weight`` (``memory.edge_weights``), and those the ``layout`` does not judge set to
+    0, before the image score, the regions' scores and the map.
 
     ``image`` uint8 ``(H, W, 3)`` -> ``score`` float32 ``(1,)``, ``patch_scores`` float32
     ``(h, w)`` (the judged patch grid the score and ``regions.defect_regions`` read),
-    ``anomaly_map`` float32 ``(H, W)``.
+    ``roi_scores`` float32 ``(R,)`` (each region of interest's score), ``anomaly_map``
+    float32 ``(H, W)``.
     """
     if bank.ndim != 2 or bank.shape[1] != spec.feature_dim or len(bank) == 0:
         raise ValueError(f"bank must be (M, {spec.feature_dim}), got {bank.shape}")
@@ -343,8 +347,12 @@ def build_scoring_model(
     score_grid = g.op("Reshape", [patch_scores, grid])  # (h, w)
     if edge_band > 0 and edge_weight != 1.0:
         score_grid = _weigh_edges(g, score_grid, grid, edge_band, edge_weight)
-        patch_scores = g.op("Reshape", [score_grid, g.const("flat1", _i64([-1]))])
-    _image_score(g, patch_scores, top_fraction)
+    per_roi, judged = _layout_masks(g, grid, layout or Layout())
+    score_grid = g.op("Mul", [score_grid, judged])  # ignored and unwatched cells score 0
+    flat = g.const("flat1", _i64([-1]))
+    _image_score(g, g.op("Reshape", [score_grid, flat]), top_fraction,
+                 g.op("ReduceSum", [judged], keepdims=0), "score")
+    _roi_scores(g, score_grid, per_roi, top_fraction)
     g.nodes.append(helper.make_node("Identity", [score_grid], ["patch_scores"]))
     g.nodes.append(
         helper.make_node(
@@ -356,9 +364,95 @@ def build_scoring_model(
     outputs = [
         helper.make_tensor_value_info("score", TensorProto.FLOAT, [1]),
         helper.make_tensor_value_info("patch_scores", TensorProto.FLOAT, ["h", "w"]),
+        helper.make_tensor_value_info("roi_scores", TensorProto.FLOAT, ["R"]),
         helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["H", "W"]),
     ]
     return _model(g, backbone, outputs, metadata, "nominal_detector")
+
+
+def _layout_masks(g: _Graph, grid: str, layout: Layout) -> tuple[str, str]:
+    """``(per region of interest (R, h, w), judged (h, w))`` float 0/1 masks of the patch
+    grid from the layout's constants (``layout.Layout.cell_masks`` in numpy): a cell counts
+    where its centre lies in a rectangle. The constants have fixed names, so ``with_layout``
+    can replace them."""
+    g.initializers.append(numpy_helper.from_array(layout.roi_tensor(), ROIS_TENSOR))
+    g.initializers.append(numpy_helper.from_array(layout.ignore_tensor(), IGNORE_TENSOR))
+    rows, cols = _split(g, grid)
+
+    def centres(n: str) -> str:  # (n,) float: cell centres in relative units
+        count = g.op("Squeeze", [n, g.const("ax0", _i64([0]))])
+        index = g.op("Range", [g.const("zero_i", np.asarray(0, dtype=np.int64)), count,
+                               g.const("one_i", np.asarray(1, dtype=np.int64))])
+        index = g.op("Cast", [index], to=TensorProto.FLOAT)
+        return g.op("Div", [g.op("Add", [index, g.const("half", _f32(0.5))]),
+                            g.op("Cast", [n], to=TensorProto.FLOAT)])
+
+    row_centres, col_centres = centres(rows), centres(cols)
+
+    def inside(rects: str) -> str:  # (K, h, w) float
+        def column(i: int) -> str:  # (K, 1)
+            return g.op("Slice", [rects, g.const("c0", _i64([i])), g.const("c1", _i64([i + 1])),
+                                  g.const("ax1", _i64([1]))])
+
+        def within(centre: str, low: int, high: int) -> str:  # (K, n) bool
+            line = g.op("Unsqueeze", [centre, g.const("ax0", _i64([0]))])
+            return g.op("And", [g.op("GreaterOrEqual", [line, column(low)]),
+                                g.op("Less", [line, column(high)])])
+
+        in_rows = g.op("Unsqueeze", [within(row_centres, 1, 3), g.const("ax2", _i64([2]))])
+        in_cols = g.op("Unsqueeze", [within(col_centres, 0, 2), g.const("ax1", _i64([1]))])
+        return g.op("Cast", [g.op("And", [in_rows, in_cols])], to=TensorProto.FLOAT)
+
+    ax0 = g.const("ax0", _i64([0]))
+    ignored = g.op("ReduceMax", [inside(IGNORE_TENSOR), ax0], keepdims=0)  # (h, w)
+    kept = g.op("Sub", [g.const("one_f", _f32(1.0)), ignored])
+    per_roi = g.op("Mul", [inside(ROIS_TENSOR), kept])  # (R, h, w)
+    judged = g.op("ReduceMax", [per_roi, ax0], keepdims=0)  # (h, w)
+    return per_roi, judged
+
+
+def _roi_scores(g: _Graph, score_grid: str, per_roi: str, top_fraction: float) -> None:
+    """``roi_scores (R,)``: each region of interest's score over its own judged cells, by the
+    image score's rule (without regions of interest: the image score, R = 1)."""
+    values = g.op("Mul", [g.op("Unsqueeze", [score_grid, g.const("ax0", _i64([0]))]), per_roi])
+    values = g.op("Reshape", [values, g.const("by_roi", _i64([0, -1]))])  # (R, h * w)
+    if top_fraction <= 0:
+        g.nodes.append(helper.make_node("ReduceMax", [values, g.const("ax1", _i64([1]))],
+                                        ["roi_scores"], keepdims=0))
+        return
+    # Mean of each region's top ceil(fraction * its cells): sort every row once, then read
+    # the running sum at each region's own count.
+    count = g.op("ReduceSum", [per_roi, g.const("ax12", _i64([1, 2]))], keepdims=1)  # (R, 1)
+    k = g.op("Ceil", [g.op("Mul", [g.op("Reshape", [count, g.const("r1", _i64([-1, 1]))]),
+                                   g.const("fraction", _f32(top_fraction))])])
+    k = g.op("Max", [k, g.const("one", _f32(1.0))])
+    n = g.op("Slice", [g.op("Shape", [values]), g.const("s1", _i64([1])),
+                       g.const("s2", _i64([2]))])
+    ordered, _ = g.op_n("TopK", [values, n], 2, axis=1, largest=1, sorted=1)
+    running = g.op("CumSum", [ordered, g.const("axis1", np.asarray(1, dtype=np.int64))])
+    at_k = g.op("Sub", [g.op("Cast", [k], to=TensorProto.INT64), g.const("one_i", _i64([1]))])
+    total = g.op("GatherElements", [running, at_k], axis=1)  # (R, 1)
+    g.nodes.append(helper.make_node("Reshape", [g.op("Div", [total, k]),
+                                                g.const("flat", _i64([-1]))], ["roi_scores"]))
+
+
+def with_layout(model: onnx.ModelProto, layout: Layout) -> None:
+    """Give a scoring model another layout, in place: its layout constants and its
+    ``nominal.layout`` metadata; bank, threshold and everything else stay as they are.
+    ``ValueError`` for a file built without the layout constants."""
+    replaced = 0
+    for i, tensor in enumerate(model.graph.initializer):
+        if tensor.name in (ROIS_TENSOR, IGNORE_TENSOR):
+            value = layout.roi_tensor() if tensor.name == ROIS_TENSOR else layout.ignore_tensor()
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(value, tensor.name))
+            replaced += 1
+    if replaced != 2:
+        raise ValueError("the model file has no layout constants (it predates regions of "
+                         "interest and ignore masks)")
+    props = {p.key: p.value for p in model.metadata_props}
+    props[LAYOUT_METADATA] = layout.to_json()
+    del model.metadata_props[:]
+    helper.set_model_props(model, props)
 
 
 def _weigh_edges(g: _Graph, score_grid: str, grid: str, band: int, weight: float) -> str:
@@ -382,17 +476,19 @@ def _weigh_edges(g: _Graph, score_grid: str, grid: str, band: int, weight: float
     return g.op("Mul", [score_grid, factor])
 
 
-def _image_score(g: _Graph, patch_scores: str, top_fraction: float) -> None:
-    """``score (1,)``: max patch score, or the mean of the top ``ceil(fraction * N)``
-    (same rule as ``memory.image_score``)."""
+def _image_score(g: _Graph, patch_scores: str, top_fraction: float, judged: str,
+                 output: str) -> None:
+    """``output (1,)`` from ``patch_scores (N,)`` (0 where not judged) and the number of
+    judged patches ``judged``: the max, or the mean of the top ``ceil(fraction * judged)``
+    (same rule as ``memory.image_score`` over the judged patches)."""
     if top_fraction <= 0:
-        g.nodes.append(helper.make_node("ReduceMax", [patch_scores], ["score"], keepdims=1))
+        g.nodes.append(helper.make_node("ReduceMax", [patch_scores], [output], keepdims=1))
         return
-    n = g.op("Cast", [g.op("Shape", [patch_scores])], to=TensorProto.FLOAT)
+    n = g.op("Reshape", [judged, g.const("one_d", _i64([1]))])
     k = g.op("Ceil", [g.op("Mul", [n, g.const("fraction", _f32([top_fraction]))])])
     k = g.op("Cast", [g.op("Max", [k, g.const("one", _f32([1.0]))])], to=TensorProto.INT64)
     top, _ = g.op_n("TopK", [patch_scores, k], 2, axis=0, largest=1, sorted=0)
-    g.nodes.append(helper.make_node("ReduceMean", [top], ["score"], keepdims=1))
+    g.nodes.append(helper.make_node("ReduceMean", [top], [output], keepdims=1))
 
 
 def quantize_bank(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -61,13 +61,16 @@ def edge_weights(grid: tuple[int, int], band: int, weight: float) -> np.ndarray:
     return np.where(to_edge < band, np.float32(weight), np.float32(1.0)).ravel()
 
 
-def image_score(patch_scores: np.ndarray, top_fraction: float) -> float:
+def image_score(patch_scores: np.ndarray, top_fraction: float,
+                judged: int | None = None) -> float:
     """Image score from patch scores ``(N,)``: the maximum (PatchCore), or with
     ``top_fraction > 0`` the mean of the highest ``ceil(top_fraction * N)`` patches, which one
-    noisy patch cannot dominate (AnomalyDINO uses the top 1 %)."""
+    noisy patch cannot dominate (AnomalyDINO uses the top 1 %). ``judged``: the number of
+    patches a layout judges, in place of N (the others score 0)."""
     if top_fraction <= 0:
         return float(np.max(patch_scores))
-    k = max(1, math.ceil(top_fraction * len(patch_scores)))
+    base = len(patch_scores) if judged is None else judged
+    k = min(len(patch_scores), max(1, math.ceil(top_fraction * base)))
     return float(np.mean(np.partition(patch_scores, len(patch_scores) - k)[-k:]))
 
 

@@ -1,23 +1,15 @@
 """Defect regions: where a verdict's anomalous patches are, and how big.
 
-ONNX has no connected-components operator, so this is the one post-processing step outside
-the model's graph. It reads only the graph's ``patch_scores`` output (the judged patch-score
-grid, in the unit of the score and its threshold), so anyone holding the downloaded file gets
-the same regions::
+ONNX has no connected-components operator, so grouping patches is the one step outside the
+model's graph. It reads only the graph's ``patch_scores`` output (the judged patch-score grid,
+in the unit of the score and its threshold) and the rule in the file's ``nominal.regions``
+metadata, so anyone holding the downloaded file gets the same regions
+(``app.detector.verdict.read_verdict`` is the documented entry point).
 
-    import onnx, onnxruntime as ort
-    from app.detector.regions import RegionRule
-    meta = {p.key: p.value for p in onnx.load("model.onnx").metadata_props}
-    rule = RegionRule.from_json(meta.get("nominal.regions"))
-    session = ort.InferenceSession("model.onnx")
-    score, grid = session.run(["score", "patch_scores"], {"image": rgb_uint8_hwc})
-    regions = rule.regions(grid, float(meta["nominal.threshold"]), rgb_uint8_hwc.shape[:2])
-
-The rule (``RegionRule``, stated in every model's ``nominal.regions`` metadata): the cells of
-the grid whose score exceeds the threshold, grouped 8-connected, each group cut down to its
-cells above a fraction of its own peak; a region's box is its cells scaled to the image (a
-cell spans ``image side / grid side`` pixels), its area the pixels its cells cover. Regions
-come highest score first.
+The rule (``RegionRule``): the grid interpolated between cell centres, the cells whose score
+exceeds the threshold grouped 8-connected, each group cut down to its cells above a fraction
+of its own peak; a region's box is its cells scaled to the image, its area the pixels its
+cells cover. Regions come highest score first.
 """
 
 from __future__ import annotations
@@ -53,7 +45,8 @@ class DefectRegion:
     height: int
     area_px: int  # the pixels its cells cover (at most width * height)
     max_score: float  # its highest patch score, in the unit of the image score
-    cells: int  # patch-grid cells
+    cells: int  # samples of the interpolated grid (UPSAMPLE x UPSAMPLE per patch cell)
+    region_of_interest: str | None = None  # the region of interest it lies in, if any
 
     @property
     def bbox(self) -> tuple[int, int, int, int]:
@@ -100,10 +93,15 @@ class RegionRule:
         return cls(peak_fraction=float(data.get("peak_fraction", 0.0)),
                    min_area_px=int(data.get("min_defect_area_px", 0)))
 
-    def regions(self, patch_scores: np.ndarray, threshold: float,
-                image_size: tuple[int, int]) -> list[DefectRegion]:
-        return defect_regions(patch_scores, threshold, image_size,
-                              peak_fraction=self.peak_fraction, min_area_px=self.min_area_px)
+    def regions(self, patch_scores: np.ndarray, threshold: float, image_size: tuple[int, int],
+                *, within: tuple[float, float, float, float] | None = None,
+                min_area_px: int | None = None,
+                region_of_interest: str | None = None) -> list[DefectRegion]:
+        """``defect_regions`` by this rule; ``min_area_px`` None: the rule's own."""
+        return defect_regions(
+            patch_scores, threshold, image_size, peak_fraction=self.peak_fraction,
+            min_area_px=self.min_area_px if min_area_px is None else min_area_px,
+            within=within, region_of_interest=region_of_interest)
 
 
 def defect_regions(
@@ -114,11 +112,15 @@ def defect_regions(
     peak_fraction: float = 0.0,
     min_area_px: int = 0,
     max_regions: int | None = None,
+    within: tuple[float, float, float, float] | None = None,
+    region_of_interest: str | None = None,
 ) -> list[DefectRegion]:
     """The defect regions of one image, highest ``max_score`` first (``RegionRule``).
 
     ``patch_scores``: the model's ``(h, w)`` grid; ``image_size``: ``(height, width)`` of the
-    inspected image. At most ``max_regions`` are returned (None: all).
+    inspected image. ``within``: only the samples whose centre lies in this rectangle
+    ``(x0, y0, x1, y1)`` of relative coordinates (a region of interest), and the regions are
+    labelled with ``region_of_interest``. At most ``max_regions`` are returned (None: all).
     """
     grid = np.asarray(patch_scores, dtype=np.float32)
     if grid.ndim != 2 or grid.size == 0:
@@ -129,6 +131,13 @@ def defect_regions(
         return []
     height, width = image_size
     fine = upsampled(grid)
+    if within is not None:
+        x0, y0, x1, y1 = within
+        centre_y = (np.arange(fine.shape[0]) + 0.5) / fine.shape[0]
+        centre_x = (np.arange(fine.shape[1]) + 0.5) / fine.shape[1]
+        keep = (((centre_y >= y0) & (centre_y < y1))[:, None]
+                & ((centre_x >= x0) & (centre_x < x1))[None, :])
+        fine = np.where(keep, fine, -np.inf).astype(np.float32)
     cell_h, cell_w = height / fine.shape[0], width / fine.shape[1]
     groups, _ = ndimage.label(fine > threshold, structure=_EIGHT_CONNECTED)
     regions = []
@@ -156,6 +165,7 @@ def defect_regions(
             regions.append(DefectRegion(
                 x=x0, y=y0, width=x1 - x0, height=y1 - y0, area_px=area,
                 max_score=float(scores[core][members].max()), cells=cells,
+                region_of_interest=region_of_interest,
             ))
     regions.sort(key=lambda r: r.max_score, reverse=True)
     return regions if max_regions is None else regions[:max_regions]

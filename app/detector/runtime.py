@@ -13,8 +13,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from app.detector.calibration import normalize_score
-from app.detector.regions import DefectRegion, RegionRule
+from app.detector.verdict import OUTPUTS, Verdict, VerdictRules, read_verdict
 from app.errors import InvalidInputError, UnsupportedModelFormatError
 
 log = logging.getLogger(__name__)
@@ -40,11 +39,13 @@ METADATA_PREFIX = "nominal."
 # release note. tests/upgrade pins this (the models of release 0.1.0, format 1, must give the
 # same scores after upgrading), tests/detector/test_format_version.py the refusals.
 #
-# Versions: 1, outputs ``score`` and ``anomaly_map``. 2 adds the ``patch_scores`` output (the
-# judged patch grid the defect regions come from, ``app.detector.regions``) and the
-# ``nominal.regions`` metadata (the regions' rule and the model's minimum defect area); a
-# version-1 file is given that output when loaded (``with_patch_scores``: the grid its map
-# is made from), so it reports regions too.
+# Versions: 1, outputs ``score`` and ``anomaly_map``. 2 adds the outputs ``patch_scores`` (the
+# judged patch grid the defect regions come from, ``app.detector.regions``) and
+# ``roi_scores`` (one score per region of interest, ``app.detector.layout``), the layout
+# constants, and the ``nominal.regions`` and ``nominal.layout`` metadata
+# (``app.detector.verdict`` reads them). A version-1 file is given ``patch_scores`` when
+# loaded (``with_patch_scores``: the grid its map is made from), so it reports regions too;
+# it has no layout.
 FORMAT_VERSION = "2"
 OLDEST_READABLE_FORMAT_VERSION = 1
 
@@ -155,19 +156,6 @@ class RuntimeOptions:
         return ort.InferenceSession(model, sess_options=options, providers=providers)
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """One inspected image: raw and normalised score against the model's threshold, and where
-    the anomalous patches are (highest score first, at most the number asked for)."""
-
-    score: float
-    normalized_score: float
-    threshold: float
-    is_anomalous: bool
-    regions: tuple[DefectRegion, ...] = ()
-    anomaly_map: np.ndarray | None = None  # (H, W) float32 when requested
-
-
 def check_image_array(image: np.ndarray) -> np.ndarray:
     """Validate an RGB image array ``(H, W, 3)`` uint8 and return it contiguous."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
@@ -196,10 +184,12 @@ class CompiledModel:
         self.metadata: dict[str, str] = props
         self.format_version = read_format_version(props)
         self.threshold = float(props[METADATA_PREFIX + "threshold"])
-        self.region_rule = RegionRule.from_json(props.get(METADATA_PREFIX + "regions"))
+        self.rules = VerdictRules.of(props)
         if "patch_scores" not in {o.name for o in model.graph.output}:
             with_patch_scores(model)
             onnx_bytes = model.SerializeToString()
+        # What a verdict reads (files before regions of interest have no roi_scores).
+        self.verdict_outputs = [o.name for o in model.graph.output if o.name in OUTPUTS]
         self.size_bytes = len(onnx_bytes)
         # Why the score-only split failed (None: it worked, or the graph has no map branch).
         # The model then still scores correctly, at the cost of building the map every call.
@@ -233,20 +223,22 @@ class CompiledModel:
     def outputs(self, image: np.ndarray, *, with_map: bool = True) -> ModelOutputs:
         """``image (H, W, 3)`` uint8 -> the graph's outputs (the map only when asked for)."""
         pixels = check_image_array(image)
+        names = self.verdict_outputs
         if self.map_session is None:
-            names = ["score", "patch_scores", *(["anomaly_map"] if with_map else [])]
-            score, grid, *rest = self.session.run(names, {"image": pixels})
-            return ModelOutputs(float(score[0]), grid, rest[0] if with_map else None)
+            fetched = self.session.run([*names, *(["anomaly_map"] if with_map else [])],
+                                       {"image": pixels})
+            return ModelOutputs(dict(zip(names, fetched, strict=False)),
+                                fetched[-1] if with_map else None)
         passed = [name for name in self.handoff if name != "image"] if with_map else []
-        score, grid, *values = self.session.run(["score", "patch_scores", *passed],
-                                                {"image": pixels})
+        fetched = self.session.run([*names, *passed], {"image": pixels})
+        values = dict(zip(names, fetched[:len(names)], strict=True))
         if not with_map:
-            return ModelOutputs(float(score[0]), grid, None)
-        feeds: dict[str, np.ndarray] = dict(zip(passed, values, strict=True))
+            return ModelOutputs(values, None)
+        feeds: dict[str, np.ndarray] = dict(zip(passed, fetched[len(names):], strict=True))
         if "image" in self.handoff:
             feeds["image"] = pixels
         (anomaly_map,) = self.map_session.run(["anomaly_map"], feeds)
-        return ModelOutputs(float(score[0]), grid, anomaly_map)
+        return ModelOutputs(values, anomaly_map)
 
     def run(self, image: np.ndarray) -> tuple[float, np.ndarray]:
         """``image (H, W, 3)`` uint8 -> (score, anomaly map ``(H, W)``)."""
@@ -260,29 +252,29 @@ class CompiledModel:
 
     def inspect(self, image: np.ndarray, *, with_map: bool = False,
                 max_regions: int | None = None) -> Verdict:
-        """The verdict on ``image``: anomalous when the score is above the threshold and, for
-        a model with a minimum defect area, one of its regions is at least that large."""
+        """The verdict on ``image`` (``verdict.read_verdict``: regions, regions of interest,
+        minimum defect areas)."""
         out = self.outputs(image, with_map=with_map)
-        regions = self.region_rule.regions(out.patch_scores, self.threshold, image.shape[:2])
-        anomalous = out.score > self.threshold and (
-            self.region_rule.min_area_px <= 0 or bool(regions))
-        return Verdict(
-            score=out.score,
-            normalized_score=normalize_score(out.score, self.threshold),
-            threshold=self.threshold,
-            is_anomalous=anomalous,
-            regions=tuple(regions if max_regions is None else regions[:max_regions]),
-            anomaly_map=out.anomaly_map,
-        )
+        return read_verdict(self.rules, image.shape[:2], out.values, max_regions=max_regions,
+                            anomaly_map=out.anomaly_map)
 
 
 @dataclass(frozen=True)
 class ModelOutputs:
-    """What a model's graph answers for one image (``anomaly_map`` None when not asked)."""
+    """What a model's graph answers for one image: ``values`` by output name (``score``,
+    ``patch_scores`` (h, w), ``roi_scores`` (R,) where the file has it), and the anomaly map
+    when asked for."""
 
-    score: float
-    patch_scores: np.ndarray  # (h, w) float32, the judged patch grid
+    values: dict[str, np.ndarray]
     anomaly_map: np.ndarray | None
+
+    @property
+    def score(self) -> float:
+        return float(self.values["score"][0])
+
+    @property
+    def patch_scores(self) -> np.ndarray:
+        return self.values["patch_scores"]
 
 
 def with_patch_scores(model: onnx.ModelProto) -> None:
@@ -307,7 +299,7 @@ def with_patch_scores(model: onnx.ModelProto) -> None:
 def split_score_and_map(
     model: onnx.ModelProto,
 ) -> tuple[onnx.ModelProto, onnx.ModelProto, list[str]] | None:
-    """The scoring graph as two graphs: what ``score`` and ``patch_scores`` need, and the
+    """The scoring graph as two graphs: what every output but ``anomaly_map`` needs, and the
     rest of what ``anomaly_map`` needs (upsampling, blur, resize to the image), joined by the
     returned tensor names (outputs of the first, inputs of the second).
 
@@ -318,7 +310,8 @@ def split_score_and_map(
     runs the whole file as one session).
     """
     graph = model.graph
-    if {o.name for o in graph.output} != {"score", "patch_scores", "anomaly_map"}:
+    scored = [o.name for o in graph.output if o.name != "anomaly_map"]
+    if len(scored) == len(graph.output):
         return None
     producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
 
@@ -332,7 +325,7 @@ def split_score_and_map(
                 stack.extend(x for x in graph.node[index].input if x)
         return nodes
 
-    score_nodes = needed("score") | needed("patch_scores")
+    score_nodes = set().union(*(needed(name) for name in scored))
     map_nodes = needed("anomaly_map") - score_nodes
     if not map_nodes:
         return None
@@ -387,7 +380,7 @@ def split_score_and_map(
     score_part = part(
         score_nodes,
         list(graph.input),
-        [outputs["score"], outputs["patch_scores"], *map(value, passed)],
+        [*(outputs[name] for name in scored), *map(value, passed)],
         graph.name + "_score",
     )
     map_part = part(

@@ -21,7 +21,8 @@ from sqlalchemy import select
 from app.db.models import Model, ModelArtifact, Variant
 from app.db.session import Database
 from app.detector.heatmap import render_heatmap_png
-from app.detector.runtime import CompiledModel, RuntimeOptions, Verdict
+from app.detector.runtime import CompiledModel, RuntimeOptions
+from app.detector.verdict import Verdict
 from app.errors import NoActiveModelError, NotFoundError
 from app.services.images import decode
 from app.services.metrics import Metrics

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import onnx
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -37,6 +38,8 @@ from app.db.models import ImageLabel, Model, ModelArtifact, ModelStatus, Variant
 from app.db.session import Database
 from app.detector.config import DetectorConfig
 from app.detector.engine import Detector, FittedModel
+from app.detector.graph import with_layout
+from app.detector.layout import Layout
 from app.detector.runtime import check_model_file
 from app.errors import (
     ConflictError,
@@ -69,18 +72,67 @@ def create_job(session: Session, *, variant: Variant, seed: int | None = None,
     config = resolve_config(variant.settings, settings or {})
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "big")
-    # Increment-then-read in one transaction: the UPDATE locks the variant row (PostgreSQL) or
-    # the database (SQLite), so concurrent requests get distinct versions without retries.
+    job = Model(variant_id=variant.id, version=_next_version(session, variant),
+                status=ModelStatus.queued.value, progress=0.0, seed=seed, activate=activate,
+                config=config.to_dict(), layout=variant.layout, cancel_requested=False)
+    session.add(job)
+    session.commit()
+    return job
+
+
+def _next_version(session: Session, variant: Variant) -> int:
+    """The variant's next model version. Increment-then-read in one transaction: the UPDATE
+    locks the variant row (PostgreSQL) or the database (SQLite), so concurrent requests get
+    distinct versions without retries."""
     session.execute(update(Variant).where(Variant.id == variant.id)
                     .values(last_model_version=Variant.last_model_version + 1))
     version = session.scalar(select(Variant.last_model_version).where(Variant.id == variant.id))
     assert version is not None
-    job = Model(variant_id=variant.id, version=version, status=ModelStatus.queued.value,
-                progress=0.0, seed=seed, activate=activate, config=config.to_dict(),
-                cancel_requested=False)
-    session.add(job)
+    return version
+
+
+def change_layout(session: Session, *, variant: Variant, layout: Layout) -> Model | None:
+    """Give the variant ``layout`` (regions of interest, ignore masks) and, when its active
+    model can take one, a new version built from it with that layout, active at once: the
+    same memory bank and threshold, no feature extraction (``graph.with_layout``). Returns
+    that model, or None (no active model, or one built before layouts existed: models
+    trained from now on use the layout). One transaction with whatever the session holds."""
+    variant.layout = None if layout.is_empty else layout.to_dict()
+    variant.updated_at = utcnow()
+    active = session.get(Model, variant.active_model_id) if variant.active_model_id else None
+    data = session.scalar(select(ModelArtifact.onnx)
+                          .where(ModelArtifact.model_id == active.id)) if active else None
+    if active is None or data is None:
+        session.commit()
+        return None
+    started = time.perf_counter()
+    graph = onnx.load_from_string(bytes(data))
+    try:
+        with_layout(graph, layout)
+    except ValueError:
+        log.warning("variant %s: active model version %d predates layouts; the layout applies "
+                    "to models trained from now on", variant.name, active.version)
+        session.commit()
+        return None
+    onnx_bytes = graph.SerializeToString()
+    now = utcnow()
+    derived = Model(
+        variant_id=variant.id, version=_next_version(session, variant),
+        status=ModelStatus.ready.value, progress=1.0, stage="done", seed=active.seed,
+        activate=True, config=dict(active.config), layout=variant.layout,
+        threshold=active.threshold, calibration=active.calibration,
+        bank_size=active.bank_size, n_good_images=active.n_good_images,
+        n_defect_images=active.n_defect_images,
+        timings={"layout_s": round(time.perf_counter() - started, 4)},
+        cancel_requested=False, started_at=now, finished_at=now)
+    session.add(derived)
+    session.flush()
+    session.add(ModelArtifact(model_id=derived.id, onnx=onnx_bytes,
+                              sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+                              size_bytes=len(onnx_bytes)))
+    variant.active_model_id = derived.id
     session.commit()
-    return job
+    return derived
 
 
 @dataclass(frozen=True)
@@ -236,6 +288,7 @@ class _Claim:
     seed: int
     activate: bool
     config: dict[str, Any]
+    layout: dict[str, Any] | None = None
 
 
 class TrainingWorker:
@@ -365,7 +418,7 @@ class TrainingWorker:
                         self._running.add(model_id)
                     return _Claim(model_id=row.id, variant_id=row.variant_id,
                                   version=row.version, seed=row.seed, activate=row.activate,
-                                  config=dict(row.config))
+                                  config=dict(row.config), layout=row.layout)
         return None
 
     def _run(self, claim: _Claim) -> None:
@@ -407,7 +460,7 @@ class TrainingWorker:
         report = self._progress_reporter(claim)
         report(0.0, "loading")
         return self.detector.fit(good, config, seed=claim.seed, defect_images=defect,
-                                 progress=report,
+                                 progress=report, layout=Layout.from_dict(claim.layout),
                                  metadata={"nominal.version": app.__version__,
                                            "nominal.model_version": str(claim.version)})
 

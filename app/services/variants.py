@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Image, ImageLabel, Model, Variant, utcnow
 from app.detector.backbones import get_backbone
 from app.detector.config import DetectorConfig
+from app.detector.layout import Layout
 from app.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -69,11 +70,13 @@ def effective_settings(stored: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_variant(session: Session, *, name: str, description: str = "",
-                   settings: dict[str, Any] | None = None) -> Variant:
+                   settings: dict[str, Any] | None = None,
+                   layout: Layout | None = None) -> Variant:
     """Create a variant; a taken name is ``AlreadyExistsError``."""
     check_name(name)
     resolved = resolve_settings({}, settings or {})
-    variant = Variant(name=name, description=description, settings=resolved)
+    variant = Variant(name=name, description=description, settings=resolved,
+                      layout=None if layout is None or layout.is_empty else layout.to_dict())
     session.add(variant)
     try:
         session.commit()
@@ -133,14 +136,17 @@ def list_variants(session: Session, *, limit: int, offset: int) -> tuple[list[Va
 
 
 def update_variant(session: Session, *, variant: Variant, description: str | None = None,
-                   settings: dict[str, Any] | None = None) -> Variant:
-    """Change the description and/or merge ``settings`` (affects models trained afterwards)."""
+                   settings: dict[str, Any] | None = None, commit: bool = True) -> Variant:
+    """Change the description and/or merge ``settings`` (affects models trained afterwards).
+    ``commit`` False leaves the transaction open for a change that goes with it (a layout:
+    ``training.change_layout``)."""
     if description is not None:
         variant.description = description
     if settings is not None:
         variant.settings = resolve_settings(variant.settings, settings)
     variant.updated_at = utcnow()
-    session.commit()
+    if commit:
+        session.commit()
     return variant
 
 

@@ -88,6 +88,13 @@ def test_http_load_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
 
 def test_regions_latency_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
     data = run_quick("regions_latency", tmp_path, bench_env)
-    assert data["ms"]["score only"]["median"] > 0
-    assert data["ms"]["verdict with regions"]["median"] > 0
-    assert data["ratio_median"] > 0
+    assert set(data["ms"]) == {"score", "verdict", "verdict, layout"}
+    assert all(row["median"] > 0 for row in data["ms"].values())
+    assert data["ratio_median"]["score"] == 1.0
+
+
+def test_ignore_text_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
+    data = run_quick("ignore_text", tmp_path, bench_env)
+    assert set(data["summary"]) == {"no mask", "mask, new version", "mask, trained with it"}
+    for figures in data["summary"].values():
+        assert all(0.0 <= v <= 1.0 for v in figures.values())

@@ -10,6 +10,7 @@ from app.api.deps import ModelCacheDep, SessionDep, VariantDep
 from app.api.routes._docs import problems
 from app.api.schemas import VariantCreate, VariantPage, VariantPublic, VariantUpdate
 from app.api.security import AccessRoute, AdminAccess, InspectorAccess
+from app.services import training
 from app.services import variants as service
 
 router = APIRouter(prefix="/v1/variants", tags=["variants"],
@@ -26,7 +27,8 @@ def create_variant(body: VariantCreate, session: SessionDep, response: Response,
                    request: Request) -> VariantPublic:
     """Create a variant. Omitted settings take the documented defaults; 409 if the name exists."""
     variant = service.create_variant(session, name=body.name, description=body.description,
-                                     settings=body.settings.changes() if body.settings else None)
+                                     settings=body.settings.changes() if body.settings else None,
+                                     layout=body.layout.to_layout() if body.layout else None)
     response.headers["Location"] = str(request.url_for("get_variant", name=variant.name))
     return VariantPublic.of(service.summarize(session, [variant])[0])
 
@@ -50,9 +52,18 @@ def get_variant(variant: VariantDep, session: SessionDep) -> VariantPublic:
 @router.patch("/{name}", dependencies=[AdminAccess],
               response_model=VariantPublic, responses=problems(400, 404))
 def update_variant(variant: VariantDep, body: VariantUpdate, session: SessionDep) -> VariantPublic:
-    """Change the description or settings (settings apply to models trained afterwards)."""
+    """Change the description, settings (they apply to models trained afterwards) or layout.
+
+    A new layout (regions of interest, ignore masks) applies at once: the active model gets a
+    new version with it, from the same memory bank and threshold, active when this answers
+    (``active_model_version``); models trained afterwards use it too. An active model trained
+    before layouts existed keeps judging the whole frame until a new one is trained."""
+    layout = body.layout.to_layout() if body.layout is not None else None  # 422 before writing
     service.update_variant(session, variant=variant, description=body.description,
-                           settings=body.settings.changes() if body.settings else None)
+                           settings=body.settings.changes() if body.settings else None,
+                           commit=layout is None)
+    if layout is not None:
+        training.change_layout(session, variant=variant, layout=layout)
     return VariantPublic.of(service.summarize(session, [variant])[0])
 
 
