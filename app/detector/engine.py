@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from app.detector.backbones import BackboneSpec, backbone_path, get_backbone
 from app.detector.calibration import Calibration, calibrate, region_holdout_score
 from app.detector.config import DetectorConfig
 from app.detector.graph import ResizePlan, build_feature_extractor, build_scoring_model
-from app.detector.layout import LAYOUT_METADATA, Layout
+from app.detector.layout import LAYOUT_METADATA, TRAINED_IGNORE_METADATA, Layout
 from app.detector.memory import edge_weights, greedy_coreset, image_score, nearest_distances
 from app.detector.quantize import MAX_CALIBRATION_INPUTS, quantize_backbone
 from app.detector.regions import RegionRule
@@ -90,17 +91,28 @@ class FeatureExtractor:
         return pixels
 
 
-def augment(image: np.ndarray, mode: str) -> list[np.ndarray]:
-    """The image and its label-preserving copies: ``flip`` adds the two mirror images,
-    ``rot90`` every symmetry of a square (quarter turns and their mirrors, eight views in
-    all) for parts that appear in any orientation, mirrored or not."""
+def view_transforms(mode: str) -> list[Callable[[np.ndarray], np.ndarray]]:
+    """The label-preserving copies of an image as array operations on its first two axes
+    (so they apply to an image and to its patch-grid masks alike): the identity first;
+    ``flip`` adds the two mirror images, ``rot90`` every symmetry of a square (quarter turns
+    and their mirrors, eight views in all) for parts that appear in any orientation."""
+    def identity(a: np.ndarray) -> np.ndarray:
+        return a
+
     if mode == "none":
-        return [image]
-    views = [image, image[:, ::-1], image[::-1, :]]
+        return [identity]
+    transforms: list[Callable[[np.ndarray], np.ndarray]] = [
+        identity, lambda a: a[:, ::-1], lambda a: a[::-1, :]]
     if mode == "rot90":
-        views += [np.rot90(image, k) for k in (1, 2, 3)]
-        views += [image.transpose(1, 0, 2), image[::-1, ::-1].transpose(1, 0, 2)]  # diagonals
-    return [np.ascontiguousarray(v) for v in views]
+        transforms += [partial(np.rot90, k=k) for k in (1, 2, 3)]
+        transforms += [lambda a: np.swapaxes(a, 0, 1),  # the diagonals
+                       lambda a: np.swapaxes(a[::-1, ::-1], 0, 1)]
+    return transforms
+
+
+def augment(image: np.ndarray, mode: str) -> list[np.ndarray]:
+    """The image and its label-preserving copies (``view_transforms``)."""
+    return [np.ascontiguousarray(t(image)) for t in view_transforms(mode)]
 
 
 class Detector:
@@ -177,17 +189,29 @@ class Detector:
         bankable: list[np.ndarray] = []  # per patch: not under an ignore mask
         start = 0
         for i, image in enumerate(images):
-            views = [(extractor(v), j == 0) for j, v in enumerate(augment(image, config.augment))]
-            views += [(extractor(v), True) for v in variation_views(
-                image, config.variation_views, seed=seed, stream=i + 1)]
+            # (features, judged, ignored cells): a mirrored or turned copy's ignored cells are
+            # the photo's, mirrored or turned alike; a variation view's are its own frame's.
+            views: list[tuple[PatchFeatures, bool, np.ndarray]] = []
+            photo_ignored: np.ndarray | None = None
+            for j, transform in enumerate(view_transforms(config.augment)):
+                feats = extractor(np.ascontiguousarray(transform(image)))
+                if photo_ignored is None:
+                    photo_ignored = layout.ignored_cells(feats.grid)
+                ignored = np.ascontiguousarray(transform(photo_ignored))
+                if ignored.shape != feats.grid:
+                    ignored = layout.ignored_cells(feats.grid)
+                views.append((feats, j == 0, ignored))
+            for view in variation_views(image, config.variation_views, seed=seed, stream=i + 1):
+                feats = extractor(view)
+                views.append((feats, True, layout.ignored_cells(feats.grid)))
             own = []
-            for feats, judged in views:
+            for feats, judged, ignored in views:
                 if judged:
                     own.append((start, start + len(feats.patches), feats.grid))
                 start += len(feats.patches)
                 chunks.append(feats.patches)
                 owners.append(np.full(len(feats.patches), i, dtype=np.int32))
-                bankable.append(~layout.ignored_cells(feats.grid).ravel())
+                bankable.append(~ignored.ravel())
             spans.append(own)
             report(0.4 * (i + 1) / len(good_images), "features")
         all_patches = np.concatenate(chunks)
@@ -269,6 +293,7 @@ class Detector:
             METADATA_PREFIX + "regions": RegionRule(
                 min_area_px=config.min_defect_area_px).to_json(),
             LAYOUT_METADATA: layout.to_json(),
+            TRAINED_IGNORE_METADATA: json.dumps(layout.to_dict()["ignore"]),
             METADATA_PREFIX + "config": json.dumps(config.to_dict()),
             METADATA_PREFIX + "resize_plan": json.dumps(asdict(plan)),
             METADATA_PREFIX + "calibration": json.dumps(calibration.to_dict()),

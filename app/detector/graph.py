@@ -22,6 +22,7 @@ Two graphs share one front end, so the engine's own path and the shipped model c
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,7 +33,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from app.detector.backbones import BackboneSpec
-from app.detector.layout import IGNORE_TENSOR, LAYOUT_METADATA, ROIS_TENSOR, Layout
+from app.detector.layout import (
+    IGNORE_TENSOR,
+    LAYOUT_METADATA,
+    ROIS_TENSOR,
+    TRAINED_IGNORE_METADATA,
+    Layout,
+)
 
 OPSET = 18
 BACKBONE_PREFIX = "backbone/"
@@ -436,10 +443,18 @@ def _roi_scores(g: _Graph, score_grid: str, per_roi: str, top_fraction: float) -
                                                 g.const("flat", _i64([-1]))], ["roi_scores"]))
 
 
-def with_layout(model: onnx.ModelProto, layout: Layout) -> None:
-    """Give a scoring model another layout, in place: its layout constants and its
-    ``nominal.layout`` metadata; bank, threshold and everything else stay as they are.
-    ``ValueError`` for a file built without the layout constants."""
+def with_layout(model: onnx.ModelProto, layout: Layout,
+                metadata: Mapping[str, str] | None = None) -> None:
+    """Give a scoring model another layout, in place: its layout constants, its
+    ``nominal.layout`` metadata and ``metadata``; bank, threshold and everything else stay.
+    ``ValueError`` for a file built without the layout constants, or a layout that would judge
+    an area the bank was fitted without (the file's ``nominal.trained_ignore``)."""
+    props = {p.key: p.value for p in model.metadata_props}
+    trained = Layout.from_dict({"ignore": json.loads(props.get(TRAINED_IGNORE_METADATA, "[]"))})
+    if not layout.ignores_all_of(trained.ignore):
+        raise ValueError("the model was trained with ignore masks that this layout does not "
+                         "cover: its memory bank has never seen those areas, so it would "
+                         "reject every part there; keep them masked, or train a new model")
     replaced = 0
     for i, tensor in enumerate(model.graph.initializer):
         if tensor.name in (ROIS_TENSOR, IGNORE_TENSOR):
@@ -449,8 +464,8 @@ def with_layout(model: onnx.ModelProto, layout: Layout) -> None:
     if replaced != 2:
         raise ValueError("the model file has no layout constants (it predates regions of "
                          "interest and ignore masks)")
-    props = {p.key: p.value for p in model.metadata_props}
     props[LAYOUT_METADATA] = layout.to_json()
+    props.update(metadata or {})
     del model.metadata_props[:]
     helper.set_model_props(model, props)
 

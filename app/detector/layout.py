@@ -17,6 +17,7 @@ existing file another layout without touching its memory bank or threshold.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,8 @@ from app.errors import InvalidInputError
 
 MAX_REGIONS_OF_INTEREST = 32
 MAX_IGNORE_MASKS = 32
+MAX_MIN_DEFECT_AREA_PX = 100_000_000  # as the detector setting's bound
+COVERAGE_GRID = 512  # cells per side where ``ignores_all_of`` compares masks
 ROI_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$"
 _ROI_NAME = re.compile(ROI_NAME_PATTERN)
 # Names of the graph's layout constants (``(K, 4)`` float32 ``[x0, y0, x1, y1]``): fixed, so
@@ -36,8 +39,19 @@ ROIS_TENSOR = "layout_regions_of_interest"
 IGNORE_TENSOR = "layout_ignore"
 # What the graph holds when the layout has none: the whole frame judged, nothing ignored.
 LAYOUT_METADATA = "nominal.layout"
+# The ignore masks the memory bank was fitted without (``Detector.fit``): kept by ``with_layout``.
+TRAINED_IGNORE_METADATA = "nominal.trained_ignore"
 _WHOLE_FRAME = np.asarray([[0.0, 0.0, 1.0, 1.0]], np.float32)
 _NOTHING = np.asarray([[0.0, 0.0, 0.0, 0.0]], np.float32)
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond any float
+        return False
 
 
 @dataclass(frozen=True)
@@ -51,8 +65,8 @@ class Rect:
 
     def check(self, what: str) -> None:
         values = (self.x, self.y, self.width, self.height)
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            raise InvalidInputError(f"{what}: x, y, width and height must be numbers")
+        if not all(_finite(v) for v in values):
+            raise InvalidInputError(f"{what}: x, y, width and height must be finite numbers")
         if self.width <= 0 or self.height <= 0:
             raise InvalidInputError(f"{what}: width and height must be greater than 0 (an empty "
                                     "rectangle covers nothing)")
@@ -97,9 +111,10 @@ class Layout:
             roi.rect.check(f"region of interest {roi.name!r}")
             area = roi.min_defect_area_px
             if area is not None and (isinstance(area, bool) or not isinstance(area, int)
-                                     or area < 0):
-                raise InvalidInputError(f"region of interest {roi.name!r}: min_defect_area_px "
-                                        "must be a whole number >= 0")
+                                     or not 0 <= area <= MAX_MIN_DEFECT_AREA_PX):
+                raise InvalidInputError(
+                    f"region of interest {roi.name!r}: min_defect_area_px must be a whole "
+                    f"number within 0..{MAX_MIN_DEFECT_AREA_PX}")
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise InvalidInputError(f"region of interest names must be unique, repeated: "
@@ -189,6 +204,16 @@ class Layout:
     def ignored_cells(self, grid: tuple[int, int]) -> np.ndarray:
         """``(h, w)`` bool: the cells an ignore mask covers."""
         return inside(self.ignore_tensor(), *grid).max(axis=0) > 0
+
+    def ignores_all_of(self, rects: tuple[Rect, ...]) -> bool:
+        """Whether this layout's ignore masks cover every one of ``rects`` (checked on a fine
+        grid of the frame): a model whose bank was fitted without those areas must never
+        judge them."""
+        if not rects:
+            return True
+        cells = (COVERAGE_GRID, COVERAGE_GRID)
+        needed = Layout(ignore=rects).ignored_cells(cells)
+        return bool(np.all(self.ignored_cells(cells)[needed]))
 
 
 def inside(rects: np.ndarray, rows: int, cols: int) -> np.ndarray:

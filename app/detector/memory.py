@@ -70,7 +70,9 @@ def image_score(patch_scores: np.ndarray, top_fraction: float,
     if top_fraction <= 0:
         return float(np.max(patch_scores))
     base = len(patch_scores) if judged is None else judged
-    k = min(len(patch_scores), max(1, math.ceil(top_fraction * base)))
+    # In float32, as the graph computes it: ceil(0.07 * 100) is 8 in float64, 7 in float32.
+    k = min(len(patch_scores), max(1, math.ceil(float(np.float32(top_fraction)
+                                                      * np.float32(base)))))
     return float(np.mean(np.partition(patch_scores, len(patch_scores) - k)[-k:]))
 
 

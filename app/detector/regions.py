@@ -45,7 +45,7 @@ class DefectRegion:
     height: int
     area_px: int  # the pixels its cells cover (at most width * height)
     max_score: float  # its highest patch score, in the unit of the image score
-    cells: int  # samples of the interpolated grid (UPSAMPLE x UPSAMPLE per patch cell)
+    samples: int  # of the interpolated grid (UPSAMPLE x UPSAMPLE per patch cell)
     region_of_interest: str | None = None  # the region of interest it lies in, if any
 
     @property
@@ -94,14 +94,13 @@ class RegionRule:
                    min_area_px=int(data.get("min_defect_area_px", 0)))
 
     def regions(self, patch_scores: np.ndarray, threshold: float, image_size: tuple[int, int],
-                *, within: tuple[float, float, float, float] | None = None,
-                min_area_px: int | None = None,
+                *, cells: np.ndarray | None = None, min_area_px: int | None = None,
                 region_of_interest: str | None = None) -> list[DefectRegion]:
         """``defect_regions`` by this rule; ``min_area_px`` None: the rule's own."""
         return defect_regions(
             patch_scores, threshold, image_size, peak_fraction=self.peak_fraction,
             min_area_px=self.min_area_px if min_area_px is None else min_area_px,
-            within=within, region_of_interest=region_of_interest)
+            cells=cells, region_of_interest=region_of_interest)
 
 
 def defect_regions(
@@ -112,15 +111,15 @@ def defect_regions(
     peak_fraction: float = 0.0,
     min_area_px: int = 0,
     max_regions: int | None = None,
-    within: tuple[float, float, float, float] | None = None,
+    cells: np.ndarray | None = None,
     region_of_interest: str | None = None,
 ) -> list[DefectRegion]:
     """The defect regions of one image, highest ``max_score`` first (``RegionRule``).
 
     ``patch_scores``: the model's ``(h, w)`` grid; ``image_size``: ``(height, width)`` of the
-    inspected image. ``within``: only the samples whose centre lies in this rectangle
-    ``(x0, y0, x1, y1)`` of relative coordinates (a region of interest), and the regions are
-    labelled with ``region_of_interest``. At most ``max_regions`` are returned (None: all).
+    inspected image. ``cells``: ``(h, w)``, nonzero where a region may lie (the judged cells
+    of a region of interest, ``layout.Layout.cell_masks``), and the regions are labelled with
+    ``region_of_interest``. At most ``max_regions`` are returned (None: all).
     """
     grid = np.asarray(patch_scores, dtype=np.float32)
     if grid.ndim != 2 or grid.size == 0:
@@ -131,12 +130,8 @@ def defect_regions(
         return []
     height, width = image_size
     fine = upsampled(grid)
-    if within is not None:
-        x0, y0, x1, y1 = within
-        centre_y = (np.arange(fine.shape[0]) + 0.5) / fine.shape[0]
-        centre_x = (np.arange(fine.shape[1]) + 0.5) / fine.shape[1]
-        keep = (((centre_y >= y0) & (centre_y < y1))[:, None]
-                & ((centre_x >= x0) & (centre_x < x1))[None, :])
+    if cells is not None:  # each cell's samples belong where the cell does
+        keep = np.repeat(np.repeat(np.asarray(cells) > 0, UPSAMPLE, axis=0), UPSAMPLE, axis=1)
         fine = np.where(keep, fine, -np.inf).astype(np.float32)
     cell_h, cell_w = height / fine.shape[0], width / fine.shape[1]
     groups, _ = ndimage.label(fine > threshold, structure=_EIGHT_CONNECTED)
@@ -151,8 +146,8 @@ def defect_regions(
             if core is None:
                 continue
             members = cores[core] == core_index
-            cells = int(members.sum())
-            area = round(cells * cell_h * cell_w)
+            samples = int(members.sum())
+            area = round(samples * cell_h * cell_w)
             if area < min_area_px:
                 continue
             top = window[0].start + core[0].start
@@ -164,7 +159,7 @@ def defect_regions(
             y1 = min(height, math.ceil(bottom * cell_h))
             regions.append(DefectRegion(
                 x=x0, y=y0, width=x1 - x0, height=y1 - y0, area_px=area,
-                max_score=float(scores[core][members].max()), cells=cells,
+                max_score=float(scores[core][members].max()), samples=samples,
                 region_of_interest=region_of_interest,
             ))
     regions.sort(key=lambda r: r.max_score, reverse=True)

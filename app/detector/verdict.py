@@ -9,13 +9,18 @@ service and anyone holding the downloaded file reach the same verdict::
     from app.detector.verdict import OUTPUTS, read_verdict
     meta = {p.key: p.value for p in onnx.load("model.onnx").metadata_props}
     session = ort.InferenceSession("model.onnx")
-    outputs = dict(zip(OUTPUTS, session.run(list(OUTPUTS), {"image": rgb_uint8_hwc})))
+    names = [o.name for o in session.get_outputs() if o.name in OUTPUTS]
+    outputs = dict(zip(names, session.run(names, {"image": rgb_uint8_hwc})))
     verdict = read_verdict(meta, rgb_uint8_hwc.shape[:2], outputs)
 
 Rules: a region of interest is anomalous when its score is above the threshold and, if it
 (or the model) has a minimum defect area, one of its regions is at least that large; the
 image is anomalous when one of its regions of interest is (without regions of interest: by
-the same rule over the whole judged frame).
+the same rule over the whole judged frame). Regions lie in the cells their region of interest
+judges (a cell belongs where its centre lies, as in the graph). With ``score_top_fraction`` > 0
+each region of interest's score is the top-fraction mean of its own cells against the
+image's threshold (a small region is then closer to its maximum), and a good verdict may list
+patches above the threshold as regions.
 """
 
 from __future__ import annotations
@@ -81,19 +86,26 @@ def read_verdict(metadata: Mapping[str, str] | VerdictRules, image_size: tuple[i
     rules = metadata if isinstance(metadata, VerdictRules) else VerdictRules.of(metadata)
     threshold, rule = rules.threshold, rules.regions
     score = float(np.asarray(outputs["score"]).reshape(-1)[0])
+    if "patch_scores" not in outputs:  # a format-1 file as downloaded: the score alone
+        return Verdict(score=score, normalized_score=normalize_score(score, threshold),
+                       threshold=threshold, is_anomalous=score > threshold,
+                       anomaly_map=anomaly_map)
     grid = np.asarray(outputs["patch_scores"])
-    rois = rules.layout.regions_of_interest
+    layout = rules.layout
+    rois = layout.regions_of_interest
     if not rois:
-        regions = rule.regions(grid, threshold, image_size)
+        judged = None if layout.is_empty else layout.cell_masks(grid.shape)[1]
+        regions = rule.regions(grid, threshold, image_size, cells=judged)
         anomalous = score > threshold and (rule.min_area_px <= 0 or bool(regions))
         roi_verdicts: tuple[RegionOfInterestVerdict, ...] = ()
     else:
         roi_scores = np.asarray(outputs["roi_scores"]).reshape(-1)
+        per_roi, _ = layout.cell_masks(grid.shape)
         regions, verdicts = [], []
-        for roi, roi_score in zip(rois, roi_scores.tolist(), strict=True):
+        for roi, roi_score, cells in zip(rois, roi_scores.tolist(), per_roi, strict=True):
             minimum = rule.min_area_px if roi.min_defect_area_px is None \
                 else roi.min_defect_area_px
-            own = rule.regions(grid, threshold, image_size, within=roi.rect.corners,
+            own = rule.regions(grid, threshold, image_size, cells=cells,
                                min_area_px=minimum, region_of_interest=roi.name)
             regions += own
             verdicts.append(RegionOfInterestVerdict(

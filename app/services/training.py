@@ -92,46 +92,59 @@ def _next_version(session: Session, variant: Variant) -> int:
 
 
 def change_layout(session: Session, *, variant: Variant, layout: Layout) -> Model | None:
-    """Give the variant ``layout`` (regions of interest, ignore masks) and, when its active
-    model can take one, a new version built from it with that layout, active at once: the
-    same memory bank and threshold, no feature extraction (``graph.with_layout``). Returns
-    that model, or None (no active model, or one built before layouts existed: models
-    trained from now on use the layout). One transaction with whatever the session holds."""
-    variant.layout = None if layout.is_empty else layout.to_dict()
-    variant.updated_at = utcnow()
+    """Give the variant ``layout`` (regions of interest, ignore masks) and its active model a
+    new version built from it with that layout, active at once: the same memory bank and
+    threshold, no feature extraction (``graph.with_layout``). Returns that model; None when
+    there is no active model, or its layout is already this one. One transaction with
+    whatever the session holds; ``ConflictError`` (nothing stored) when the active model
+    cannot take the layout, ``NotFoundError`` when the variant is deleted meanwhile.
+    """
+    gone = NotFoundError(f"variant {variant.name!r} was deleted while its layout changed")
+    # The variant's row, locked (PostgreSQL): an activation or another layout change waits.
+    locked = session.scalar(select(Variant).where(Variant.id == variant.id)
+                            .with_for_update().execution_options(populate_existing=True))
+    if locked is None:
+        session.rollback()
+        raise gone
+    stored = None if layout.is_empty else layout.to_dict()
     active = session.get(Model, variant.active_model_id) if variant.active_model_id else None
     data = session.scalar(select(ModelArtifact.onnx)
                           .where(ModelArtifact.model_id == active.id)) if active else None
-    if active is None or data is None:
+    variant.layout = stored
+    variant.updated_at = utcnow()
+    if active is None or data is None or Layout.from_dict(active.layout) == layout:
         session.commit()
         return None
     started = time.perf_counter()
     graph = onnx.load_from_string(bytes(data))
+    version = _next_version(session, variant)
     try:
-        with_layout(graph, layout)
-    except ValueError:
-        log.warning("variant %s: active model version %d predates layouts; the layout applies "
-                    "to models trained from now on", variant.name, active.version)
-        session.commit()
-        return None
+        with_layout(graph, layout, {"nominal.model_version": str(version)})
+    except ValueError as exc:
+        session.rollback()
+        raise ConflictError(f"the active model (version {active.version}) cannot take this "
+                            f"layout: {exc}") from None
     onnx_bytes = graph.SerializeToString()
     now = utcnow()
     derived = Model(
-        variant_id=variant.id, version=_next_version(session, variant),
-        status=ModelStatus.ready.value, progress=1.0, stage="done", seed=active.seed,
-        activate=True, config=dict(active.config), layout=variant.layout,
-        threshold=active.threshold, calibration=active.calibration,
+        variant_id=variant.id, version=version, status=ModelStatus.ready.value, progress=1.0,
+        stage="done", seed=active.seed, activate=True, config=dict(active.config),
+        layout=stored, threshold=active.threshold, calibration=active.calibration,
         bank_size=active.bank_size, n_good_images=active.n_good_images,
         n_defect_images=active.n_defect_images,
         timings={"layout_s": round(time.perf_counter() - started, 4)},
         cancel_requested=False, started_at=now, finished_at=now)
-    session.add(derived)
-    session.flush()
-    session.add(ModelArtifact(model_id=derived.id, onnx=onnx_bytes,
-                              sha256=hashlib.sha256(onnx_bytes).hexdigest(),
-                              size_bytes=len(onnx_bytes)))
-    variant.active_model_id = derived.id
-    session.commit()
+    try:
+        session.add(derived)
+        session.flush()
+        session.add(ModelArtifact(model_id=derived.id, onnx=onnx_bytes,
+                                  sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+                                  size_bytes=len(onnx_bytes)))
+        variant.active_model_id = derived.id
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise gone from None
     return derived
 
 
@@ -414,6 +427,9 @@ class TrainingWorker:
                 ).rowcount  # type: ignore[attr-defined]
                 if claimed:
                     row = session.get_one(Model, model_id)
+                    # The variant's layout as it is now (it may have changed while queued).
+                    row.layout = session.scalar(select(Variant.layout)
+                                                .where(Variant.id == row.variant_id))
                     with self._running_lock:
                         self._running.add(model_id)
                     return _Claim(model_id=row.id, variant_id=row.variant_id,
@@ -504,9 +520,10 @@ class TrainingWorker:
                     return "lost"  # deleted, or failed as stale by another replica meanwhile
                 if row.cancel_requested:
                     raise TrainingCancelledError("cancelled on request")
-                session.add(ModelArtifact(model_id=row.id, onnx=fitted.onnx_bytes,
-                                          sha256=hashlib.sha256(fitted.onnx_bytes).hexdigest(),
-                                          size_bytes=len(fitted.onnx_bytes)))
+                onnx_bytes = self._with_current_layout(session, claim, row, fitted.onnx_bytes)
+                session.add(ModelArtifact(model_id=row.id, onnx=onnx_bytes,
+                                          sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+                                          size_bytes=len(onnx_bytes)))
                 calibration = fitted.calibration.to_dict()
                 row.status = ModelStatus.ready.value
                 row.progress = 1.0
@@ -524,6 +541,25 @@ class TrainingWorker:
         except IntegrityError:
             return "lost"  # the variant was deleted between the check and the insert
         return "ready"
+
+    def _with_current_layout(self, session: Session, claim: _Claim, row: Model,
+                             onnx_bytes: bytes) -> bytes:
+        """The fitted file with the variant's layout of now, when it changed during the fit
+        (so a layout set meanwhile is not undone by this model's activation); the fitted
+        layout when the new one would judge areas the bank was fitted without."""
+        current = session.scalar(select(Variant.layout).where(Variant.id == claim.variant_id)
+                                 .with_for_update())
+        if Layout.from_dict(current) == Layout.from_dict(claim.layout):
+            return onnx_bytes
+        graph = onnx.load_from_string(onnx_bytes)
+        try:
+            with_layout(graph, Layout.from_dict(current))
+        except ValueError as exc:
+            log.warning("training job %d keeps the layout it was fitted with: %s",
+                        claim.model_id, exc)
+            return onnx_bytes
+        row.layout = current
+        return graph.SerializeToString()
 
     def _requeue(self, claim: _Claim) -> None:
         """Give a job back to the queue (this replica is stopping; another one, or this one

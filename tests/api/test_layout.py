@@ -128,3 +128,44 @@ def test_bad_layouts_are_422_and_change_nothing(trained: Any, client: TestClient
     assert client.get("/v1/variants/bolt/models").json()["total"] == 1
     problem(client.post("/v1/variants", json={"name": "other", "layout": layout}), 422)
     problem(client.get("/v1/variants/other"), 404)
+
+
+def test_the_same_layout_again_changes_nothing(trained: Any, client: TestClient) -> None:
+    assert client.patch("/v1/variants/bolt", json={"layout": LAYOUT}).json()[
+        "active_model_version"] == 2
+    again = client.patch("/v1/variants/bolt", json={"layout": LAYOUT}).json()
+    assert again["active_model_version"] == 2
+    assert client.get("/v1/variants/bolt/models").json()["total"] == 2
+
+
+def test_unmasking_what_the_model_never_learnt_is_409(api: Any, images: Any,
+                                                     client: TestClient, problem: Any) -> None:
+    masked = {"ignore": [{"x": 0, "y": 0, "width": 1, "height": 0.5}]}
+    api.create_variant("bolt", layout=masked)
+    assert api.upload("bolt", [images.good_png(s) for s in range(3)]).status_code == 201
+    assert api.train("bolt", seed=0)["status"] == "ready"
+    before = client.get("/v1/variants/bolt").json()
+    body = problem(client.patch("/v1/variants/bolt", json={"description": "x", "layout": {}}),
+                   409)
+    assert "does not cover" in body["detail"]
+    assert client.get("/v1/variants/bolt").json() == before  # nothing stored
+    wider = {"ignore": [{"x": 0, "y": 0, "width": 1, "height": 0.6}]}
+    assert client.patch("/v1/variants/bolt", json={"layout": wider}).json()[
+        "active_model_version"] == 2
+
+
+def test_a_job_queued_before_a_layout_change_does_not_undo_it(api: Any, images: Any,
+                                                             client: TestClient) -> None:
+    """However the training and the change interleave, the active model ends with the
+    variant's layout."""
+    api.create_variant("bolt")
+    assert api.upload("bolt", [images.good_png(s) for s in range(3)]).status_code == 201
+    queued = client.post("/v1/variants/bolt/models", json={"seed": 0})
+    assert queued.status_code == 202
+    assert client.patch("/v1/variants/bolt", json={"layout": LAYOUT}).status_code == 200
+    api.wait_for_model("bolt", queued.json()["version"])
+    variant = client.get("/v1/variants/bolt").json()
+    active = client.get(f"/v1/variants/bolt/models/{variant['active_model_version']}").json()
+    assert active["layout"] == variant["layout"]
+    verdict = _inspect(client, images.defect_png(5))
+    assert [r["name"] for r in verdict["regions_of_interest"]] == ["centre", "corner"]

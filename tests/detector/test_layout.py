@@ -78,7 +78,11 @@ def laid_out(detector: Detector, train: list[np.ndarray]) -> bytes:
     ({"ignore": [{"x": -0.1, "y": 0, "width": 0.3, "height": 0.5}]}, "inside the frame"),
     ({"ignore": [{"x": 0.1, "y": 0, "width": 0, "height": 0.5}]}, "greater than 0"),
     ({"ignore": [{"x": 0.1, "y": 0, "width": 0.2}]}, "needs ['height']"),
-    ({"ignore": [{"x": "a", "y": 0, "width": 0.2, "height": 0.1}]}, "must be numbers"),
+    ({"ignore": [{"x": "a", "y": 0, "width": 0.2, "height": 0.1}]}, "finite numbers"),
+    ({"ignore": [{"x": float("nan"), "y": 0, "width": 0.2, "height": 0.1}]}, "finite numbers"),
+    ({"ignore": [{"x": 0, "y": 0, "width": 10**400, "height": 0.1}]}, "finite numbers"),
+    ({"regions_of_interest": [{"name": "a", "x": 0, "y": 0, "width": 1, "height": 1,
+                               "min_defect_area_px": 10**9}]}, "within 0..100000000"),
     ({"regions_of_interest": [{"name": "a b", "x": 0, "y": 0, "width": 1, "height": 1}]},
      "must match"),
     ({"regions_of_interest": [{"name": "a", "x": 0, "y": 0, "width": 1, "height": 1}] * 2},
@@ -231,3 +235,57 @@ def test_top_fraction_scores_each_region_over_its_own_cells(detector: Detector,
     engine = detector.patch_scores(image, bank_from_model(fitted.onnx_bytes), config,
                                    plan_from_model(fitted.onnx_bytes), layout=LAYOUT)
     _assert_same_scores(grid.ravel(), engine.patches)
+
+
+def test_regions_stay_in_the_cells_of_their_region_of_interest(laid_out: bytes) -> None:
+    """A defect in J3 next to J2's edge lights J2's neighbouring cells through interpolation
+    only: J2 reports nothing unless its own cells are above the threshold."""
+    model = CompiledModel(laid_out)
+    verdict = model.inspect(_with_blob(14, (48, 120), radius=12))
+    grid = model.outputs(_with_blob(14, (48, 120), radius=12), with_map=False).patch_scores
+    per_roi, _ = LAYOUT.cell_masks(grid.shape)
+    for roi, cells, roi_verdict in zip(LAYOUT.regions_of_interest, per_roi,
+                                       verdict.regions_of_interest, strict=True):
+        own = [r for r in verdict.regions if r.region_of_interest == roi.name]
+        assert bool(own) == bool((grid[cells == 1] > model.threshold).any()), roi.name
+        assert roi_verdict.is_anomalous == bool(own), roi.name
+        rows, cols = np.nonzero(cells)
+        cell_h, cell_w = SIZE / grid.shape[0], SIZE / grid.shape[1]
+        for region in own:  # boxes within the region's own cells
+            assert region.x >= cols.min() * cell_w - 1
+            assert region.x + region.width <= (cols.max() + 1) * cell_w + 1
+            assert region.y + region.height <= (rows.max() + 1) * cell_h + 1
+
+
+def test_a_layout_may_not_unmask_what_the_bank_never_saw(detector: Detector,
+                                                        train: list[np.ndarray]) -> None:
+    masked = Layout(ignore=(Rect(0.0, 0.0, 0.5, 0.5),))
+    model = onnx.load_from_string(detector.fit(train, CONFIG, layout=masked).onnx_bytes)
+    for narrower in (Layout(), Layout(ignore=(Rect(0.0, 0.0, 0.25, 0.5),))):
+        with pytest.raises(ValueError, match="does not cover"):
+            with_layout(model, narrower)
+    wider = Layout(ignore=(Rect(0.0, 0.0, 0.6, 0.6),),
+                   regions_of_interest=(RegionOfInterest("a", Rect(0, 0, 1, 1)),))
+    with_layout(model, wider, {"nominal.model_version": "7"})
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["nominal.model_version"] == "7"
+    assert Layout.from_json(props["nominal.layout"]) == wider
+
+
+def test_mirrored_training_views_leave_out_the_mirrored_mask(detector: Detector) -> None:
+    """Every training part carries a light square in its left third, under the mask. With
+    flip views the bank must not learn the mirrored square either, so the same square on
+    the right of a new part is a defect."""
+    def marked(seed: int, column: int) -> np.ndarray:
+        """Grey with noise (its mirror image looks alike) and the square at ``column``."""
+        rng = np.random.default_rng(seed)
+        image = np.clip(rng.normal(128, 12, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+        image[80:112, column:column + 32] = (250, 250, 250)
+        return image
+
+    layout = Layout(ignore=(Rect(0.0, 0.0, 0.34, 1.0),))
+    fitted = detector.fit([marked(s, 16) for s in range(4)],
+                          DetectorConfig(resolution=128, augment="flip"), layout=layout)
+    model = CompiledModel(fitted.onnx_bytes)
+    assert not model.inspect(marked(30, 16)).is_anomalous  # under the mask
+    assert model.inspect(marked(30, SIZE - 48)).is_anomalous  # mirrored place: never learnt

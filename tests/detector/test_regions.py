@@ -103,7 +103,7 @@ def test_rule_round_trips_through_metadata() -> None:
 
 
 def test_iou() -> None:
-    region = DefectRegion(x=10, y=10, width=10, height=10, area_px=100, max_score=1.0, cells=1)
+    region = DefectRegion(x=10, y=10, width=10, height=10, area_px=100, max_score=1.0, samples=1)
     assert region.iou((10, 10, 10, 10)) == 1.0
     assert region.iou((15, 10, 10, 10)) == pytest.approx(50 / 150)
     assert region.iou((40, 40, 5, 5)) == 0.0
@@ -191,7 +191,7 @@ def test_the_downloaded_file_gives_the_api_regions(detector: Detector) -> None:
 
 def test_outlines_are_drawn_on_the_box_edges() -> None:
     image = np.full((100, 100, 3), 128, np.uint8)
-    region = DefectRegion(x=20, y=30, width=40, height=20, area_px=800, max_score=2.0, cells=8)
+    region = DefectRegion(x=20, y=30, width=40, height=20, area_px=800, max_score=2.0, samples=8)
     out = outline_regions(image, [region])
     assert (out[30, 20:60] == 255).all() and (out[49, 20:60] == 255).all()  # white line
     assert (out[29, 20:60] == 0).all()  # framed by black outside

@@ -268,19 +268,20 @@ def test_upgraded_database_takes_new_work(upgraded: Upgraded) -> None:
         assert up.admin("DELETE", f"/v1/api-keys/{new_key['id']}").status_code == 204
 
 
-def test_a_layout_waits_for_a_new_model_on_a_release_model(upgraded: Upgraded) -> None:
-    """A format-1 model has no layout constants: the layout is stored for the next training,
-    the active version stays and still scores as the release did. Cleans up after itself."""
+def test_a_release_model_cannot_take_a_layout(upgraded: Upgraded) -> None:
+    """A format-1 model has no layout constants: 409, nothing stored, the active version
+    stays and still scores as the release did; an empty layout is no change at all."""
     bolt = next(v for v in upgraded.manifest["variants"] if v["name"] == "bolt")
     layout = {"ignore": [{"x": 0.0, "y": 0.0, "width": 0.5, "height": 0.5}]}
-    try:
-        answer = upgraded.admin("PATCH", "/v1/variants/bolt", json={"layout": layout})
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["active_model_version"] == bolt["active_model_version"]
-        assert answer.json()["layout"]["ignore"][0]["width"] == 0.5
-        (active,) = [m for m in bolt["models"] if m["is_active"]]
-        assert not _check_answers(upgraded, bolt, active)
-        models = upgraded.admin("GET", "/v1/variants/bolt/models").json()
-        assert models["total"] == len(bolt["models"])
-    finally:
-        upgraded.admin("PATCH", "/v1/variants/bolt", json={"layout": {}})
+    before = upgraded.admin("GET", "/v1/variants/bolt").json()
+    answer = upgraded.admin("PATCH", "/v1/variants/bolt", json={"layout": layout})
+    assert answer.status_code == 409, answer.text
+    assert "no layout constants" in answer.json()["detail"]
+    assert upgraded.admin("GET", "/v1/variants/bolt").json() == before
+    (active,) = [m for m in bolt["models"] if m["is_active"]]
+    assert not _check_answers(upgraded, bolt, active)
+    empty = upgraded.admin("PATCH", "/v1/variants/bolt", json={"layout": {}})
+    assert empty.status_code == 200, empty.text
+    assert empty.json()["active_model_version"] == bolt["active_model_version"]
+    models = upgraded.admin("GET", "/v1/variants/bolt/models").json()
+    assert models["total"] == len(bolt["models"])
