@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from app.detector.backbones import get_backbone
 from app.evaluation.evaluate import format_perturbations
 
 
@@ -35,7 +36,10 @@ def _configuration(payload: dict[str, Any]) -> str:
         parts.append(config["resize"])
     if config.get("variation_views"):
         parts.append(f"views {config['variation_views']}")
-    if config.get("edge_weight", 1.0) != 1.0:
+    border = config.get("border")
+    if border is None:
+        border = get_backbone(config["backbone"]).border
+    if border > 0 and config.get("edge_weight", 1.0) != 1.0:  # no margin: no edge band
         parts.append(f"edge x{config['edge_weight']:g}")
     return " ".join(parts)
 
