@@ -126,14 +126,22 @@ def defect_regions(
         raise ValueError(f"patch_scores must be a non-empty (h, w) grid, got shape {grid.shape}")
     if not 0.0 <= peak_fraction < 1.0:
         raise ValueError(f"peak_fraction must be in [0, 1), got {peak_fraction}")
-    if not grid.max() > threshold:  # a good part: nothing to label (most calls)
+    above = grid > threshold
+    if not above.any():  # a good part: nothing to label (most calls)
         return []
-    height, width = image_size
-    fine = upsampled(grid)
-    if cells is not None:  # each cell's samples belong where the cell does
-        keep = np.repeat(np.repeat(np.asarray(cells) > 0, UPSAMPLE, axis=0), UPSAMPLE, axis=1)
+    # A sample above the threshold has a cell above it among the four it interpolates, so
+    # every one lies within a cell of those: only that window is interpolated and labelled.
+    allowed = None if cells is None else np.asarray(cells) > 0
+    rows, cols = np.nonzero(above)
+    r0, r1 = max(0, rows.min() - 1), min(grid.shape[0], rows.max() + 2)
+    c0, c1 = max(0, cols.min() - 1), min(grid.shape[1], cols.max() + 2)
+    fine = upsampled(grid, (r0, r1, c0, c1))
+    if allowed is not None:  # each cell's samples belong where the cell does
+        keep = np.repeat(np.repeat(allowed[r0:r1, c0:c1], UPSAMPLE, axis=0), UPSAMPLE, axis=1)
         fine = np.where(keep, fine, -np.inf).astype(np.float32)
-    cell_h, cell_w = height / fine.shape[0], width / fine.shape[1]
+    height, width = image_size
+    cell_h = height / (grid.shape[0] * UPSAMPLE)  # pixels per sample
+    cell_w = width / (grid.shape[1] * UPSAMPLE)
     groups, _ = ndimage.label(fine > threshold, structure=_EIGHT_CONNECTED)
     regions = []
     for index, window in enumerate(ndimage.find_objects(groups), start=1):
@@ -150,8 +158,8 @@ def defect_regions(
             area = round(samples * cell_h * cell_w)
             if area < min_area_px:
                 continue
-            top = window[0].start + core[0].start
-            left = window[1].start + core[1].start
+            top = r0 * UPSAMPLE + window[0].start + core[0].start
+            left = c0 * UPSAMPLE + window[1].start + core[1].start
             bottom = top + core[0].stop - core[0].start
             right = left + core[1].stop - core[1].start
             x0, y0 = math.floor(left * cell_w), math.floor(top * cell_h)
@@ -166,16 +174,20 @@ def defect_regions(
     return regions if max_regions is None else regions[:max_regions]
 
 
-def upsampled(grid: np.ndarray) -> np.ndarray:
+def upsampled(grid: np.ndarray,
+              window: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """``grid (h, w)`` bilinearly interpolated between cell centres, ``UPSAMPLE`` samples per
-    cell and axis, edges held (as the anomaly map's resize). The factor is odd, so every
-    cell's centre is one of the samples: the finer grid keeps the grid's values and its max."""
+    cell and axis, edges held (as the anomaly map's resize); ``window`` ``(r0, r1, c0, c1)``:
+    only the samples of those cells. The factor is odd, so every cell's centre is one of the
+    samples: the finer grid keeps the grid's values and its max."""
     rows, cols = grid.shape
+    r0, r1, c0, c1 = window or (0, rows, 0, cols)
 
-    def positions(n: int) -> np.ndarray:  # sample centres, in units of cells, clamped
-        return np.clip((np.arange(n * UPSAMPLE) + 0.5) / UPSAMPLE - 0.5, 0, n - 1)
+    def positions(start: int, stop: int, n: int) -> np.ndarray:  # sample centres, in cells
+        samples = np.arange(start * UPSAMPLE, stop * UPSAMPLE)
+        return np.clip((samples + 0.5) / UPSAMPLE - 0.5, 0, n - 1)
 
-    y, x = positions(rows), positions(cols)
+    y, x = positions(r0, r1, rows), positions(c0, c1, cols)
     y0 = np.minimum(np.floor(y).astype(int), rows - 1)
     x0 = np.minimum(np.floor(x).astype(int), cols - 1)
     y1, x1 = np.minimum(y0 + 1, rows - 1), np.minimum(x0 + 1, cols - 1)

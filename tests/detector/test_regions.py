@@ -197,3 +197,23 @@ def test_outlines_are_drawn_on_the_box_edges() -> None:
     assert (out[29, 20:60] == 0).all()  # framed by black outside
     assert (out[40, 40] == 128).all() and (out[5, 5] == 128).all()  # inside and outside kept
     assert (image == 128).all()  # a copy
+
+
+def test_a_window_of_the_grid_is_labelled_as_the_whole_grid_would_be() -> None:
+    """Regions come from the window around the cells above the threshold: the same regions
+    as labelling every sample of the grid."""
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        grid = rng.random((12, 9)).astype(np.float32)
+        whole = upsampled(grid)
+        assert upsampled(grid, (2, 7, 1, 9)).tobytes() == whole[10:35, 5:45].tobytes()
+        cells = rng.random(grid.shape) > 0.3
+        keep = np.repeat(np.repeat(cells, 5, axis=0), 5, axis=1)
+        for threshold in (0.9, 0.95):
+            # Every sample above the threshold is counted once, in some region...
+            regions = defect_regions(grid, threshold, (120, 90))
+            assert sum(r.samples for r in regions) == int((whole > threshold).sum())
+            # ... and with a mask, every one in the cells it allows (a neighbour outside
+            # them may be what lifts a sample inside above the threshold).
+            masked = defect_regions(grid, threshold, (120, 90), cells=cells)
+            assert sum(r.samples for r in masked) == int(((whole > threshold) & keep).sum())
