@@ -26,7 +26,16 @@ from app.api.middleware import (
     check_body_limits,
     image_routes,
 )
-from app.api.routes import api_keys, backbones, health, images, inspect, models, variants
+from app.api.routes import (
+    api_keys,
+    backbones,
+    health,
+    images,
+    inspect,
+    models,
+    records,
+    variants,
+)
 from app.api.security import check_access_decisions
 from app.db.session import Database
 from app.detector.engine import Detector
@@ -95,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Each /v1 route declares who may call it (app.api.security) and whether its body is
     # images (app.api.middleware.ImageBody); no router-wide default for either.
-    for module in (variants, images, models, inspect, backbones, api_keys):
+    for module in (variants, images, models, inspect, records, backbones, api_keys):
         app.include_router(module.router)
     app.include_router(health.router)
     if settings.metrics_access != "off":

@@ -8,8 +8,16 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from app.db.models import ApiKey, ApiKeyRole, Image, ImageLabel, Model, ModelStatus
-from app.detector.calibration import normalize_score
+from app.db.models import (
+    ApiKey,
+    ApiKeyRole,
+    FeedbackLabel,
+    Image,
+    ImageLabel,
+    InspectionRecord,
+    Model,
+    ModelStatus,
+)
 from app.detector.config import SETTINGS, DetectorConfig
 from app.detector.layout import (
     MAX_IGNORE_MASKS,
@@ -18,8 +26,10 @@ from app.detector.layout import (
     Layout,
 )
 from app.detector.regions import DefectRegion
+from app.detector.verdict import region_dict, region_of_interest_dict
 from app.services.backbones import BackboneInfo
 from app.services.inspection import Inspection
+from app.services.records import RecordPolicy
 from app.services.training import ModelView
 from app.services.variants import NAME_PATTERN, VariantSummary, effective_settings
 
@@ -175,6 +185,8 @@ class VariantCreate(BaseModel):
     settings: VariantSettings | None = None
     layout: LayoutSpec | None = Field(default=None, description="regions of interest and "
                                                                 "ignore masks")
+    records: RecordPolicy | None = Field(default=None, description="what is kept of its "
+                                                                   "inspections")
 
 
 class VariantUpdate(BaseModel):
@@ -187,6 +199,8 @@ class VariantUpdate(BaseModel):
     layout: LayoutSpec | None = Field(
         default=None, description="replaces the layout (an empty one removes it); the active "
         "model gets a new version with it at once, from the same memory bank and threshold")
+    records: RecordPolicy | None = Field(default=None, description="replaces the retention "
+                                                                   "policy of its records")
 
 
 _VARIANT_EXAMPLE = {
@@ -205,6 +219,7 @@ class VariantPublic(BaseModel):
     settings: VariantSettingsPublic
     layout: LayoutSpec = Field(description="regions of interest and ignore masks (empty: the "
                                            "whole frame is judged)")
+    records: RecordPolicy = Field(description="what is kept of its inspections")
     active_model_version: int | None = Field(description="the version inspect uses; null until "
                                                          "a model is ready and active")
     n_good_images: int
@@ -220,6 +235,7 @@ class VariantPublic(BaseModel):
                    settings=VariantSettingsPublic.model_validate(
                        effective_settings(v.settings)),
                    layout=LayoutSpec.model_validate(v.layout or {}),
+                   records=RecordPolicy.of(v.records),
                    active_model_version=summary.active_model_version,
                    n_good_images=summary.n_good_images, n_defect_images=summary.n_defect_images,
                    n_models=summary.n_models, created_at=v.created_at, updated_at=v.updated_at)
@@ -403,7 +419,7 @@ _INSPECTION_EXAMPLE = {"score": 7.2, "normalized_score": 0.71, "threshold": 5.05
                            {"name": "connector-J4", "score": 3.1, "normalized_score": 0.31,
                             "is_anomalous": False}],
                        "variant": "bolt-m8", "model_version": 3,
-                       "latency_ms": 23.4, "width": 1280, "height": 960}
+                       "latency_ms": 23.4, "width": 1280, "height": 960, "record_id": 8812}
 
 
 class DefectRegionPublic(BaseModel):
@@ -423,9 +439,7 @@ class DefectRegionPublic(BaseModel):
 
     @classmethod
     def of(cls, region: DefectRegion, threshold: float) -> DefectRegionPublic:
-        return cls(bbox=region.bbox, area_px=region.area_px, max_score=region.max_score,
-                   normalized_max_score=normalize_score(region.max_score, threshold),
-                   region_of_interest=region.region_of_interest)
+        return cls.model_validate(region_dict(region, threshold))
 
 
 class RegionOfInterestVerdictPublic(BaseModel):
@@ -456,6 +470,9 @@ class InspectionPublic(BaseModel):
     latency_ms: float = Field(description="server-side decode + score time")
     width: int
     height: int
+    record_id: int | None = Field(
+        default=None, description="the stored record of this verdict (GET /v1/records/{id}); "
+                                  "null where the variant does not record inspections")
 
     @classmethod
     def of(cls, result: Inspection) -> InspectionPublic:
@@ -464,13 +481,11 @@ class InspectionPublic(BaseModel):
                    is_anomalous=v.is_anomalous,
                    regions=[DefectRegionPublic.of(r, v.threshold) for r in v.regions],
                    regions_of_interest=[
-                       RegionOfInterestVerdictPublic(name=r.name, score=r.score,
-                                                     normalized_score=r.normalized_score,
-                                                     is_anomalous=r.is_anomalous)
+                       RegionOfInterestVerdictPublic.model_validate(region_of_interest_dict(r))
                        for r in v.regions_of_interest],
                    variant=result.variant,
                    model_version=result.model_version, latency_ms=result.latency_ms,
-                   width=result.width, height=result.height)
+                   width=result.width, height=result.height, record_id=result.record_id)
 
 
 class BatchInspectionPublic(InspectionPublic):
@@ -478,6 +493,96 @@ class BatchInspectionPublic(InspectionPublic):
 
     index: int = Field(description="position of the file in the request")
     filename: str | None = None
+
+
+# ---------------------------------------------------------------------------- records
+
+
+_RECORD_EXAMPLE: dict[str, Any] = {
+    "id": 8812, "variant": "bolt-m8", "model_version": 3, "created_at": _NOW, "score": 7.2,
+    "normalized_score": 0.71, "threshold": 5.052, "is_anomalous": True,
+    "regions": [_REGION_EXAMPLE], "regions_of_interest": [], "latency_ms": 23.4,
+    "request_id": "7f4c2a9e0b6d4f1a8c3e5b7d9f1a2c4e", "width": 1280, "height": 960,
+    "part_id": "SN-2291-0042", "station": "line-3", "lot": "L-1126", "tags": ["night-shift"],
+    "image_kept": True, "feedback": "good", "feedback_note": "oil drop, wiped: part is fine",
+    "feedback_by": "shift-lead", "feedback_at": _NOW,
+}
+
+
+class RecordPublic(BaseModel):
+    """One inspection as it was answered, with what the caller said of the part and what an
+    operator said of the verdict."""
+
+    model_config = _examples(_RECORD_EXAMPLE)
+
+    id: int
+    variant: str
+    model_version: int
+    created_at: datetime
+    score: float
+    normalized_score: float
+    threshold: float
+    is_anomalous: bool
+    regions: list[DefectRegionPublic]
+    regions_of_interest: list[RegionOfInterestVerdictPublic]
+    latency_ms: float
+    request_id: str | None
+    width: int
+    height: int
+    part_id: str | None
+    station: str | None
+    lot: str | None
+    tags: list[str]
+    image_kept: bool = Field(description="the image is stored: GET .../image and .../heatmap "
+                                         "answer it")
+    feedback: FeedbackLabel | None = Field(
+        description="good: a false reject; defect: a confirmed defect; missed: a defect the "
+                    "model passed; null: none yet")
+    feedback_note: str | None
+    feedback_by: str | None
+    feedback_at: datetime | None
+
+    @classmethod
+    def of(cls, record: InspectionRecord, variant: str) -> RecordPublic:
+        return cls(
+            id=record.id, variant=variant, model_version=record.model_version,
+            created_at=record.created_at, score=record.score,
+            normalized_score=record.normalized_score, threshold=record.threshold,
+            is_anomalous=record.is_anomalous, regions=record.regions,
+            regions_of_interest=record.regions_of_interest, latency_ms=record.latency_ms,
+            request_id=record.request_id, width=record.width, height=record.height,
+            part_id=record.part_id, station=record.station, lot=record.lot, tags=record.tags,
+            image_kept=record.image_kept,
+            feedback=FeedbackLabel(record.feedback) if record.feedback else None,
+            feedback_note=record.feedback_note, feedback_by=record.feedback_by,
+            feedback_at=record.feedback_at)
+
+
+class RecordPage(BaseModel):
+    model_config = _examples({"items": [_RECORD_EXAMPLE], "next_cursor": "8811"})
+
+    items: list[RecordPublic]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) page; "
+                                                 "null on the last page")
+
+
+class FeedbackCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"label": "good", "note": "oil drop, wiped: part is fine"}]})
+
+    label: FeedbackLabel = Field(description="good: the part was fine (a false reject); "
+                                             "defect: confirmed; missed: a defect the model "
+                                             "passed")
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class PromoteCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"label": "good"}]})
+
+    label: ImageLabel = Field(description="add the record's image to the variant as a good "
+                                          "example (the next training learns it) or a defect "
+                                          "one (it calibrates)")
 
 
 # ---------------------------------------------------------------------------- backbones, health

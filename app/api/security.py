@@ -1,11 +1,12 @@
 """Who may call what: every /v1 route declares one access decision, enforced before its body
 is read.
 
-A route states its decision as a dependency, ``dependencies=[InspectorAccess]`` or
-``[AdminAccess]``; its router uses ``route_class=AccessRoute``. The route class checks the key
-(401) and the role (403) *before* FastAPI parses the request: an anonymous caller cannot make
-the service spool a multipart upload or learn from a 422 or a 404 what exists. The dependency
-then hands the ``Principal`` to the handler and documents the key in OpenAPI.
+A route states its decision as a dependency, ``dependencies=[InspectorAccess]``,
+``[OperatorAccess]`` or ``[AdminAccess]``; its router uses ``route_class=AccessRoute``. The
+route class checks the key (401) and the role (403) *before* FastAPI parses the request: an
+anonymous caller cannot make the service spool a multipart upload or learn from a 422 or a
+404 what exists. The dependency then hands the ``Principal`` to the handler and documents the
+key in OpenAPI.
 
 ``create_app`` refuses to build an app with a /v1 route that has no decision
 (``check_access_decisions``), and a table-driven test pins each route's decision.
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 API_KEY_HEADER = "X-API-Key"
 _api_key_header = APIKeyHeader(
     name=API_KEY_HEADER, auto_error=False,
-    description="an API key (admin or inspector); `Authorization: Bearer <key>` works too")
+    description="an API key (admin, operator or inspector); `Authorization: Bearer <key>` "
+                "works too")
 
 
 def key_from(headers: Headers) -> str | None:
@@ -94,18 +96,26 @@ def _inspector_access(request: Request,
     return _principal(request)
 
 
+def _operator_access(request: Request,
+                     _key: Annotated[str | None, Security(_api_key_header)] = None) -> Principal:
+    return _principal(request)
+
+
 def _admin_access(request: Request,
                   _key: Annotated[str | None, Security(_api_key_header)] = None) -> Principal:
     return _principal(request)
 
 
 InspectorAccess = Security(_inspector_access)
-"""Read and inspect: admin and inspector keys."""
+"""Read and inspect: every key."""
+OperatorAccess = Security(_operator_access)
+"""Inspection records, their images and feedback: operator and admin keys."""
 AdminAccess = Security(_admin_access)
 """Change state or manage keys: admin keys only."""
 
 _ROLE_OF: dict[Callable[..., Any], ApiKeyRole] = {
     _inspector_access: ApiKeyRole.inspector,
+    _operator_access: ApiKeyRole.operator,
     _admin_access: ApiKeyRole.admin,
 }
 
@@ -161,5 +171,5 @@ def check_access_decisions(routes: list[BaseRoute], prefix: str = "/v1/") -> Non
         if not isinstance(route, AccessRoute) or access_of(route.dependencies) is None:
             missing.append(f"{sorted(context.methods or [])} {path}")
     if missing:
-        raise RuntimeError(f"routes without an access decision (InspectorAccess or AdminAccess "
-                           f"on an AccessRoute): {missing}")
+        raise RuntimeError(f"routes without an access decision (InspectorAccess, OperatorAccess "
+                           f"or AdminAccess on an AccessRoute): {missing}")

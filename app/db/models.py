@@ -4,10 +4,11 @@ any variant and a database backup is a backup of everything.
     variant ─┬─< image                  uploaded bytes, one row per distinct sha256 per variant
              ├─< model ──1 model_artifact   training job + result; the ONNX blob apart
              └── active_model_id ─> model   the version inspect uses (NULL until one is ready)
+             └─< inspection_record ──1 record_image   every verdict; the image when kept
     api_key                         callers: a role and the sha256 of a random key, never the key
 
-Blobs (``image.data``, ``model_artifact.onnx``) are deferred or in their own table, so listing
-rows never reads megabytes.
+Blobs (``image.data``, ``model_artifact.onnx``, ``record_image.data``) are deferred or in
+their own table, so listing rows never reads megabytes.
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ class Variant(Base):
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Regions of interest and ignore masks (app.detector.layout.Layout.to_dict); None: none.
     layout: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Inspection records: the retention policy as given (app.services.records.RecordPolicy;
+    # omitted keys take its defaults).
+    records: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # use_alter: variant and model reference each other.
     active_model_id: Mapped[int | None] = mapped_column(
         ForeignKey("model.id", ondelete="SET NULL", use_alter=True), nullable=True
@@ -187,10 +191,82 @@ class ModelArtifact(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class FeedbackLabel(enum.StrEnum):
+    """What an operator says of a verdict: ``good`` (a false reject), ``defect`` (a confirmed
+    defect), ``missed`` (a defect the model passed)."""
+
+    good = "good"
+    defect = "defect"
+    missed = "missed"
+
+
+class InspectionRecord(Base):
+    """One verdict, as answered: kept for "what did station 3 reject last night, and why"."""
+
+    __tablename__ = "inspection_record"
+    __table_args__ = (
+        CheckConstraint("feedback IS NULL OR feedback IN ('good', 'defect', 'missed')",
+                        name="feedback"),
+        # The filters of GET /v1/records, newest first (id order is insertion order).
+        Index("ix_inspection_record_variant_id_id", "variant_id", "id"),
+        Index("ix_inspection_record_created_at", "created_at"),
+        Index("ix_inspection_record_variant_anomalous", "variant_id", "is_anomalous", "id"),
+        Index("ix_inspection_record_part_id", "part_id"),
+        Index("ix_inspection_record_station", "station", "id"),
+        Index("ix_inspection_record_feedback", "feedback", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variant.id", ondelete="CASCADE"))
+    model_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    score: Mapped[float] = mapped_column(Float)
+    normalized_score: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    is_anomalous: Mapped[bool] = mapped_column(Boolean)
+    # The verdict's defect regions and per-region verdicts, as the API answered them.
+    regions: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    regions_of_interest: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    # What the caller said of the part (inspect's query parameters).
+    part_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    station: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lot: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    image_kept: Mapped[bool] = mapped_column(Boolean, default=False)
+    feedback: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    feedback_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    feedback_by: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    feedback_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class RecordImage(Base):
+    """The inspected image of a record, when the variant's retention policy kept it."""
+
+    __tablename__ = "record_image"
+    __table_args__ = (Index("ix_record_image_variant_id_record_id", "variant_id", "record_id"),)
+
+    record_id: Mapped[int] = mapped_column(
+        ForeignKey("inspection_record.id", ondelete="CASCADE"), primary_key=True)
+    # Here too, for the byte budget per variant without a join.
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variant.id", ondelete="CASCADE"))
+    format: Mapped[str] = mapped_column(String(16))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    data: Mapped[bytes] = deferred(mapped_column(LargeBinary, nullable=False))
+
+
 class ApiKeyRole(enum.StrEnum):
-    """What a key may do: ``admin`` everything; ``inspector`` read and inspect, change nothing."""
+    """What a key may do: ``admin`` everything; ``operator`` read everything, inspection
+    records included, give feedback and add a record's image to the variant; ``inspector``
+    read and inspect, change nothing."""
 
     admin = "admin"
+    operator = "operator"
     inspector = "inspector"
 
 
@@ -202,7 +278,7 @@ class ApiKey(Base):
     __tablename__ = "api_key"
     __table_args__ = (
         UniqueConstraint("lookup"),
-        CheckConstraint("role IN ('admin', 'inspector')", name="role"),
+        CheckConstraint("role IN ('admin', 'operator', 'inspector')", name="role"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

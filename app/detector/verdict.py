@@ -63,6 +63,20 @@ class Verdict:
     anomaly_map: np.ndarray | None = None  # (H, W) float32 when requested
 
 
+def region_dict(region: DefectRegion, threshold: float) -> dict[str, object]:
+    """A defect region as the API answers and records store it."""
+    return {"bbox": list(region.bbox), "area_px": region.area_px,
+            "max_score": region.max_score,
+            "normalized_max_score": normalize_score(region.max_score, threshold),
+            "region_of_interest": region.region_of_interest}
+
+
+def region_of_interest_dict(verdict: RegionOfInterestVerdict) -> dict[str, object]:
+    """A region of interest's verdict as the API answers and records store it."""
+    return {"name": verdict.name, "score": verdict.score,
+            "normalized_score": verdict.normalized_score, "is_anomalous": verdict.is_anomalous}
+
+
 @dataclass(frozen=True)
 class VerdictRules:
     """What a model file's metadata says about turning its outputs into a verdict."""

@@ -45,7 +45,8 @@ _DUMMY_HASH = hashlib.sha256(b"no such key").hexdigest()
 
 # What each role may do, as the set of roles whose routes it may call.
 GRANTS: dict[ApiKeyRole, frozenset[ApiKeyRole]] = {
-    ApiKeyRole.admin: frozenset({ApiKeyRole.admin, ApiKeyRole.inspector}),
+    ApiKeyRole.admin: frozenset({ApiKeyRole.admin, ApiKeyRole.operator, ApiKeyRole.inspector}),
+    ApiKeyRole.operator: frozenset({ApiKeyRole.operator, ApiKeyRole.inspector}),
     ApiKeyRole.inspector: frozenset({ApiKeyRole.inspector}),
 }
 

@@ -51,6 +51,12 @@ def decode(data: bytes, *, max_pixels: int, what: str = "image") -> DecodedImage
         raise type(exc)(f"{what}: {exc.detail}") from None
 
 
+def checked_upload(upload: Upload, *, format: str, width: int, height: int) -> CheckedUpload:
+    """An upload known to decode (just decoded, or kept from an inspection that decoded it)."""
+    return CheckedUpload(upload=upload, sha256=hashlib.sha256(upload.data).hexdigest(),
+                         format=format, width=width, height=height)
+
+
 def check_uploads(uploads: Sequence[Upload], *, max_pixels: int) -> list[CheckedUpload]:
     """Decode every upload (CPU work: call from a worker thread). All or nothing: the first bad
     file raises, so a rejected request stores none of its files."""
@@ -60,8 +66,8 @@ def check_uploads(uploads: Sequence[Upload], *, max_pixels: int) -> list[Checked
     for index, upload in enumerate(uploads):
         name = f"files[{index}]" + (f" ({upload.filename!r})" if upload.filename else "")
         image = decode(upload.data, max_pixels=max_pixels, what=name)
-        checked.append(CheckedUpload(upload=upload, sha256=hashlib.sha256(upload.data).hexdigest(),
-                                     format=image.format, width=image.width, height=image.height))
+        checked.append(checked_upload(upload, format=image.format, width=image.width,
+                                      height=image.height))
     return checked
 
 

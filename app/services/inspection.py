@@ -12,20 +12,24 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from app.db.models import Model, ModelArtifact, Variant
 from app.db.session import Database
 from app.detector.heatmap import render_heatmap_png
+from app.detector.imaging import DecodedImage
 from app.detector.runtime import CompiledModel, RuntimeOptions
 from app.detector.verdict import Verdict
-from app.errors import NoActiveModelError, NotFoundError
+from app.errors import ConflictError, NoActiveModelError, NotFoundError
+from app.services import records
 from app.services.images import decode
 from app.services.metrics import Metrics
+from app.services.records import CallerContext, Inspected, RecordPolicy, store_records
 
 # (variant id, model version, artefact sha256, ...): the first item is the variant, for eviction.
 # The sha256 makes a key name one file for good: SQLite reuses the ids of deleted rows, and
@@ -115,6 +119,7 @@ class ActiveModel:
     model_id: int
     version: int
     artifact_sha256: str | None  # None: the model's file is gone (deleted meanwhile)
+    record_policy: RecordPolicy = field(default_factory=RecordPolicy)
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,7 @@ class Inspection:
     width: int
     height: int
     heatmap_png: bytes | None = None
+    record_id: int | None = None  # None: the variant does not record inspections
 
 
 def active_model(database: Database, *, name: str) -> ActiveModel:
@@ -135,21 +141,22 @@ def active_model(database: Database, *, name: str) -> ActiveModel:
     over three primary / unique keys), so an activation on any replica is served at once."""
     with database.reading() as session:
         row = session.execute(
-            select(Variant.id, Variant.active_model_id, Model.version, ModelArtifact.sha256)
+            select(Variant.id, Variant.active_model_id, Model.version, ModelArtifact.sha256,
+                   Variant.records)
             .outerjoin(Model, Model.id == Variant.active_model_id)
             .outerjoin(ModelArtifact, ModelArtifact.model_id == Variant.active_model_id)
             .where(Variant.name == name)
         ).one_or_none()
     if row is None:
         raise NotFoundError(f"variant {name!r} not found")
-    variant_id, model_id, version, sha256 = row
+    variant_id, model_id, version, sha256, records = row
     if model_id is None:
         raise NoActiveModelError(
             f"variant {name!r} has no active model yet; train one with POST "
             f"/v1/variants/{name}/models and wait until it is ready"
         )
     return ActiveModel(variant_id=variant_id, variant=name, model_id=model_id, version=version,
-                       artifact_sha256=sha256)
+                       artifact_sha256=sha256, record_policy=RecordPolicy.of(records))
 
 
 def _gone(active: ActiveModel) -> NotFoundError:
@@ -177,9 +184,12 @@ def load_model(database: Database, cache: ModelCache, active: ActiveModel) -> Co
 def inspect_images(database: Database, cache: ModelCache, metrics: Metrics, *, name: str,
                    images: Sequence[bytes], max_pixels: int, heatmap: bool = False,
                    labels: Sequence[str] | None = None,
-                   max_regions: int | None = None) -> list[Inspection]:
+                   max_regions: int | None = None,
+                   context: CallerContext | None = None) -> list[Inspection]:
     """Decode and score ``images`` with the variant's active model, in order (blocking).
-    Each verdict carries at most ``max_regions`` defect regions (None: all).
+    Each verdict carries at most ``max_regions`` defect regions (None: all). Unless the
+    variant's policy says otherwise, the verdicts are recorded (``records.store_records``)
+    before this returns: an answered verdict is a stored one.
 
     Every image is decoded before any is scored, so a bad file in a batch fails the request
     without scoring work; ``labels`` name the files in error messages.
@@ -214,4 +224,51 @@ def inspect_images(database: Database, cache: ModelCache, metrics: Metrics, *, n
         metrics.inspections.labels(variant=name).inc()
         if verdict.is_anomalous:
             metrics.anomalies.labels(variant=name).inc()
+    if active.record_policy.enabled:
+        results = _record(database, active, results, decoded, images, context)
     return results
+
+
+def _record(database: Database, active: ActiveModel, results: list[Inspection],
+            decoded: Sequence[DecodedImage], images: Sequence[bytes],
+            context: CallerContext | None) -> list[Inspection]:
+    """The results with their record ids, once the records are committed."""
+    inspected = [
+        Inspected(verdict=r.verdict, model_version=r.model_version, latency_ms=r.latency_ms,
+                  width=r.width, height=r.height, data=data, format=image.format)
+        for r, image, data in zip(results, decoded, images, strict=True)
+    ]
+    try:
+        with database.writing() as session:
+            ids = store_records(session, variant_id=active.variant_id,
+                                policy=active.record_policy, inspected=inspected,
+                                context=context or CallerContext())
+    except IntegrityError:
+        raise _gone(active) from None  # the variant was deleted meanwhile
+    return [replace(r, record_id=i) for r, i in zip(results, ids, strict=True)]
+
+
+def record_heatmap(database: Database, cache: ModelCache, *, record_id: int,
+                   max_pixels: int) -> bytes:
+    """The heatmap PNG of a recorded inspection, rendered now from its kept image by the model
+    version that judged it (never stored). ``ConflictError`` when the image was not kept or
+    that version is gone."""
+    with database.reading() as session:
+        record, variant = records.get_record(session, record_id=record_id)
+        data = bytes(records.get_record_image(session, record=record).data)
+        row = session.execute(
+            select(Model.id, ModelArtifact.sha256)
+            .join(ModelArtifact, ModelArtifact.model_id == Model.id)
+            .where(Model.variant_id == record.variant_id,
+                   Model.version == record.model_version)).one_or_none()
+    if row is None:
+        raise ConflictError(f"model version {record.model_version} of variant {variant!r}, "
+                            f"which judged record {record_id}, is no longer stored")
+    active = ActiveModel(variant_id=record.variant_id, variant=variant, model_id=row[0],
+                         version=record.model_version, artifact_sha256=row[1])
+    model = load_model(database, cache, active)
+    image = decode(data, max_pixels=max_pixels, what=f"record {record_id}'s image")
+    verdict = model.inspect(image.pixels, with_map=True)
+    assert verdict.anomaly_map is not None
+    return render_heatmap_png(image.pixels, np.asarray(verdict.anomaly_map), verdict.threshold,
+                              regions=verdict.regions)

@@ -71,12 +71,15 @@ def effective_settings(stored: dict[str, Any]) -> dict[str, Any]:
 
 def create_variant(session: Session, *, name: str, description: str = "",
                    settings: dict[str, Any] | None = None,
-                   layout: Layout | None = None) -> Variant:
-    """Create a variant; a taken name is ``AlreadyExistsError``."""
+                   layout: Layout | None = None,
+                   records: dict[str, Any] | None = None) -> Variant:
+    """Create a variant; a taken name is ``AlreadyExistsError``. ``records``: its record
+    policy (``records.RecordPolicy`` fields, validated where they enter)."""
     check_name(name)
     resolved = resolve_settings({}, settings or {})
     variant = Variant(name=name, description=description, settings=resolved,
-                      layout=None if layout is None or layout.is_empty else layout.to_dict())
+                      layout=None if layout is None or layout.is_empty else layout.to_dict(),
+                      records=records or None)
     session.add(variant)
     try:
         session.commit()
@@ -136,14 +139,17 @@ def list_variants(session: Session, *, limit: int, offset: int) -> tuple[list[Va
 
 
 def update_variant(session: Session, *, variant: Variant, description: str | None = None,
-                   settings: dict[str, Any] | None = None, commit: bool = True) -> Variant:
-    """Change the description and/or merge ``settings`` (affects models trained afterwards).
-    ``commit`` False leaves the transaction open for a change that goes with it (a layout:
-    ``training.change_layout``)."""
+                   settings: dict[str, Any] | None = None,
+                   records: dict[str, Any] | None = None, commit: bool = True) -> Variant:
+    """Change the description, merge ``settings`` (affects models trained afterwards) and/or
+    replace the record policy. ``commit`` False leaves the transaction open for a change that
+    goes with it (a layout: ``training.change_layout``)."""
     if description is not None:
         variant.description = description
     if settings is not None:
         variant.settings = resolve_settings(variant.settings, settings)
+    if records is not None:
+        variant.records = records
     variant.updated_at = utcnow()
     if commit:
         session.commit()

@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, select
 from app.api.security import AccessRoute, InspectorAccess, check_access_decisions
 from app.db.models import ApiKey
 
-PUBLIC, INSPECTOR, ADMIN = "public", "inspector", "admin"
+PUBLIC, INSPECTOR, OPERATOR, ADMIN = "public", "inspector", "operator", "admin"
 
 ACCESS: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): PUBLIC,
@@ -48,6 +48,13 @@ ACCESS: dict[tuple[str, str], str] = {
     ("GET", "/v1/variants/{name}/models/{version}/onnx"): ADMIN,
     ("POST", "/v1/variants/{name}/inspect"): INSPECTOR,
     ("POST", "/v1/variants/{name}/inspect/batch"): INSPECTOR,
+    ("GET", "/v1/records"): OPERATOR,
+    ("GET", "/v1/records/export"): OPERATOR,
+    ("GET", "/v1/records/{record_id}"): OPERATOR,
+    ("GET", "/v1/records/{record_id}/image"): OPERATOR,
+    ("GET", "/v1/records/{record_id}/heatmap"): OPERATOR,
+    ("POST", "/v1/records/{record_id}/feedback"): OPERATOR,
+    ("POST", "/v1/records/{record_id}/promote"): OPERATOR,
     ("POST", "/v1/api-keys"): ADMIN,
     ("GET", "/v1/api-keys"): ADMIN,
     ("DELETE", "/v1/api-keys/{key_id}"): ADMIN,
@@ -78,9 +85,12 @@ REQUESTS: dict[tuple[str, str], Callable[[Any], dict[str, Any]]] = {
     ("POST", "/v1/variants/{name}/inspect/batch"): lambda im: {
         "files": [("files", ("x.png", _image(im), "image/png"))]},
     ("POST", "/v1/api-keys"): lambda im: {"json": {"name": "intruder", "role": "admin"}},
+    ("POST", "/v1/records/{record_id}/feedback"): lambda im: {"json": {"label": "good"}},
+    ("POST", "/v1/records/{record_id}/promote"): lambda im: {"json": {"label": "good"}},
 }
 
-PATH_VALUES = {"{name}": "bolt", "{version}": "1", "{image_id}": "1", "{key_id}": "1"}
+PATH_VALUES = {"{name}": "bolt", "{version}": "1", "{image_id}": "1", "{key_id}": "1",
+               "{record_id}": "1"}
 
 
 def concrete(path: str) -> str:
@@ -139,7 +149,11 @@ def test_every_route_has_a_decision(client: TestClient) -> None:
 def test_role_boundaries(trained: Any, client: TestClient, images: Any,
                          problem: Callable[[Any, int], dict[str, Any]]) -> None:
     inspector = create_key(client, "inspector")["key"]
+    operator = create_key(client, "operator")["key"]
     create_key(client, "admin", "second-admin")
+    # A record to read and give feedback on, its image kept (the verdict is anomalous).
+    assert client.post("/v1/variants/bolt/inspect", content=images.defect_png(3),
+                       headers={"content-type": "image/png"}).json()["record_id"] == 1
     before = snapshot(client)
     for (method, template), decision in sorted(ACCESS.items()):
         path = concrete(template)
@@ -156,14 +170,25 @@ def test_role_boundaries(trained: Any, client: TestClient, images: Any,
             assert "key" in body["detail"], where
 
         response = send(client, method, path, inspector, **request(images))
-        if decision == ADMIN:
+        if decision in (ADMIN, OPERATOR):
             body = problem(response, 403)
-            assert "admin role" in body["detail"] and "inspector" in body["detail"], where
+            assert f"{decision} role" in body["detail"] and "inspector" in body["detail"], where
         else:
             assert response.status_code not in (401, 403), (where, response.text)
 
-    # Nothing an inspector was refused happened, and nothing it was allowed changes state.
+    # Nothing an inspector was refused happened, and nothing it was allowed changes state
+    # (its inspections are recorded: that is what records are).
     assert snapshot(client) == before
+
+    for (method, template), decision in sorted(ACCESS.items()):
+        response = send(client, method, concrete(template), operator,
+                        **REQUESTS.get((method, template), _NO_BODY)(images))
+        where = f"{method} {template}"
+        if decision == ADMIN:
+            body = problem(response, 403)
+            assert "admin role" in body["detail"] and "operator" in body["detail"], where
+        else:
+            assert response.status_code not in (401, 403), (where, response.text)
 
     # The admin key may call every route (run last: some of these delete things).
     for (method, template), _ in sorted(ACCESS.items(), key=lambda item: item[0][0] == "DELETE"):

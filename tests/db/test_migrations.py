@@ -14,7 +14,8 @@ from sqlalchemy import create_engine, inspect
 from app.db.migrate import alembic_config, current_revision, downgrade_to_base, upgrade_to_head
 from app.db.models import Base
 
-TABLES = {"variant", "image", "model", "model_artifact", "api_key"}
+TABLES = {"variant", "image", "model", "model_artifact", "api_key", "inspection_record",
+          "record_image"}
 
 
 def differences(url: str) -> list[Any]:

@@ -8,11 +8,13 @@ the event loop.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -23,6 +25,7 @@ from app.api.schemas import BatchInspectionPublic, InspectionPublic
 from app.api.security import AccessRoute, InspectorAccess
 from app.errors import InvalidInputError, LimitExceededError, UnsupportedMediaError
 from app.services.inspection import Inspection, inspect_images
+from app.services.records import CallerContext
 from app.settings import Settings
 
 router = APIRouter(prefix="/v1/variants/{name}/inspect", tags=["inspect"],
@@ -126,6 +129,37 @@ def _wants_heatmap(request: Request, heatmap: str | None) -> bool:
     return "image/png" in accept and "application/json" not in accept
 
 
+# What the caller may say of the part: stored with the verdict's record. Printable text only.
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+MAX_TAGS = 16
+
+
+@dataclass(frozen=True)
+class CallerQuery:
+    """The query parameters of inspect that describe the part (stored in its record)."""
+
+    part_id: Annotated[str | None, Query(max_length=128, pattern=_PRINTABLE,
+                                         description="the part's serial or id")] = None
+    station: Annotated[str | None, Query(max_length=64, pattern=_PRINTABLE,
+                                         description="where it was inspected")] = None
+    lot: Annotated[str | None, Query(max_length=64, pattern=_PRINTABLE)] = None
+    tag: Annotated[list[str] | None, Query(
+        max_length=MAX_TAGS, description=f"repeat for several, at most {MAX_TAGS}, each at most "
+                                         "64 printable characters")] = None
+
+    def context(self, request: Request) -> CallerContext:
+        tags = tuple(self.tag or ())
+        bad = [t for t in tags if not t or len(t) > 64 or not re.fullmatch(_PRINTABLE, t)]
+        if bad:
+            raise InvalidInputError(f"tag values must be 1 to 64 printable characters, got "
+                                    f"{bad[:3]!r}")
+        return CallerContext(part_id=self.part_id, station=self.station, lot=self.lot,
+                             tags=tags, request_id=getattr(request.state, "request_id", None))
+
+
+Caller = Annotated[CallerQuery, Depends()]
+
+
 async def _run(request: Request, **kwargs: Any) -> list[Inspection]:
     """``inspect_images`` on the inference pool (a bounded set of threads)."""
     limiter = request.app.state.inference_limiter
@@ -145,15 +179,20 @@ async def inspect(
     cache: ModelCacheDep,
     metrics: MetricsDep,
     settings: SettingsDep,
+    caller: Caller,
     heatmap: Annotated[str | None, Query(pattern="^(png|none)$",
                                          description="png: answer the heatmap overlay PNG")] = None,
 ) -> InspectionPublic | Response:
-    """Score one image with the variant's active model. 409 until a model is active."""
+    """Score one image with the variant's active model. 409 until a model is active. The
+    verdict is recorded (``record_id``) before it is answered, unless the variant's record
+    policy is off."""
+    context = caller.context(request)
     data = await _single_image(request, settings)
     with_map = _wants_heatmap(request, heatmap)
     (result,) = await _run(request, database=database, cache=cache, metrics=metrics, name=name,
                            images=[data], max_pixels=settings.max_image_pixels, heatmap=with_map,
-                           labels=["image"], max_regions=settings.max_defect_regions)
+                           labels=["image"], max_regions=settings.max_defect_regions,
+                           context=context)
     if with_map:
         v = result.verdict
         assert result.heatmap_png is not None
@@ -163,6 +202,7 @@ async def inspect(
             "X-Threshold": repr(v.threshold),
             "X-Is-Anomalous": "true" if v.is_anomalous else "false",
             "X-Defect-Regions": str(len(v.regions)),
+            **({"X-Record-Id": str(result.record_id)} if result.record_id is not None else {}),
             "X-Model-Version": str(result.model_version),
             "X-Variant": result.variant,
             "X-Latency-Ms": repr(result.latency_ms),
@@ -180,9 +220,12 @@ async def inspect_batch(
     cache: ModelCacheDep,
     metrics: MetricsDep,
     settings: SettingsDep,
+    caller: Caller,
 ) -> list[BatchInspectionPublic]:
     """Score several images (multipart ``files`` fields) with one model version; verdicts come
-    back in the order of the files. One undecodable file fails the whole request (422)."""
+    back in the order of the files. One undecodable file fails the whole request (422). The
+    query parameters describing the part apply to every file."""
+    context = caller.context(request)
     if _media_type(request) != "multipart/form-data":
         raise UnsupportedMediaError("send the images as multipart/form-data 'files' fields")
     limit = settings.max_batch_files
@@ -205,7 +248,7 @@ async def inspect_batch(
     results = await _run(request, database=database, cache=cache, metrics=metrics, name=name,
                          images=[d for d, _ in read], max_pixels=settings.max_image_pixels,
                          labels=[label for _, label in read],
-                         max_regions=settings.max_defect_regions)
+                         max_regions=settings.max_defect_regions, context=context)
     return [BatchInspectionPublic(**InspectionPublic.of(r).model_dump(), index=i,
                                   filename=filenames[i])
             for i, r in enumerate(results)]

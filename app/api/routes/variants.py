@@ -28,7 +28,8 @@ def create_variant(body: VariantCreate, session: SessionDep, response: Response,
     """Create a variant. Omitted settings take the documented defaults; 409 if the name exists."""
     variant = service.create_variant(session, name=body.name, description=body.description,
                                      settings=body.settings.changes() if body.settings else None,
-                                     layout=body.layout.to_layout() if body.layout else None)
+                                     layout=body.layout.to_layout() if body.layout else None,
+                                     records=body.records.model_dump() if body.records else None)
     response.headers["Location"] = str(request.url_for("get_variant", name=variant.name))
     return VariantPublic.of(service.summarize(session, [variant])[0])
 
@@ -50,17 +51,20 @@ def get_variant(variant: VariantDep, session: SessionDep) -> VariantPublic:
 
 
 @router.patch("/{name}", dependencies=[AdminAccess],
-              response_model=VariantPublic, responses=problems(400, 404))
+              response_model=VariantPublic, responses=problems(400, 404, 409))
 def update_variant(variant: VariantDep, body: VariantUpdate, session: SessionDep) -> VariantPublic:
-    """Change the description, settings (they apply to models trained afterwards) or layout.
+    """Change the description, settings (they apply to models trained afterwards), layout or
+    record policy.
 
     A new layout (regions of interest, ignore masks) applies at once: the active model gets a
     new version with it, from the same memory bank and threshold, active when this answers
-    (``active_model_version``); models trained afterwards use it too. An active model trained
-    before layouts existed keeps judging the whole frame until a new one is trained."""
+    (``active_model_version``); models trained afterwards use it too. 409, and nothing
+    changed, when the active model cannot take it (trained before layouts existed, or with an
+    ignore mask the new layout would uncover)."""
     layout = body.layout.to_layout() if body.layout is not None else None  # 422 before writing
     service.update_variant(session, variant=variant, description=body.description,
                            settings=body.settings.changes() if body.settings else None,
+                           records=body.records.model_dump() if body.records else None,
                            commit=layout is None)
     if layout is not None:
         training.change_layout(session, variant=variant, layout=layout)
