@@ -253,9 +253,14 @@ def test_paths(dataset: Path, n: int) -> list[Path]:
 
 def decode(path: Path) -> Any:
     """RGB ``(H, W, 3)`` uint8, decoded the way the service decodes uploads."""
+    return decode_bytes(path.read_bytes())
+
+
+def decode_bytes(data: bytes) -> Any:
+    """``decode`` of bytes already read."""
     from app.detector.imaging import decode_image
 
-    return decode_image(path.read_bytes()).pixels
+    return decode_image(data).pixels
 
 
 # --------------------------------------------------------------------------- fitting

@@ -104,6 +104,9 @@ class Variant(Base):
     # Inspection records: the retention policy as given (app.services.records.RecordPolicy;
     # omitted keys take its defaults).
     records: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Bytes of its kept record images, kept up to date with them: the byte budget is checked
+    # without summing every image.
+    record_image_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # use_alter: variant and model reference each other.
     active_model_id: Mapped[int | None] = mapped_column(
         ForeignKey("model.id", ondelete="SET NULL", use_alter=True), nullable=True
@@ -248,7 +251,7 @@ class RecordImage(Base):
     """The inspected image of a record, when the variant's retention policy kept it."""
 
     __tablename__ = "record_image"
-    __table_args__ = (Index("ix_record_image_variant_id_record_id", "variant_id", "record_id"),)
+    __table_args__ = (Index("ix_record_image_variant_id_created_at", "variant_id", "created_at"),)
 
     record_id: Mapped[int] = mapped_column(
         ForeignKey("inspection_record.id", ondelete="CASCADE"), primary_key=True)

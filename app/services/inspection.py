@@ -22,7 +22,6 @@ from sqlalchemy.exc import IntegrityError
 from app.db.models import Model, ModelArtifact, Variant
 from app.db.session import Database
 from app.detector.heatmap import render_heatmap_png
-from app.detector.imaging import DecodedImage
 from app.detector.runtime import CompiledModel, RuntimeOptions
 from app.detector.verdict import Verdict
 from app.errors import ConflictError, NoActiveModelError, NotFoundError
@@ -184,12 +183,12 @@ def load_model(database: Database, cache: ModelCache, active: ActiveModel) -> Co
 def inspect_images(database: Database, cache: ModelCache, metrics: Metrics, *, name: str,
                    images: Sequence[bytes], max_pixels: int, heatmap: bool = False,
                    labels: Sequence[str] | None = None,
-                   max_regions: int | None = None,
-                   context: CallerContext | None = None) -> list[Inspection]:
+                   max_regions: int | None = None) -> InspectionRun:
     """Decode and score ``images`` with the variant's active model, in order (blocking).
-    Each verdict carries at most ``max_regions`` defect regions (None: all). Unless the
-    variant's policy says otherwise, the verdicts are recorded (``records.store_records``)
-    before this returns: an answered verdict is a stored one.
+    Each verdict carries at most ``max_regions`` defect regions (None: all). The run says
+    what to record (``record_inspections``, before the verdicts are answered: an answered
+    verdict is a stored one); recording is apart so that it does not hold an inference
+    thread.
 
     Every image is decoded before any is scored, so a bad file in a batch fails the request
     without scoring work; ``labels`` name the files in error messages.
@@ -224,28 +223,37 @@ def inspect_images(database: Database, cache: ModelCache, metrics: Metrics, *, n
         metrics.inspections.labels(variant=name).inc()
         if verdict.is_anomalous:
             metrics.anomalies.labels(variant=name).inc()
-    if active.record_policy.enabled:
-        results = _record(database, active, results, decoded, images, context)
-    return results
-
-
-def _record(database: Database, active: ActiveModel, results: list[Inspection],
-            decoded: Sequence[DecodedImage], images: Sequence[bytes],
-            context: CallerContext | None) -> list[Inspection]:
-    """The results with their record ids, once the records are committed."""
     inspected = [
         Inspected(verdict=r.verdict, model_version=r.model_version, latency_ms=r.latency_ms,
                   width=r.width, height=r.height, data=data, format=image.format)
         for r, image, data in zip(results, decoded, images, strict=True)
-    ]
+    ] if active.record_policy.enabled else []
+    return InspectionRun(active=active, results=results, to_record=inspected)
+
+
+@dataclass(frozen=True)
+class InspectionRun:
+    """The verdicts of one request, and what of them is to be recorded."""
+
+    active: ActiveModel
+    results: list[Inspection]
+    to_record: list[Inspected]
+
+
+def record_inspections(database: Database, run: InspectionRun,
+                       context: CallerContext | None = None) -> list[Inspection]:
+    """The run's results with their record ids, once the records are committed (blocking;
+    the results as they are where the variant records nothing)."""
+    if not run.to_record:
+        return run.results
     try:
         with database.writing() as session:
-            ids = store_records(session, variant_id=active.variant_id,
-                                policy=active.record_policy, inspected=inspected,
+            ids = store_records(session, variant_id=run.active.variant_id,
+                                policy=run.active.record_policy, inspected=run.to_record,
                                 context=context or CallerContext())
     except IntegrityError:
-        raise _gone(active) from None  # the variant was deleted meanwhile
-    return [replace(r, record_id=i) for r, i in zip(results, ids, strict=True)]
+        raise _gone(run.active) from None  # the variant was deleted meanwhile
+    return [replace(r, record_id=i) for r, i in zip(run.results, ids, strict=True)]
 
 
 def record_heatmap(database: Database, cache: ModelCache, *, record_id: int,

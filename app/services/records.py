@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Select, delete, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import (
@@ -114,48 +114,55 @@ def store_records(session: Session, *, variant_id: int, policy: RecordPolicy,
             image_kept=_keeps(policy, v, rng.random())))
     session.add_all(rows)
     session.flush()
+    ids = [row.id for row in rows]
     kept = [(row, item) for row, item in zip(rows, inspected, strict=True) if row.image_kept]
-    for row, item in kept:
-        session.add(RecordImage(record_id=row.id, variant_id=variant_id, format=item.format,
-                                size_bytes=len(item.data), created_at=now, data=item.data))
     if kept:
-        session.flush()
+        session.add_all([RecordImage(record_id=row.id, variant_id=variant_id,
+                                     format=item.format, size_bytes=len(item.data),
+                                     created_at=now, data=item.data) for row, item in kept])
+        added = sum(len(item.data) for _, item in kept)
+        session.execute(update(Variant).where(Variant.id == variant_id)
+                        .values(record_image_bytes=Variant.record_image_bytes + added))
         enforce_retention(session, variant_id=variant_id, policy=policy)
     session.commit()
-    return [row.id for row in rows]
+    return ids
 
 
-def _drop_images(session: Session, record_ids: Sequence[int]) -> None:
-    if record_ids:
-        session.execute(delete(RecordImage).where(RecordImage.record_id.in_(record_ids)))
-        session.execute(update(InspectionRecord).where(InspectionRecord.id.in_(record_ids))
-                        .values(image_kept=False))
+def _drop_images(session: Session, variant_id: int, images: Sequence[tuple[int, int]]) -> None:
+    """Remove kept images ``(record id, bytes)``; their records stay, without image."""
+    if not images:
+        return
+    record_ids = [record_id for record_id, _ in images]
+    session.execute(delete(RecordImage).where(RecordImage.record_id.in_(record_ids)))
+    session.execute(update(InspectionRecord).where(InspectionRecord.id.in_(record_ids))
+                    .values(image_kept=False))
+    freed = sum(size for _, size in images)
+    session.execute(update(Variant).where(Variant.id == variant_id)
+                    .values(record_image_bytes=Variant.record_image_bytes - freed))
 
 
 def enforce_retention(session: Session, *, variant_id: int, policy: RecordPolicy) -> int:
     """Remove the variant's kept images past the policy's age, then the oldest until the rest
     fit its byte budget (the records stay, without image). Returns how many were removed."""
     cutoff = utcnow() - timedelta(days=policy.max_image_age_days)
-    old = list(session.scalars(select(RecordImage.record_id).where(
-        RecordImage.variant_id == variant_id, RecordImage.created_at < cutoff)))
-    _drop_images(session, old)
-    total = session.scalar(select(func.coalesce(func.sum(RecordImage.size_bytes), 0))
-                           .where(RecordImage.variant_id == variant_id)) or 0
+    images = select(RecordImage.record_id, RecordImage.size_bytes).where(
+        RecordImage.variant_id == variant_id)
+    old = [(r, n) for r, n in session.execute(images.where(RecordImage.created_at < cutoff))]
+    _drop_images(session, variant_id, old)
     removed = len(old)
-    while total > policy.max_image_bytes:
-        oldest = session.execute(
-            select(RecordImage.record_id, RecordImage.size_bytes)
-            .where(RecordImage.variant_id == variant_id)
-            .order_by(RecordImage.record_id).limit(200)).all()
+    total = session.scalar(select(Variant.record_image_bytes).where(Variant.id == variant_id))
+    while total is not None and total > policy.max_image_bytes:
+        oldest = session.execute(images.order_by(RecordImage.created_at, RecordImage.record_id)
+                                 .limit(200)).all()
         if not oldest:
             break
         drop = []
         for record_id, size in oldest:
             if total <= policy.max_image_bytes:
                 break
-            drop.append(record_id)
+            drop.append((record_id, size))
             total -= size
-        _drop_images(session, drop)
+        _drop_images(session, variant_id, drop)
         removed += len(drop)
     return removed
 

@@ -22,6 +22,8 @@ TIMESTAMP = sa.DateTime(timezone=True)
 def upgrade() -> None:
     with op.batch_alter_table("variant") as batch:
         batch.add_column(sa.Column("records", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("record_image_bytes", sa.BigInteger(), nullable=False,
+                                   server_default="0"))
     op.create_table(
         "inspection_record",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
@@ -76,8 +78,8 @@ def upgrade() -> None:
                                 name=op.f("fk_record_image_variant_id_variant")),
         sa.PrimaryKeyConstraint("record_id", name=op.f("pk_record_image")),
     )
-    op.create_index("ix_record_image_variant_id_record_id", "record_image",
-                    ["variant_id", "record_id"])
+    op.create_index("ix_record_image_variant_id_created_at", "record_image",
+                    ["variant_id", "created_at"])
     with op.batch_alter_table("api_key") as batch:
         batch.drop_constraint(op.f("ck_api_key_role"), type_="check")
         batch.create_check_constraint("role", "role IN ('admin', 'operator', 'inspector')")
@@ -92,4 +94,5 @@ def downgrade() -> None:
     op.drop_table("record_image")
     op.drop_table("inspection_record")
     with op.batch_alter_table("variant") as batch:
+        batch.drop_column("record_image_bytes")
         batch.drop_column("records")

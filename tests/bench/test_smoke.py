@@ -98,3 +98,12 @@ def test_ignore_text_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
     assert set(data["summary"]) == {"no mask", "mask, new version", "mask, trained with it"}
     for figures in data["summary"].values():
         assert all(0.0 <= v <= 1.0 for v in figures.values())
+
+
+def test_records_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
+    data = run_quick("records", tmp_path, bench_env)
+    assert data["load"]["errors"] == 0
+    assert data["load"]["ms"]["records on"]["median"] > 0
+    assert data["load"]["records_listed"] > 0
+    (sqlite,) = data["growth"]
+    assert sqlite["bytes_per_record"] > 0 and sqlite["bytes_per_kept_image"] > 0

@@ -24,7 +24,7 @@ from app.api.routes._docs import problems
 from app.api.schemas import BatchInspectionPublic, InspectionPublic
 from app.api.security import AccessRoute, InspectorAccess
 from app.errors import InvalidInputError, LimitExceededError, UnsupportedMediaError
-from app.services.inspection import Inspection, inspect_images
+from app.services.inspection import Inspection, inspect_images, record_inspections
 from app.services.records import CallerContext
 from app.settings import Settings
 
@@ -160,10 +160,13 @@ class CallerQuery:
 Caller = Annotated[CallerQuery, Depends()]
 
 
-async def _run(request: Request, **kwargs: Any) -> list[Inspection]:
-    """``inspect_images`` on the inference pool (a bounded set of threads)."""
+async def _run(request: Request, context: CallerContext, **kwargs: Any) -> list[Inspection]:
+    """``inspect_images`` on the inference pool (a bounded set of threads), then its records
+    committed on the default pool, so that the inference threads score the next images
+    meanwhile; answered only once the records are stored."""
     limiter = request.app.state.inference_limiter
-    return await anyio.to_thread.run_sync(partial(inspect_images, **kwargs), limiter=limiter)
+    run = await anyio.to_thread.run_sync(partial(inspect_images, **kwargs), limiter=limiter)
+    return await anyio.to_thread.run_sync(record_inspections, kwargs["database"], run, context)
 
 
 @router.post("", dependencies=[InspectorAccess, ImageBody],
