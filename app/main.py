@@ -41,6 +41,7 @@ from app.db.session import Database
 from app.detector.engine import Detector
 from app.detector.runtime import RuntimeOptions
 from app.logs import configure_logging
+from app.services import records as record_service
 from app.services.api_keys import prepare_access
 from app.services.backbones import BackboneLoader
 from app.services.inspection import ModelCache
@@ -49,6 +50,20 @@ from app.services.training import TrainingWorker
 from app.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+
+async def _sweep_records(database: Database, interval_s: float) -> None:
+    """Every ``interval_s``: the record images every variant's policy no longer keeps go
+    (also where no new image arrives to trigger it)."""
+    while True:
+        await anyio.sleep(interval_s)
+        try:
+            removed = await anyio.to_thread.run_sync(record_service.sweep, database)
+        except Exception:  # a failed sweep is retried at the next interval
+            log.exception("record retention sweep failed")
+        else:
+            if removed:
+                log.info("record retention: %d kept images removed", removed)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -89,7 +104,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                  database.engine.url.render_as_string(hide_password=True), worker.worker_id)
         await anyio.to_thread.run_sync(prepare_access, settings, database)
         try:
-            yield
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_sweep_records, database, settings.record_sweep_interval_s)
+                try:
+                    yield
+                finally:
+                    tasks.cancel_scope.cancel()
         finally:
             await anyio.to_thread.run_sync(worker.stop)
             cache.clear()

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     execution_providers: tuple[str, ...] = Field(
         default=("CPUExecutionProvider",), min_length=1,
         description="onnxruntime execution providers, in order of preference (JSON list)")
+    record_sweep_interval_s: float = Field(
+        default=3600.0, ge=1, le=86400,
+        description="how often every variant's record retention policy is applied")
     max_defect_regions: int = Field(
         default=10, ge=0, le=1000,
         description="defect regions in a verdict at most, highest score first")

@@ -213,10 +213,15 @@ class InspectionRecord(Base):
         # The filters of GET /v1/records, newest first (id order is insertion order).
         Index("ix_inspection_record_variant_id_id", "variant_id", "id"),
         Index("ix_inspection_record_created_at", "created_at"),
+        Index("ix_inspection_record_anomalous", "is_anomalous", "id"),
         Index("ix_inspection_record_variant_anomalous", "variant_id", "is_anomalous", "id"),
-        Index("ix_inspection_record_part_id", "part_id"),
-        Index("ix_inspection_record_station", "station", "id"),
+        Index("ix_inspection_record_variant_version", "variant_id", "model_version", "id"),
+        Index("ix_inspection_record_part_id", "part_id", "id"),
+        Index("ix_inspection_record_station", "station", "is_anomalous", "id"),
         Index("ix_inspection_record_feedback", "feedback", "id"),
+        # Ids are never reused (SQLite would hand out a deleted variant's last ids again): a
+        # record id a client kept never comes to mean another part.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),

@@ -209,11 +209,7 @@ def inspect_images(database: Database, cache: ModelCache, metrics: Metrics, *, n
     for image, own_decode_s in zip(decoded, decode_s, strict=True):
         t0 = time.perf_counter()
         verdict = model.inspect(image.pixels, with_map=heatmap, max_regions=max_regions)
-        png = None
-        if heatmap:
-            assert verdict.anomaly_map is not None
-            png = render_heatmap_png(image.pixels, np.asarray(verdict.anomaly_map),
-                                     verdict.threshold, regions=verdict.regions)
+        png = _heatmap(image.pixels, verdict) if heatmap else None
         latency = time.perf_counter() - t0 + own_decode_s + (shared_s if not results else 0.0)
         results.append(Inspection(variant=name, model_version=active.version, verdict=verdict,
                                   latency_ms=round(latency * 1000.0, 3), width=image.width,
@@ -257,7 +253,7 @@ def record_inspections(database: Database, run: InspectionRun,
 
 
 def record_heatmap(database: Database, cache: ModelCache, *, record_id: int,
-                   max_pixels: int) -> bytes:
+                   max_pixels: int, max_regions: int | None = None) -> bytes:
     """The heatmap PNG of a recorded inspection, rendered now from its kept image by the model
     version that judged it (never stored). ``ConflictError`` when the image was not kept or
     that version is gone."""
@@ -276,7 +272,12 @@ def record_heatmap(database: Database, cache: ModelCache, *, record_id: int,
                          version=record.model_version, artifact_sha256=row[1])
     model = load_model(database, cache, active)
     image = decode(data, max_pixels=max_pixels, what=f"record {record_id}'s image")
-    verdict = model.inspect(image.pixels, with_map=True)
+    return _heatmap(image.pixels, model.inspect(image.pixels, with_map=True,
+                                                max_regions=max_regions))
+
+
+def _heatmap(pixels: np.ndarray, verdict: Verdict) -> bytes:
+    """The heatmap PNG of a verdict asked with its map, its regions outlined."""
     assert verdict.anomaly_map is not None
-    return render_heatmap_png(image.pixels, np.asarray(verdict.anomaly_map), verdict.threshold,
+    return render_heatmap_png(pixels, np.asarray(verdict.anomaly_map), verdict.threshold,
                               regions=verdict.regions)

@@ -2,22 +2,25 @@
 operators say of them.
 
 A record is written in the request that answers the verdict and committed before the answer
-leaves (``store_records``), so a 200 means the record is stored. Images are kept by the
-variant's ``RecordPolicy``: every anomalous one, a sampled share of the good ones, within a
-byte budget and an age per variant, oldest removed first. The heatmap is never stored: it is
+leaves (``store_records``), so a 200 means the record is stored (on SQLite, as far as the
+write-ahead log survives: a crashed process, not a power cut; RELIABILITY.md). Images are
+kept by the variant's ``RecordPolicy``: every anomalous one, a sampled share of the good ones,
+within a byte budget and an age per variant, oldest removed first (at each kept image, when
+the policy changes, and by the periodic ``sweep``). The heatmap is never stored: it is
 rendered from a kept image when asked for.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Select, delete, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import (
@@ -35,6 +38,8 @@ MiB = 1024 * 1024
 RecordSelect = Select[InspectionRecord, str]
 # Rows read per page when records are streamed out (export): bounded memory at any size.
 EXPORT_PAGE = 500
+# Images removed per statement by the retention policy.
+RETENTION_BATCH = 200
 
 
 class RecordPolicy(BaseModel):
@@ -120,9 +125,7 @@ def store_records(session: Session, *, variant_id: int, policy: RecordPolicy,
         session.add_all([RecordImage(record_id=row.id, variant_id=variant_id,
                                      format=item.format, size_bytes=len(item.data),
                                      created_at=now, data=item.data) for row, item in kept])
-        added = sum(len(item.data) for _, item in kept)
-        session.execute(update(Variant).where(Variant.id == variant_id)
-                        .values(record_image_bytes=Variant.record_image_bytes + added))
+        _add_bytes(session, variant_id, sum(len(item.data) for _, item in kept))
         enforce_retention(session, variant_id=variant_id, policy=policy)
     session.commit()
     return ids
@@ -136,24 +139,40 @@ def _drop_images(session: Session, variant_id: int, images: Sequence[tuple[int, 
     session.execute(delete(RecordImage).where(RecordImage.record_id.in_(record_ids)))
     session.execute(update(InspectionRecord).where(InspectionRecord.id.in_(record_ids))
                     .values(image_kept=False))
-    freed = sum(size for _, size in images)
-    session.execute(update(Variant).where(Variant.id == variant_id)
-                    .values(record_image_bytes=Variant.record_image_bytes - freed))
+    _add_bytes(session, variant_id, -sum(size for _, size in images))
+
+
+def _add_bytes(session: Session, variant_id: int, change: int) -> None:
+    """Move the variant's running total of kept image bytes (not its ``updated_at``: that
+    dates configuration changes, not inspections)."""
+    session.execute(update(Variant).where(Variant.id == variant_id).values(
+        record_image_bytes=Variant.record_image_bytes + change, updated_at=Variant.updated_at))
 
 
 def enforce_retention(session: Session, *, variant_id: int, policy: RecordPolicy) -> int:
     """Remove the variant's kept images past the policy's age, then the oldest until the rest
-    fit its byte budget (the records stay, without image). Returns how many were removed."""
+    fit its byte budget (the records stay, without image), a bounded batch at a time. Returns
+    how many were removed."""
     cutoff = utcnow() - timedelta(days=policy.max_image_age_days)
     images = select(RecordImage.record_id, RecordImage.size_bytes).where(
         RecordImage.variant_id == variant_id)
-    old = [(r, n) for r, n in session.execute(images.where(RecordImage.created_at < cutoff))]
-    _drop_images(session, variant_id, old)
-    removed = len(old)
+    removed = 0
+    while old := session.execute(images.where(RecordImage.created_at < cutoff)
+                                 .limit(RETENTION_BATCH)).all():
+        _drop_images(session, variant_id, [(r, n) for r, n in old])
+        removed += len(old)
     total = session.scalar(select(Variant.record_image_bytes).where(Variant.id == variant_id))
+    if total is not None and total > policy.max_image_bytes:
+        # Over the budget (rare: the running total keeps the common case free of sums), the
+        # stored bytes themselves decide, so a total that drifted (a manual cleanup, a
+        # restore) is put right before anything is removed for it.
+        real = int(session.scalar(select(func.coalesce(func.sum(RecordImage.size_bytes), 0))
+                                  .where(RecordImage.variant_id == variant_id)) or 0)
+        _add_bytes(session, variant_id, real - total)
+        total = real
     while total is not None and total > policy.max_image_bytes:
         oldest = session.execute(images.order_by(RecordImage.created_at, RecordImage.record_id)
-                                 .limit(200)).all()
+                                 .limit(RETENTION_BATCH)).all()
         if not oldest:
             break
         drop = []
@@ -164,6 +183,19 @@ def enforce_retention(session: Session, *, variant_id: int, policy: RecordPolicy
             total -= size
         _drop_images(session, variant_id, drop)
         removed += len(drop)
+    return removed
+
+
+def sweep(database: Database) -> int:
+    """Apply every variant's retention policy (images past their age, or over a budget that
+    was lowered, go even where no new image is kept). Returns how many images went."""
+    with database.reading() as session:
+        variants = session.execute(select(Variant.id, Variant.records)).all()
+    removed = 0
+    for variant_id, stored in variants:
+        with database.writing() as session:
+            removed += enforce_retention(session, variant_id=variant_id,
+                                         policy=RecordPolicy.of(stored))
     return removed
 
 
@@ -188,6 +220,10 @@ class RecordFilter:
         if self.feedback is not None and self.feedback not in allowed:
             raise InvalidInputError(f"feedback must be one of {sorted(allowed)}, got "
                                     f"{self.feedback!r}")
+        for moment in (self.since, self.until):
+            if moment is not None and (moment.tzinfo is None or not 1 < moment.year < 9999):
+                raise InvalidInputError("since and until need a time zone and a year within "
+                                        "2..9998, for example 2026-12-01T08:00:00Z")
 
     def apply(self, statement: RecordSelect) -> RecordSelect:
         """``statement`` narrowed to the records these filters let through."""
@@ -240,7 +276,7 @@ def list_records(session: Session, *, filters: RecordFilter, cursor: str | None,
 def parse_cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
-    if not cursor.isdigit() or len(cursor) > 19:
+    if not re.fullmatch(r"[0-9]{1,19}", cursor) or int(cursor) > 2**63 - 1:
         raise InvalidInputError("cursor must be the next_cursor of a previous page")
     return int(cursor)
 

@@ -15,6 +15,7 @@ from app.detector.backbones import get_backbone
 from app.detector.config import DetectorConfig
 from app.detector.layout import Layout
 from app.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from app.services.records import RecordPolicy, enforce_retention
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -148,8 +149,9 @@ def update_variant(session: Session, *, variant: Variant, description: str | Non
         variant.description = description
     if settings is not None:
         variant.settings = resolve_settings(variant.settings, settings)
-    if records is not None:
+    if records is not None:  # applies to the images already kept too
         variant.records = records
+        enforce_retention(session, variant_id=variant.id, policy=RecordPolicy.of(records))
     variant.updated_at = utcnow()
     if commit:
         session.commit()

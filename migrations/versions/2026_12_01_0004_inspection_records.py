@@ -54,15 +54,19 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["variant_id"], ["variant.id"], ondelete="CASCADE",
                                 name=op.f("fk_inspection_record_variant_id_variant")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_inspection_record")),
+        sqlite_autoincrement=True,  # ids never reused
     )
-    op.create_index("ix_inspection_record_variant_id_id", "inspection_record",
-                    ["variant_id", "id"])
-    op.create_index("ix_inspection_record_created_at", "inspection_record", ["created_at"])
-    op.create_index("ix_inspection_record_variant_anomalous", "inspection_record",
-                    ["variant_id", "is_anomalous", "id"])
-    op.create_index("ix_inspection_record_part_id", "inspection_record", ["part_id"])
-    op.create_index("ix_inspection_record_station", "inspection_record", ["station", "id"])
-    op.create_index("ix_inspection_record_feedback", "inspection_record", ["feedback", "id"])
+    for name, columns in (
+        ("ix_inspection_record_variant_id_id", ["variant_id", "id"]),
+        ("ix_inspection_record_created_at", ["created_at"]),
+        ("ix_inspection_record_anomalous", ["is_anomalous", "id"]),
+        ("ix_inspection_record_variant_anomalous", ["variant_id", "is_anomalous", "id"]),
+        ("ix_inspection_record_variant_version", ["variant_id", "model_version", "id"]),
+        ("ix_inspection_record_part_id", ["part_id", "id"]),
+        ("ix_inspection_record_station", ["station", "is_anomalous", "id"]),
+        ("ix_inspection_record_feedback", ["feedback", "id"]),
+    ):
+        op.create_index(name, "inspection_record", columns)
     op.create_table(
         "record_image",
         sa.Column("record_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
@@ -86,8 +90,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Operator keys cannot exist below this revision: they go (their holders get a 401).
-    op.execute("DELETE FROM api_key WHERE role = 'operator'")
+    # No operator role below this revision: its keys become inspector keys (they keep
+    # inspecting and reading; records go anyway).
+    op.execute("UPDATE api_key SET role = 'inspector' WHERE role = 'operator'")
     with op.batch_alter_table("api_key") as batch:
         batch.drop_constraint(op.f("ck_api_key_role"), type_="check")
         batch.create_check_constraint("role", "role IN ('admin', 'inspector')")

@@ -120,11 +120,16 @@ def test_bad_caller_metadata_is_422_and_nothing_is_recorded(trained: Any, images
 
 
 @pytest.mark.parametrize("params", [
-    {"cursor": "abc"}, {"since": "2026-12-01T08:00:00"}, {"feedback": "maybe"},
-    {"verdict": "bad"}, {"limit": 0},
+    {"cursor": "abc"}, {"cursor": "\u00b2"}, {"cursor": "9999999999999999999"},
+    {"since": "2026-12-01T08:00:00"}, {"since": "0001-01-01T00:00:00+01:00"},
+    {"until": "9999-12-31T23:59:59-01:00"}, {"feedback": "maybe"}, {"verdict": "bad"},
+    {"limit": 0},
 ])
 def test_bad_filters_are_422(client: TestClient, problem: Any, params: dict[str, Any]) -> None:
     problem(client.get("/v1/records", params=params), 422)
+    export = {k: v for k, v in params.items() if k not in ("cursor", "limit")}
+    if export:  # refused before the stream starts, never a 200 with a cut-off body
+        problem(client.get("/v1/records/export", params=export), 422)
 
 
 def test_a_variant_filter_that_does_not_exist_is_404(client: TestClient, problem: Any) -> None:
@@ -145,7 +150,7 @@ def test_export_as_csv_and_json_lines(trained: Any, images: Any, client: TestCli
     assert response.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert [int(r["id"]) for r in rows] == list(reversed(ids))
-    assert rows[0]["tags"] == "a;b" and json.loads(rows[0]["regions"]) == []
+    assert json.loads(rows[0]["tags"]) == ["a", "b"] and json.loads(rows[0]["regions"]) == []
     assert rows[0]["variant"] == "bolt" and rows[0]["is_anomalous"] == "False"
 
 
@@ -200,3 +205,32 @@ def test_the_byte_budget_removes_the_oldest_images_first(trained: Any, images: A
 def test_a_bad_policy_is_422(trained: Any, client: TestClient, problem: Any) -> None:
     for policy in ({"keep_good_fraction": 2}, {"max_image_age_days": 0}, {"colour": "red"}):
         problem(client.patch("/v1/variants/bolt", json={"records": policy}), 422)
+
+
+def test_csv_cells_never_start_a_formula(trained: Any, images: Any, client: TestClient) -> None:
+    _inspect(client, images.good_png(70), part_id="=HYPERLINK(\"x\")", station="+1",
+             lot="-2", tag=["@now"])
+    (row,) = list(csv.DictReader(io.StringIO(
+        client.get("/v1/records/export", params={"format": "csv"}).text)))
+    assert (row["part_id"], row["station"], row["lot"]) == \
+        ("'=HYPERLINK(\"x\")", "'+1", "'-2")
+    assert json.loads(row["tags"]) == ["@now"]  # inside JSON: not a cell of its own
+
+
+def test_a_lower_budget_applies_at_once(trained: Any, images: Any, client: TestClient) -> None:
+    _policy(client, keep_good_fraction=0.0)
+    ids = [_inspect(client, images.defect_png(80 + i))["record_id"] for i in range(3)]
+    size = len(images.defect_png(80))
+    _policy(client, keep_good_fraction=0.0, max_image_bytes=int(1.5 * size))
+    kept = [client.get(f"/v1/records/{i}").json()["image_kept"] for i in ids]
+    assert kept == [False, False, True]
+    assert client.get("/v1/variants/bolt").json()["records"]["max_image_bytes"] == \
+        int(1.5 * size)
+
+
+def test_record_ids_are_never_reused(api: Any, images: Any, client: TestClient) -> None:
+    api.trained_variant("bolt")
+    last = _inspect(client, images.good_png(90))["record_id"]
+    assert client.delete("/v1/variants/bolt").status_code == 204
+    api.trained_variant("bolt")
+    assert _inspect(client, images.good_png(91))["record_id"] > last

@@ -9,7 +9,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from app.db.migrate import alembic_config, current_revision, downgrade_to_base, upgrade_to_head
 from app.db.models import Base
@@ -98,3 +98,22 @@ def test_constraints_have_explicit_names(database_url: str) -> None:
                 assert uq["name"] and uq["name"].startswith("uq_"), (table, uq)
     finally:
         engine.dispose()
+
+
+def test_operator_keys_become_inspector_keys_below_0004(empty_database_url: str) -> None:
+    url = empty_database_url
+    upgrade_to_head(url)
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO api_key (name, role, lookup, key_hash, created_at) VALUES "
+                "('shift-lead', 'operator', 'abcdefabcdef', :h, CURRENT_TIMESTAMP)"),
+                {"h": "0" * 64})
+        command.downgrade(alembic_config(url), "0003")
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT role FROM api_key")).scalar_one() == \
+                "inspector"
+    finally:
+        engine.dispose()
+    upgrade_to_head(url)

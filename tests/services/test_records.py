@@ -18,6 +18,7 @@ from app.services.records import (
     RecordPolicy,
     enforce_retention,
     store_records,
+    sweep,
 )
 
 
@@ -105,3 +106,30 @@ def test_the_byte_budget_is_per_variant(database: Database) -> None:
             select(RecordImage.variant_id, func.sum(RecordImage.size_bytes))
             .group_by(RecordImage.variant_id)).all())
     assert per_variant == {first: 200, second: 200}
+
+
+def test_the_sweep_applies_policies_where_nothing_new_arrives(database: Database) -> None:
+    variant = _variant(database)
+    policy = RecordPolicy(max_image_age_days=30)
+    ids = _store(database, variant, policy, [_inspected(True) for _ in range(3)])
+    with database.writing() as session:
+        session.execute(update(RecordImage).values(created_at=utcnow() - timedelta(days=31)))
+        session.commit()
+    assert sweep(database) == 3 and _kept(database) == 0
+    with database.reading() as session:
+        assert session.scalar(select(Variant.record_image_bytes)) == 0
+        assert len(session.scalars(select(InspectionRecord.id)).all()) == len(ids)
+
+
+def test_a_running_total_above_what_is_stored_heals(database: Database) -> None:
+    variant = _variant(database)
+    policy = RecordPolicy(max_image_bytes=1000)
+    _store(database, variant, policy, [_inspected(True) for _ in range(2)])
+    with database.writing() as session:  # as after a manual cleanup
+        session.execute(update(Variant).values(record_image_bytes=10_000))
+        session.commit()
+    _store(database, variant, policy, [_inspected(True)])
+    with database.reading() as session:
+        total = session.scalar(select(Variant.record_image_bytes))
+        real = session.scalar(select(func.sum(RecordImage.size_bytes)))
+    assert total == real == 300  # nothing removed for bytes that were not there

@@ -9,9 +9,11 @@ import io
 import json
 from collections.abc import Iterator
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+import anyio
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import DatabaseDep, ModelCacheDep, SessionDep, SettingsDep
@@ -26,7 +28,6 @@ from app.api.schemas import (
     RecordPublic,
 )
 from app.api.security import AccessRoute, OperatorAccess, PrincipalDep
-from app.errors import InvalidInputError
 from app.services import images as image_service
 from app.services import records as service
 from app.services import variants as variant_service
@@ -38,7 +39,7 @@ RecordId = Annotated[int, Path(ge=1, le=2**63 - 1, description="record id", exam
 
 
 def record_filter(
-    session: SessionDep,
+    database: DatabaseDep,
     variant: Annotated[str | None, Query(max_length=63, description="variant name")] = None,
     verdict: Annotated[Literal["anomalous", "good"] | None, Query()] = None,
     since: Annotated[datetime | None, Query(description="from this time on (ISO 8601 with "
@@ -50,12 +51,12 @@ def record_filter(
     feedback: Annotated[Literal["good", "defect", "missed", "none", "any"] | None, Query(
         description="good, defect or missed; none: no feedback yet; any: some")] = None,
 ) -> service.RecordFilter:
-    """The record filters of the query string (404 for a variant that does not exist)."""
-    for moment in (since, until):
-        if moment is not None and moment.tzinfo is None:
-            raise InvalidInputError("since and until need a time zone, for example "
-                                    "2026-12-01T08:00:00Z")
-    variant_id = variant_service.get_variant(session, name=variant).id if variant else None
+    """The record filters of the query string (404 for a variant that does not exist). Its
+    own short read: an export streams long after, and must not hold the request's session."""
+    variant_id = None
+    if variant:
+        with database.reading() as session:
+            variant_id = variant_service.get_variant(session, name=variant).id
     return service.RecordFilter(
         variant_id=variant_id, is_anomalous=None if verdict is None else verdict == "anomalous",
         since=since, until=until, model_version=model_version, part_id=part_id,
@@ -88,26 +89,48 @@ CSV_COLUMNS = ("id", "created_at", "variant", "model_version", "score", "normali
                "image_kept", "feedback", "feedback_note", "feedback_by", "feedback_at")
 
 
+# Spreadsheets run a cell that starts with one of these as a formula: the caller's text (part
+# id, station, lot, note) gets a leading apostrophe (OWASP, "CSV injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_LISTS = ("regions", "regions_of_interest", "tags")  # as JSON in one cell
+
+
+def _cell(value: object) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _chunks(lines: Iterator[str]) -> Iterator[str]:
+    """``lines`` joined a page at a time: one write per page, not one per record."""
+    page: list[str] = []
+    for line in lines:
+        page.append(line)
+        if len(page) >= service.EXPORT_PAGE:
+            yield "".join(page)
+            page = []
+    if page:
+        yield "".join(page)
+
+
 def _csv_lines(rows: Iterator[RecordPublic]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
 
-    def flush() -> str:
+    def line(values: list[object]) -> str:
+        writer.writerow(values)
         text = buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
         return text
 
-    writer.writerow(CSV_COLUMNS)
-    yield flush()
+    yield line(list(CSV_COLUMNS))
     for record in rows:
         data = record.model_dump(mode="json")
-        writer.writerow([
-            json.dumps(data[c]) if c in ("regions", "regions_of_interest") else
-            ";".join(data[c]) if c == "tags" else
-            "" if data[c] is None else data[c]
-            for c in CSV_COLUMNS])
-        yield flush()
+        yield line([json.dumps(data[c]) if c in _LISTS else _cell(data[c])
+                    for c in CSV_COLUMNS])
 
 
 @router.get("/export", dependencies=[OperatorAccess], responses={
@@ -124,9 +147,9 @@ def export_records(
             for record, name in service.iter_records(database, filters=filters))
     if format == "jsonl":
         lines = (record.model_dump_json() + "\n" for record in rows)
-        return StreamingResponse(lines, media_type="application/x-ndjson", headers={
+        return StreamingResponse(_chunks(lines), media_type="application/x-ndjson", headers={
             "Content-Disposition": 'attachment; filename="records.jsonl"'})
-    return StreamingResponse(_csv_lines(rows), media_type="text/csv", headers={
+    return StreamingResponse(_chunks(_csv_lines(rows)), media_type="text/csv", headers={
         "Content-Disposition": 'attachment; filename="records.csv"'})
 
 
@@ -152,12 +175,14 @@ def get_record_image(record_id: RecordId, session: SessionDep) -> Response:
 @router.get("/{record_id}/heatmap", dependencies=[OperatorAccess], responses={
     200: {"content": {"image/png": {}}, "description": "the heatmap overlay, rendered now"},
     **problems(404, 409)})
-def get_record_heatmap(record_id: RecordId, database: DatabaseDep, cache: ModelCacheDep,
-                       settings: SettingsDep) -> Response:
+async def get_record_heatmap(record_id: RecordId, request: Request, database: DatabaseDep,
+                             cache: ModelCacheDep, settings: SettingsDep) -> Response:
     """The heatmap of a kept image by the model version that judged it, rendered on demand
-    (409 when the image was not kept or that version is deleted)."""
-    png = record_heatmap(database, cache, record_id=record_id,
-                         max_pixels=settings.max_image_pixels)
+    on the inference pool (409 when the image was not kept or that version is deleted)."""
+    png = await anyio.to_thread.run_sync(
+        partial(record_heatmap, database, cache, record_id=record_id,
+                max_pixels=settings.max_image_pixels, max_regions=settings.max_defect_regions),
+        limiter=request.app.state.inference_limiter)
     return Response(png, media_type="image/png")
 
 
@@ -183,11 +208,10 @@ def promote(record_id: RecordId, body: PromoteCreate, session: SessionDep,
     once (``created: false``)."""
     record, variant_name = service.get_record(session, record_id=record_id)
     image = service.get_record_image(session, record=record)
-    upload = image_service.checked_upload(
-        image_service.Upload(filename=f"record-{record.id}", data=bytes(image.data)),
-        format=image.format, width=record.width, height=record.height)
+    upload = image_service.Upload(filename=f"record-{record.id}", data=bytes(image.data))
+    (checked,) = image_service.check_uploads([upload], max_pixels=settings.max_image_pixels)
     variant = variant_service.get_variant(session, name=variant_name)
-    (stored,) = image_service.add_images(session, variant=variant, uploads=[upload],
+    (stored,) = image_service.add_images(session, variant=variant, uploads=[checked],
                                          label=body.label,
                                          max_images=settings.max_images_per_variant)
     return ImageUploaded(**ImagePublic.of(stored.image).model_dump(), created=stored.created)
