@@ -91,6 +91,7 @@ def test_heatmap_png_with_verdict_headers(trained: Any, images: Any, client: Tes
         assert response.headers["x-is-anomalous"] in ("true", "false")
         assert response.headers["x-model-version"] == "1"
         assert int(response.headers["x-defect-regions"]) >= 1
+        assert int(response.headers["x-record-id"]) >= 1
         overlay = Image.open(io.BytesIO(response.content))
         assert overlay.size == (96, 96) and overlay.mode == "RGB"
     json_answer = client.post("/v1/variants/bolt/inspect", content=data,

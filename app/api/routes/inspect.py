@@ -66,6 +66,9 @@ _HEATMAP_RESPONSE = {
         "X-Is-Anomalous": {"schema": {"type": "string", "enum": ["true", "false"]}},
         "X-Defect-Regions": {"schema": {"type": "integer"},
                              "description": "defect regions outlined on the PNG"},
+        "X-Record-Id": {"schema": {"type": "integer"},
+                        "description": "the stored record of the verdict (absent where the "
+                                       "variant records nothing)"},
         "X-Model-Version": {"schema": {"type": "integer"}},
     },
 }
