@@ -356,10 +356,16 @@ def build_scoring_model(
         score_grid = _weigh_edges(g, score_grid, grid, edge_band, edge_weight)
     per_roi, judged = _layout_masks(g, grid, layout or Layout())
     score_grid = g.op("Mul", [score_grid, judged])  # ignored and unwatched cells score 0
-    flat = g.const("flat1", _i64([-1]))
-    _image_score(g, g.op("Reshape", [score_grid, flat]), top_fraction,
-                 g.op("ReduceSum", [judged], keepdims=0), "score")
-    _roi_scores(g, score_grid, per_roi, top_fraction)
+    # The image score over the judged cells, each region of interest's over its own: one rule.
+    _rule_scores(g, g.op("Reshape", [score_grid, g.const("one_row", _i64([1, -1]))]),
+                 g.op("Reshape", [g.op("ReduceSum", [judged], keepdims=0),
+                                  g.const("one_one", _i64([1, 1]))]),
+                 top_fraction, "score")
+    roi_values = g.op("Mul", [g.op("Unsqueeze", [score_grid, g.const("ax0", _i64([0]))]),
+                              per_roi])
+    _rule_scores(g, g.op("Reshape", [roi_values, g.const("by_roi", _i64([0, -1]))]),
+                 g.op("ReduceSum", [per_roi, g.const("ax12", _i64([1, 2]))], keepdims=0),
+                 top_fraction, "roi_scores")
     g.nodes.append(helper.make_node("Identity", [score_grid], ["patch_scores"]))
     g.nodes.append(
         helper.make_node(
@@ -418,20 +424,18 @@ def _layout_masks(g: _Graph, grid: str, layout: Layout) -> tuple[str, str]:
     return per_roi, judged
 
 
-def _roi_scores(g: _Graph, score_grid: str, per_roi: str, top_fraction: float) -> None:
-    """``roi_scores (R,)``: each region of interest's score over its own judged cells, by the
-    image score's rule (without regions of interest: the image score, R = 1)."""
-    values = g.op("Mul", [g.op("Unsqueeze", [score_grid, g.const("ax0", _i64([0]))]), per_roi])
-    values = g.op("Reshape", [values, g.const("by_roi", _i64([0, -1]))])  # (R, h * w)
+def _rule_scores(g: _Graph, values: str, judged: str, top_fraction: float,
+                 output: str) -> None:
+    """``output (R,)`` from ``values (R, N)`` (0 where not judged) and each row's number of
+    judged cells ``judged (R,)``: the max, or the mean of the top ``ceil(fraction * judged)``
+    (``memory.image_score``'s rule, in float32 as it counts). Sorted once, the running sum is
+    read at each row's own count."""
     if top_fraction <= 0:
         g.nodes.append(helper.make_node("ReduceMax", [values, g.const("ax1", _i64([1]))],
-                                        ["roi_scores"], keepdims=0))
+                                        [output], keepdims=0))
         return
-    # Mean of each region's top ceil(fraction * its cells): sort every row once, then read
-    # the running sum at each region's own count.
-    count = g.op("ReduceSum", [per_roi, g.const("ax12", _i64([1, 2]))], keepdims=1)  # (R, 1)
-    k = g.op("Ceil", [g.op("Mul", [g.op("Reshape", [count, g.const("r1", _i64([-1, 1]))]),
-                                   g.const("fraction", _f32(top_fraction))])])
+    count = g.op("Reshape", [judged, g.const("r1", _i64([-1, 1]))])  # (R, 1)
+    k = g.op("Ceil", [g.op("Mul", [count, g.const("fraction", _f32(top_fraction))])])
     k = g.op("Max", [k, g.const("one", _f32(1.0))])
     n = g.op("Slice", [g.op("Shape", [values]), g.const("s1", _i64([1])),
                        g.const("s2", _i64([2]))])
@@ -440,7 +444,7 @@ def _roi_scores(g: _Graph, score_grid: str, per_roi: str, top_fraction: float) -
     at_k = g.op("Sub", [g.op("Cast", [k], to=TensorProto.INT64), g.const("one_i", _i64([1]))])
     total = g.op("GatherElements", [running, at_k], axis=1)  # (R, 1)
     g.nodes.append(helper.make_node("Reshape", [g.op("Div", [total, k]),
-                                                g.const("flat", _i64([-1]))], ["roi_scores"]))
+                                                g.const("flat", _i64([-1]))], [output]))
 
 
 def with_layout(model: onnx.ModelProto, layout: Layout,
@@ -489,21 +493,6 @@ def _weigh_edges(g: _Graph, score_grid: str, grid: str, band: int, weight: float
     factor = g.op("Where", [near, g.const("edge_weight", _f32(weight)),
                             g.const("one_f", _f32(1.0))])
     return g.op("Mul", [score_grid, factor])
-
-
-def _image_score(g: _Graph, patch_scores: str, top_fraction: float, judged: str,
-                 output: str) -> None:
-    """``output (1,)`` from ``patch_scores (N,)`` (0 where not judged) and the number of
-    judged patches ``judged``: the max, or the mean of the top ``ceil(fraction * judged)``
-    (same rule as ``memory.image_score`` over the judged patches)."""
-    if top_fraction <= 0:
-        g.nodes.append(helper.make_node("ReduceMax", [patch_scores], [output], keepdims=1))
-        return
-    n = g.op("Reshape", [judged, g.const("one_d", _i64([1]))])
-    k = g.op("Ceil", [g.op("Mul", [n, g.const("fraction", _f32([top_fraction]))])])
-    k = g.op("Cast", [g.op("Max", [k, g.const("one", _f32([1.0]))])], to=TensorProto.INT64)
-    top, _ = g.op_n("TopK", [patch_scores, k], 2, axis=0, largest=1, sorted=0)
-    g.nodes.append(helper.make_node("ReduceMean", [top], [output], keepdims=1))
 
 
 def quantize_bank(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
