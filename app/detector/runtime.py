@@ -183,8 +183,8 @@ class CompiledModel:
         props = {p.key: p.value for p in model.metadata_props}
         self.metadata: dict[str, str] = props
         self.format_version = read_format_version(props)
-        self.threshold = float(props[METADATA_PREFIX + "threshold"])
         self.rules = VerdictRules.of(props)
+        self.threshold = self.rules.threshold
         if "patch_scores" not in {o.name for o in model.graph.output}:
             with_patch_scores(model)
             onnx_bytes = model.SerializeToString()

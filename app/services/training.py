@@ -91,6 +91,12 @@ def _next_version(session: Session, variant: Variant) -> int:
     return version
 
 
+def _artifact(model_id: int, onnx_bytes: bytes) -> ModelArtifact:
+    """The stored ONNX file of a model, with the digest that names it in the model cache."""
+    return ModelArtifact(model_id=model_id, onnx=onnx_bytes,
+                         sha256=hashlib.sha256(onnx_bytes).hexdigest(), size_bytes=len(onnx_bytes))
+
+
 def change_layout(session: Session, *, variant: Variant, layout: Layout) -> Model | None:
     """Give the variant ``layout`` (regions of interest, ignore masks) and its active model a
     new version built from it with that layout, active at once: the same memory bank and
@@ -137,9 +143,7 @@ def change_layout(session: Session, *, variant: Variant, layout: Layout) -> Mode
     try:
         session.add(derived)
         session.flush()
-        session.add(ModelArtifact(model_id=derived.id, onnx=onnx_bytes,
-                                  sha256=hashlib.sha256(onnx_bytes).hexdigest(),
-                                  size_bytes=len(onnx_bytes)))
+        session.add(_artifact(derived.id, onnx_bytes))
         variant.active_model_id = derived.id
         session.commit()
     except IntegrityError:
@@ -521,9 +525,7 @@ class TrainingWorker:
                 if row.cancel_requested:
                     raise TrainingCancelledError("cancelled on request")
                 onnx_bytes = self._with_current_layout(session, claim, row, fitted.onnx_bytes)
-                session.add(ModelArtifact(model_id=row.id, onnx=onnx_bytes,
-                                          sha256=hashlib.sha256(onnx_bytes).hexdigest(),
-                                          size_bytes=len(onnx_bytes)))
+                session.add(_artifact(row.id, onnx_bytes))
                 calibration = fitted.calibration.to_dict()
                 row.status = ModelStatus.ready.value
                 row.progress = 1.0

@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from tests.conftest import good_png
+
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "test-admin-key-0123456789"
 
@@ -118,6 +120,20 @@ def wait_model(client: httpx.Client, name: str, version: int, timeout_s: float =
             return body  # type: ignore[no-any-return]
         assert time.monotonic() < deadline, f"job still {body['status']} after {timeout_s} s"
         time.sleep(0.1)
+
+
+def train_bolt(client: httpx.Client) -> int:
+    """Variant ``bolt`` (resolution 64) with three good images and a ready, active model: its
+    version."""
+    assert client.post("/v1/variants", json={
+        "name": "bolt", "settings": {"resolution": 64}}).status_code == 201
+    files = [("files", (f"g{i}.png", good_png(i), "image/png")) for i in range(3)]
+    assert client.post("/v1/variants/bolt/images", files=files).status_code == 201
+    job = client.post("/v1/variants/bolt/models", json={"seed": 0})
+    assert job.status_code == 202, job.text
+    version: int = job.json()["version"]
+    assert wait_model(client, "bolt", version)["status"] == "ready"
+    return version
 
 
 def assert_problem(response: httpx.Response) -> dict:

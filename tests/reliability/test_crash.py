@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import encode, good_pixels, good_png
-from tests.reliability._server import Server, inspect_score, orphan_counts, wait_model
+from tests.reliability._server import Server, inspect_score, orphan_counts, train_bolt, wait_model
 
 SLOW = {"resolution": 512, "min_bank_size": 1, "coreset_ratio": 0.5}
 ENV = {"NOMINAL_JOB_HEARTBEAT_INTERVAL_S": "0.5", "NOMINAL_JOB_STALE_AFTER_S": "2"}
@@ -32,12 +32,7 @@ def test_kill_9_mid_training(tmp_path: Path) -> None:
     probe = good_png(9)
     try:
         with first.client() as client:
-            assert client.post("/v1/variants", json={
-                "name": "bolt", "settings": {"resolution": 64}}).status_code == 201
-            files = [("files", (f"g{i}.png", good_png(i), "image/png")) for i in range(3)]
-            assert client.post("/v1/variants/bolt/images", files=files).status_code == 201
-            v1 = client.post("/v1/variants/bolt/models", json={"seed": 0}).json()["version"]
-            assert wait_model(client, "bolt", v1)["status"] == "ready"
+            v1 = train_bolt(client)
             score_before = _score(client, probe)
             big = [("files", (f"b{i}.png", encode(good_pixels(10 + i, 512)), "image/png"))
                    for i in range(6)]

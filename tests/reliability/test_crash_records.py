@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import defect_png, good_png
-from tests.reliability._server import Server, wait_model
+from tests.reliability._server import Server, train_bolt
 
 
 def test_kill_9_right_after_answers_loses_no_record(database_url: str, tmp_path: Path) -> None:
@@ -22,12 +22,7 @@ def test_kill_9_right_after_answers_loses_no_record(database_url: str, tmp_path:
     images = [good_png(20), defect_png(21), good_png(22)]
     try:
         with first.client() as client:
-            assert client.post("/v1/variants", json={
-                "name": "bolt", "settings": {"resolution": 64}}).status_code == 201
-            files = [("files", (f"g{i}.png", good_png(i), "image/png")) for i in range(3)]
-            assert client.post("/v1/variants/bolt/images", files=files).status_code == 201
-            job = client.post("/v1/variants/bolt/models", json={"seed": 0})
-            assert wait_model(client, "bolt", job.json()["version"])["status"] == "ready"
+            train_bolt(client)
 
         def fire(offset: int) -> None:
             with first.client(timeout=5) as hammer:

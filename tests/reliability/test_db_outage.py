@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import good_png
-from tests.reliability._server import Server, assert_problem, free_port, wait_model
+from tests.reliability._server import Server, assert_problem, free_port, train_bolt
 
 DB_TIMEOUT_S = 3.0
 
@@ -107,12 +107,7 @@ def test_db_outage_then_recovery(postgres: PrivatePostgres, tmp_path: Path) -> N
     headers = {"content-type": "image/png"}
     try:
         with server.client(timeout=30) as client:
-            assert client.post("/v1/variants", json={
-                "name": "bolt", "settings": {"resolution": 64}}).status_code == 201
-            files = [("files", (f"g{i}.png", good_png(i), "image/png")) for i in range(3)]
-            assert client.post("/v1/variants/bolt/images", files=files).status_code == 201
-            job = client.post("/v1/variants/bolt/models", json={"seed": 0})
-            assert wait_model(client, "bolt", job.json()["version"])["status"] == "ready"
+            train_bolt(client)
             assert client.post("/v1/variants/bolt/inspect", content=probe,
                                headers=headers).status_code == 200
 

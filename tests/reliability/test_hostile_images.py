@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import encode, good_pixels, good_png, png_claiming_size
-from tests.reliability._server import Server, assert_problem, vm_kib, wait_model
+from tests.reliability._server import Server, assert_problem, train_bolt, vm_kib
 
 MB = 1024  # KiB per MiB
 
@@ -71,13 +71,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(tmp, f"sqlite:///{tmp / 'nominal.db'}").start()
     try:
         with srv.client() as client:
-            assert client.post("/v1/variants", json={
-                "name": "bolt", "settings": {"resolution": 64}}).status_code == 201
-            files = [("files", (f"g{i}.png", good_png(i), "image/png")) for i in range(3)]
-            assert client.post("/v1/variants/bolt/images", files=files).status_code == 201
-            job = client.post("/v1/variants/bolt/models", json={"seed": 0})
-            assert job.status_code == 202, job.text
-            assert wait_model(client, "bolt", job.json()["version"])["status"] == "ready"
+            train_bolt(client)
             # Warm the inference path so the RSS baseline includes the loaded model.
             assert client.post("/v1/variants/bolt/inspect", content=good_png(9),
                                headers={"content-type": "image/png"}).status_code == 200
