@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from app.detector.config import AUGMENTATIONS, PRECISIONS, RESIZE_POLICIES
+from app.detector.presets import DEFAULT_PRESET, PRESET_NAMES
 
 log = logging.getLogger("app.cli")
 
@@ -114,7 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated k values; 'all' uses every training image",
     )
     evaluate.add_argument("--seeds", type=int, default=3, help="random draws of the k images")
-    evaluate.add_argument("--backbone", default=None, help="registry name (default: the default)")
+    evaluate.add_argument("--preset", default=None, choices=PRESET_NAMES,
+                          help=f"a named configuration (default {DEFAULT_PRESET}); the options "
+                          "below win over its settings")
+    evaluate.add_argument("--backbone", default=None, help="registry name (default: the preset's)")
     evaluate.add_argument("--resolution", type=int, default=None, help="shorter side in px")
     # Choices from the detector's declarations; omitted options take the detector's defaults.
     evaluate.add_argument("--resize", default=None, choices=RESIZE_POLICIES)

@@ -33,6 +33,7 @@ from app.api.routes import (
     images,
     inspect,
     models,
+    presets,
     records,
     variants,
 )
@@ -124,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Each /v1 route declares who may call it (app.api.security) and whether its body is
     # images (app.api.middleware.ImageBody); no router-wide default for either.
-    for module in (variants, images, models, inspect, records, backbones, api_keys):
+    for module in (variants, images, models, inspect, records, presets, backbones, api_keys):
         app.include_router(module.router)
     app.include_router(health.router)
     if settings.metrics_access != "off":

@@ -42,7 +42,7 @@ Every `/v1` request carries an API key in `X-API-Key` (401 without a valid one).
 may do everything, key management (`/v1/api-keys`) included; an `operator` key reads
 everything, the inspection records (`/v1/records`) and their images included, gives feedback
 on them and adds their images to a variant; an `inspector` key may inspect and read variants,
-models and backbones, and gets 403 for anything else.
+models, presets and backbones, and gets 403 for anything else.
 `NOMINAL_ADMIN_KEY` is an admin key from the environment, to create the first keys with;
 without it, the first start stores an admin key and writes it to `data/initial-admin-key`
 (`NOMINAL_INITIAL_KEY_FILE`).
@@ -54,6 +54,7 @@ OPENAPI_TAGS = [
     {"name": "models", "description": "training jobs, activation, ONNX download"},
     {"name": "inspect", "description": "scoring images with the active model"},
     {"name": "records", "description": "every verdict, kept images, operator feedback"},
+    {"name": "presets", "description": "named configurations to choose a model by"},
     {"name": "backbones", "description": "available feature extractors"},
     {"name": "api-keys", "description": "who may call the service (admin only)"},
     {"name": "health", "description": "probes (no API key) and metrics"},

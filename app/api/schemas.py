@@ -25,13 +25,19 @@ from app.detector.layout import (
     ROI_NAME_PATTERN,
     Layout,
 )
+from app.detector.presets import DEFAULT_PRESET, Preset
 from app.detector.regions import DefectRegion
 from app.detector.verdict import region_dict, region_of_interest_dict
 from app.services.backbones import BackboneInfo
 from app.services.inspection import Inspection
 from app.services.records import RecordPolicy
 from app.services.training import ModelView
-from app.services.variants import NAME_PATTERN, VariantSummary, effective_settings
+from app.services.variants import (
+    NAME_PATTERN,
+    VariantSummary,
+    effective_settings,
+    overridden,
+)
 
 _NOW = "2025-11-29T08:30:00Z"
 
@@ -205,7 +211,7 @@ class VariantUpdate(BaseModel):
 
 _VARIANT_EXAMPLE = {
     "name": "bolt-m8", "description": "M8 hex bolt, top camera",
-    "settings": {**_DEFAULTS.to_dict(), "resolution": 256},
+    "settings": {**_DEFAULTS.to_dict(), "resolution": 256}, "overrides": ["resolution"],
     "active_model_version": 3, "n_good_images": 12, "n_defect_images": 2, "n_models": 3,
     "created_at": _NOW, "updated_at": _NOW,
 }
@@ -217,6 +223,8 @@ class VariantPublic(BaseModel):
     name: str
     description: str
     settings: VariantSettingsPublic
+    overrides: list[str] = Field(description="the settings this variant gives itself; every "
+                                             "other one comes from its preset")
     layout: LayoutSpec = Field(description="regions of interest and ignore masks (empty: the "
                                            "whole frame is judged)")
     records: RecordPolicy = Field(description="what is kept of its inspections")
@@ -234,6 +242,7 @@ class VariantPublic(BaseModel):
         return cls(name=v.name, description=v.description,
                    settings=VariantSettingsPublic.model_validate(
                        effective_settings(v.settings)),
+                   overrides=overridden(v.settings),
                    layout=LayoutSpec.model_validate(v.layout or {}),
                    records=RecordPolicy.of(v.records),
                    active_model_version=summary.active_model_version,
@@ -585,7 +594,29 @@ class PromoteCreate(BaseModel):
                                           "one (it calibrates)")
 
 
-# ---------------------------------------------------------------------------- backbones, health
+# ------------------------------------------------------------------ presets, backbones, health
+
+
+class PresetPublic(BaseModel):
+    model_config = _examples({
+        "name": "accurate", "summary": "ViT-S blocks 6 and 9: better on textures...",
+        "settings": {"backbone": "vit_small_l6_l9"}, "is_default": False,
+        "configuration": {**_DEFAULTS.to_dict(), "preset": "accurate",
+                          "backbone": "vit_small_l6_l9"}})
+
+    name: str
+    summary: str = Field(description="what it is for, with its measured figures")
+    settings: dict[str, Any] = Field(description="the settings it sets")
+    is_default: bool = Field(description="a variant created without a preset gets this one")
+    configuration: VariantSettingsPublic = Field(
+        description="every setting of a variant that gives itself none but the preset")
+
+    @classmethod
+    def of(cls, preset: Preset) -> PresetPublic:
+        return cls(name=preset.name, summary=preset.summary, settings=dict(preset.settings),
+                   is_default=preset.name == DEFAULT_PRESET,
+                   configuration=VariantSettingsPublic.model_validate(
+                       DetectorConfig.from_dict({"preset": preset.name}).to_dict()))
 
 
 class BackbonePublic(BaseModel):

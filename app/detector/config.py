@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from app.detector.presets import DEFAULT_PRESET, PRESETS, PresetName, preset_values
 from app.errors import InvalidInputError
 
 Augmentation = Literal["none", "flip", "rot90"]
@@ -63,6 +64,10 @@ class DetectorConfig:
     ratio is always kept unless ``resize="square"``; there is never a centre crop.
     """
 
+    # Resolved by from_dict: the preset's settings under the explicit ones (detector/presets.py).
+    preset: PresetName = field(default=DEFAULT_PRESET, metadata=setting(
+        "a named configuration (what each is for: GET /v1/presets); the settings a variant "
+        "or training request gives explicitly win over the preset's"))
     backbone: str = field(default=DEFAULT_BACKBONE, metadata=setting(
         "a name from GET /v1/backbones"))
     resolution: int | None = field(default=None, metadata=setting(
@@ -135,12 +140,16 @@ class DetectorConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> DetectorConfig:
+        """The configuration of ``data``: the field defaults, then the settings of its preset
+        (the default preset when it names none), then ``data`` itself."""
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
             raise InvalidInputError(f"unknown detector settings: {sorted(unknown)}")
-        return cls(**data)
+        name = data.get("preset", DEFAULT_PRESET)
+        _PRESET_SETTING.check(name)
+        return cls(**{**PRESETS[name].settings, **data})
 
 
 def show(value: Any) -> str:
@@ -171,10 +180,17 @@ class DeclaredSetting:
 
     @property
     def help(self) -> str:
-        """The description with the default quoted: "...; default 0.1"."""
+        """The description with the default quoted: "...; default 0.1", and what each preset
+        that sets it gives: "...; default efficientnet_lite0 (accurate: vit_small_l6_l9)"."""
         if self.default is None:
-            return f"{self.setting.description}; default (null): {self.setting.null}"
-        return f"{self.setting.description}; default {show(self.default)}"
+            text = f"{self.setting.description}; default (null): {self.setting.null}"
+        else:
+            text = f"{self.setting.description}; default {show(self.default)}"
+        others = {name: value for name, value in preset_values(self.name).items()
+                  if name != DEFAULT_PRESET}
+        if others:
+            text += " (" + ", ".join(f"{name}: {show(v)}" for name, v in others.items()) + ")"
+        return text
 
     def check(self, value: Any) -> None:
         """Raise ``InvalidInputError`` naming the setting unless ``value`` is allowed."""
@@ -238,3 +254,25 @@ def _declared(config: type) -> tuple[DeclaredSetting, ...]:
 
 # Every detector setting in field order, with its type, default and declaration.
 SETTINGS: tuple[DeclaredSetting, ...] = _declared(DetectorConfig)
+
+_PRESET_SETTING = next(s for s in SETTINGS if s.name == "preset")
+
+
+def _check_presets() -> None:
+    """``TypeError`` at import for a preset that sets an unknown setting, a value the setting
+    refuses, or (the default preset) a value other than the field's default."""
+    defaults = {s.name: s for s in SETTINGS}
+    for preset in PRESETS.values():
+        for name, value in preset.settings.items():
+            if name not in defaults or name == "preset":
+                raise TypeError(f"preset {preset.name} sets {name!r}, not a detector setting")
+            try:
+                defaults[name].check(value)
+            except InvalidInputError as exc:
+                raise TypeError(f"preset {preset.name}: {exc}") from None
+            if preset.name == DEFAULT_PRESET and value != defaults[name].default:
+                raise TypeError(f"the default preset {preset.name} sets {name}={value!r}; the "
+                                f"field's default must be the same ({defaults[name].default!r})")
+
+
+_check_presets()

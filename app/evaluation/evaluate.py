@@ -376,6 +376,7 @@ def format_perturbations(rows: list[dict[str, Any]]) -> str:
 def run_evaluation_command(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset)
     options = {
+        "preset": args.preset,
         "backbone": args.backbone or None,
         "resolution": args.resolution,
         "resize": args.resize,
@@ -384,7 +385,7 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
         "coreset_ratio": args.coreset_ratio,
         "target_false_reject_rate": args.target_frr,
     }
-    # Options not given take the detector's defaults.
+    # Options not given take the preset's values, or the detector's defaults.
     chosen = {k: v for k, v in options.items() if v is not None}
     chosen.update(parse_settings(args.settings))
     try:

@@ -14,6 +14,7 @@ from app.db.models import Image, ImageLabel, Model, Variant, utcnow
 from app.detector.backbones import get_backbone
 from app.detector.config import DetectorConfig
 from app.detector.layout import Layout
+from app.detector.presets import DEFAULT_PRESET, PRESET_FIELDS
 from app.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from app.services.records import RecordPolicy, enforce_retention
 
@@ -44,30 +45,38 @@ def check_name(name: str) -> str:
     return name
 
 
-def resolve_config(current: dict[str, Any], changes: dict[str, Any]) -> DetectorConfig:
-    """The detector configuration of ``current`` updated with ``changes``, every omitted key at
-    the detector's default; ``InvalidInputError`` for an unknown key, backbone or bad value."""
+def explicit_settings(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """The settings a variant stores: its preset and the values given explicitly, ``current``
+    updated with ``changes``. Choosing another preset resets the variant's own values of the
+    settings presets set (backbone...), unless ``changes`` sets them too; a variant without a
+    preset gets the default one, so a later default never changes a variant already made."""
+    kept = {k: v for k, v in current.items() if k in SETTING_KEYS}
     unknown = set(changes) - set(SETTING_KEYS)
     if unknown:
         raise InvalidInputError(f"unknown settings {sorted(unknown)}; known: {list(SETTING_KEYS)}")
-    merged = effective_settings(current)
-    merged.update(changes)
-    get_backbone(merged["backbone"])  # unknown backbone -> InvalidInputError naming the known ones
-    return DetectorConfig.from_dict(merged)
+    if "preset" in changes and changes["preset"] != kept.get("preset", DEFAULT_PRESET):
+        kept = {k: v for k, v in kept.items() if k not in PRESET_FIELDS}
+    explicit = {"preset": DEFAULT_PRESET, **kept, **changes}
+    resolve_config(explicit)  # refuses what training would refuse
+    return explicit
 
 
-def resolve_settings(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """``resolve_config`` as the dict a variant stores (so a variant can never hold settings
-    training rejects)."""
-    return resolve_config(current, changes).to_dict()
+def resolve_config(stored: dict[str, Any]) -> DetectorConfig:
+    """The detector configuration of stored settings: its preset's, then its own values;
+    ``InvalidInputError`` for an unknown backbone or a bad value."""
+    config = DetectorConfig.from_dict({k: v for k, v in stored.items() if k in SETTING_KEYS})
+    get_backbone(config.backbone)  # unknown backbone -> InvalidInputError naming the known ones
+    return config
 
 
 def effective_settings(stored: dict[str, Any]) -> dict[str, Any]:
-    """Every setting of a stored variant: what it holds, the detector's defaults for the keys
-    it predates (a variant created before a setting existed trains with its default)."""
-    merged = DetectorConfig().to_dict()
-    merged.update({k: v for k, v in stored.items() if k in SETTING_KEYS})
-    return merged
+    """Every setting of a stored variant, resolved (what its next model trains with)."""
+    return resolve_config(stored).to_dict()
+
+
+def overridden(stored: dict[str, Any]) -> list[str]:
+    """The settings a variant sets itself rather than taking from its preset, in field order."""
+    return [k for k in SETTING_KEYS if k in stored and k != "preset"]
 
 
 def create_variant(session: Session, *, name: str, description: str = "",
@@ -77,8 +86,8 @@ def create_variant(session: Session, *, name: str, description: str = "",
     """Create a variant; a taken name is ``AlreadyExistsError``. ``records``: its record
     policy (``records.RecordPolicy`` fields, validated where they enter)."""
     check_name(name)
-    resolved = resolve_settings({}, settings or {})
-    variant = Variant(name=name, description=description, settings=resolved,
+    variant = Variant(name=name, description=description,
+                      settings=explicit_settings({}, settings or {}),
                       layout=None if layout is None or layout.is_empty else layout.to_dict(),
                       records=records or None)
     session.add(variant)
@@ -148,7 +157,7 @@ def update_variant(session: Session, *, variant: Variant, description: str | Non
     if description is not None:
         variant.description = description
     if settings is not None:
-        variant.settings = resolve_settings(variant.settings, settings)
+        variant.settings = explicit_settings(variant.settings, settings)
     if records is not None:  # applies to the images already kept too
         variant.records = records
         enforce_retention(session, variant_id=variant.id, policy=RecordPolicy.of(records))

@@ -29,6 +29,7 @@ ACCESS: dict[tuple[str, str], str] = {
     ("GET", "/readyz"): PUBLIC,
     ("GET", "/metrics"): PUBLIC,
     ("GET", "/v1/backbones"): INSPECTOR,
+    ("GET", "/v1/presets"): INSPECTOR,
     ("GET", "/v1/variants"): INSPECTOR,
     ("POST", "/v1/variants"): ADMIN,
     ("GET", "/v1/variants/{name}"): INSPECTOR,

@@ -3,6 +3,7 @@ models (autogenerate finds nothing to do), on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from alembic import command
@@ -13,6 +14,8 @@ from sqlalchemy import create_engine, inspect, text
 
 from app.db.migrate import alembic_config, current_revision, downgrade_to_base, upgrade_to_head
 from app.db.models import Base
+from app.detector.config import DetectorConfig
+from app.services.variants import effective_settings
 
 TABLES = {"variant", "image", "model", "model_artifact", "api_key", "inspection_record",
           "record_image"}
@@ -114,6 +117,48 @@ def test_operator_keys_become_inspector_keys_below_0004(empty_database_url: str)
         with engine.connect() as connection:
             assert connection.execute(text("SELECT role FROM api_key")).scalar_one() == \
                 "inspector"
+    finally:
+        engine.dispose()
+    upgrade_to_head(url)
+
+
+def test_variants_keep_their_configuration_across_0005(empty_database_url: str) -> None:
+    """0005 turns a variant's fully resolved settings into its preset plus the values it gave
+    itself, and records the preset in model configs; nothing resolves differently, both ways."""
+    url = empty_database_url
+    config = alembic_config(url)
+    command.upgrade(config, "0004")
+    # What revision 0004's code resolved omitted settings to, as the migration froze it.
+    defaults = ScriptDirectory.from_config(config).get_revision("0005").module.DEFAULTS_0004
+    full = {**defaults, "coreset_ratio": 0.2, "resolution": 256}
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO variant (id, name, description, settings, last_model_version, "
+                "created_at, updated_at) VALUES (1, 'bolt', '', :s, 1, CURRENT_TIMESTAMP, "
+                "CURRENT_TIMESTAMP)"), {"s": json.dumps(full)})
+            connection.execute(text(
+                "INSERT INTO model (variant_id, version, status, progress, seed, activate, "
+                "config, cancel_requested, created_at) VALUES (1, 1, 'ready', 1, 0, true, :c, "
+                "false, CURRENT_TIMESTAMP)"), {"c": json.dumps(full)})
+
+        def stored() -> tuple[dict[str, Any], dict[str, Any]]:
+            with engine.connect() as connection:
+                settings = connection.execute(text("SELECT settings FROM variant")).scalar_one()
+                model = connection.execute(text("SELECT config FROM model")).scalar_one()
+            return (json.loads(settings) if isinstance(settings, str) else settings,
+                    json.loads(model) if isinstance(model, str) else model)
+
+        command.upgrade(config, "0005")
+        settings, model_config = stored()
+        assert settings == {"preset": "fast", "coreset_ratio": 0.2, "resolution": 256}
+        assert effective_settings(settings) == {**full, "preset": "fast"}
+        assert model_config == {**full, "preset": "fast"}
+        assert DetectorConfig.from_dict(model_config).to_dict() == model_config
+
+        command.downgrade(config, "0004")
+        assert stored() == (full, full)
     finally:
         engine.dispose()
     upgrade_to_head(url)

@@ -1,0 +1,57 @@
+"""Presets: named detector configurations, so that choosing a model needs no block numbers.
+
+A preset sets some detector settings (``Preset.settings``); a configuration resolves as the
+detector's field defaults, then its preset's settings, then the settings given explicitly
+(``config.DetectorConfig.from_dict``). The default preset's settings are the field defaults
+(checked at import in ``config``), so ``DetectorConfig()`` is the default preset's model.
+
+Which preset is the default, and what ``accurate`` holds, is chosen on the four shared data
+sets among candidates declared before measuring (BENCHMARKS.md, "Presets"); until a candidate
+wins there, ``accurate`` is the best configuration of the measured baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal, get_args
+
+PresetName = Literal["fast", "accurate"]
+PRESET_NAMES: tuple[PresetName, ...] = get_args(PresetName)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One preset: the settings it sets and what its figures say (what users choose by)."""
+
+    name: PresetName
+    summary: str
+    settings: Mapping[str, Any]
+
+
+PRESETS: Mapping[PresetName, Preset] = MappingProxyType({
+    "fast": Preset(
+        "fast",
+        "EfficientNet-Lite0: the quickest; excellent on objects in a fixed pose (MVTec "
+        "bottle 0.996 image AUROC from one image), weak on textures and turned parts",
+        MappingProxyType({"backbone": "efficientnet_lite0"})),
+    "accurate": Preset(
+        "accurate",
+        "ViT-S blocks 6 and 9: better on textures (magnetic tile 0.71 / 0.87 from 1 / 16 "
+        "images against fast's 0.57 / 0.65), level on objects, about 4-10x fast's time per image",
+        MappingProxyType({"backbone": "vit_small_l6_l9"})),
+})
+
+DEFAULT_PRESET: PresetName = "fast"
+
+# The configuration every variant and model had before presets existed (migration 0005).
+LEGACY_PRESET: PresetName = "fast"
+
+# The settings some preset sets: choosing another preset resets a variant's own values of these.
+PRESET_FIELDS: frozenset[str] = frozenset(k for p in PRESETS.values() for k in p.settings)
+
+
+def preset_values(name: str) -> dict[str, str]:
+    """The values each preset gives setting ``name``, for the setting's description."""
+    return {p.name: p.settings[name] for p in PRESETS.values() if name in p.settings}

@@ -1,0 +1,76 @@
+"""Presets through HTTP: listed with what they resolve to, chosen by a variant or one training
+request, under the settings given explicitly, and recorded in the model's configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from app.detector.config import DetectorConfig
+from app.detector.presets import DEFAULT_PRESET, PRESET_NAMES
+from tests.conftest import good_png
+
+
+def test_presets_are_listed_with_their_configuration(client: TestClient) -> None:
+    response = client.get("/v1/presets")
+    assert response.status_code == 200, response.text
+    presets = {p["name"]: p for p in response.json()}
+    assert tuple(presets) == PRESET_NAMES
+    assert [n for n, p in presets.items() if p["is_default"]] == [DEFAULT_PRESET]
+    accurate = presets["accurate"]
+    assert accurate["settings"] == {"backbone": "vit_small_l6_l9"}
+    assert accurate["configuration"] == DetectorConfig.from_dict({"preset": "accurate"}).to_dict()
+    assert "textures" in accurate["summary"]
+
+
+def test_a_variant_takes_its_presets_settings_under_its_own(client: TestClient) -> None:
+    plain = client.post("/v1/variants", json={"name": "plain"}).json()
+    assert plain["settings"]["preset"] == DEFAULT_PRESET and plain["overrides"] == []
+
+    body = client.post("/v1/variants", json={"name": "tile", "settings": {
+        "preset": "accurate", "resolution": 336}}).json()
+    assert body["settings"]["backbone"] == "vit_small_l6_l9"
+    assert body["settings"]["resolution"] == 336
+    assert body["overrides"] == ["resolution"]
+
+
+def test_choosing_another_preset_resets_what_presets_set(client: TestClient) -> None:
+    created = client.post("/v1/variants", json={"name": "bolt", "settings": {
+        "backbone": "vit_small_l8", "target_false_reject_rate": 0.02}})
+    assert created.json()["overrides"] == ["backbone", "target_false_reject_rate"]
+
+    same = client.patch("/v1/variants/bolt", json={"settings": {"preset": DEFAULT_PRESET}})
+    assert same.json()["settings"]["backbone"] == "vit_small_l8"  # not another preset: kept
+
+    patched = client.patch("/v1/variants/bolt", json={"settings": {"preset": "accurate"}})
+    assert patched.status_code == 200, patched.text
+    settings = patched.json()["settings"]
+    assert settings["backbone"] == "vit_small_l6_l9"
+    assert settings["target_false_reject_rate"] == 0.02  # presets do not set it: kept
+    assert patched.json()["overrides"] == ["target_false_reject_rate"]
+
+    both = client.patch("/v1/variants/bolt", json={"settings": {
+        "preset": "fast", "backbone": "vit_small_l5"}})
+    assert both.json()["settings"]["backbone"] == "vit_small_l5"  # the same request wins
+
+
+def test_an_unknown_preset_is_a_422_problem(client: TestClient, problem: Any) -> None:
+    response = client.post("/v1/variants", json={"name": "x", "settings": {"preset": "best"}})
+    problem(response, 422)
+    assert client.get("/v1/variants/x").status_code == 404
+
+
+def test_the_model_records_the_resolved_configuration(api: Any) -> None:
+    api.create_variant("bolt")
+    assert api.upload("bolt", [good_png(s) for s in range(2)]).status_code == 201
+    default = api.train("bolt", seed=0)
+    assert default["status"] == "ready", default
+    assert default["config"]["preset"] == DEFAULT_PRESET
+    assert default["config"]["backbone"] == "efficientnet_lite0"
+
+    accurate = api.train("bolt", seed=0, activate=False,
+                         settings={"preset": "accurate", "resolution": 70})
+    assert accurate["status"] == "ready", accurate
+    assert accurate["config"] == DetectorConfig.from_dict(
+        {"preset": "accurate", "resolution": 70}).to_dict()
