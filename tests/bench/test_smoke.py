@@ -107,3 +107,19 @@ def test_records_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
     assert data["load"]["records_listed"] > 0
     (sqlite,) = data["growth"]
     assert sqlite["bytes_per_record"] > 0 and sqlite["bytes_per_kept_image"] > 0
+
+
+def test_presets_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
+    data = run_quick("presets", tmp_path, bench_env)
+    results = data["results"]
+    assert results[data["params"]["reference"]]["ratio_of_medians"] == 1.0
+    for name, r in results.items():
+        assert r["ms"]["median"] > 0 and r["median_round_ratio"] > 0, name
+
+
+def test_vit_optimisations_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
+    data = run_quick("vit_optimisations", tmp_path, bench_env)
+    results = data["results"]
+    assert results["vit224 plain"]["max_rel_score_change"] == 0.0
+    assert results["vit224 fused"]["max_rel_score_change"] < 1e-3
+    assert results["vit224-int8 fused"]["ms"]["median"] > 0

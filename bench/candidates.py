@@ -1,0 +1,33 @@
+"""The candidate configurations for the default and the ``accurate`` preset, as declared in
+BENCHMARKS.md ("Presets") before their screening runs: one place for the latency bench
+(``bench.presets``) and the screening command lines.
+
+Each value is what a variant's ``settings`` would hold. Candidates that need code not written
+yet (a distance setting, background masking, another registry entry) are not here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "C0": {"preset": "fast"},
+    "C1": {"preset": "accurate"},
+    "C2": {"backbone": "vit_small_l6_l9", "resolution": 336, "resize": "square"},
+    "C3": {"backbone": "vit_small_l8"},
+    "C4": {"backbone": "vit_small_l5"},
+    "C5": {"backbone": "vit_small_l6_l9", "resolution": 336, "resize": "fixed_scale"},
+    "C6": {"preset": "accurate", "score_top_fraction": 0.01},
+    "C10": {"backbone": "vit_small_l6_l9", "resolution": 336, "resize": "square",
+            "variation_views": 4},
+}
+
+# The reference of the latency budget: the default must cost at most 6x its time per image.
+REFERENCE = "C0"
+LATENCY_BUDGET = 6.0
+
+
+def evaluate_args(candidate: str) -> list[str]:
+    """``nominal evaluate`` options that give ``candidate``'s configuration."""
+    return [part for name, value in CANDIDATES[candidate].items()
+            for part in ("--set", f"{name}={'null' if value is None else value}")]

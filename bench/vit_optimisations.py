@@ -1,0 +1,122 @@
+"""The ViT path's speed changes, side by side, with what they do to the scores (BENCHMARKS.md,
+"ViT optimisations").
+
+For ViT-S blocks 6+9 at 224 (the ``accurate`` preset) and at 336: the same fitted model
+scored with the plain session graph and with fused transformer kernels
+(``app.detector.fusion``), and a model fitted with 8-bit arithmetic (``precision: int8``,
+matrix products of the ViT blocks included), each timed in the same interleaved rounds as
+the ``fast`` preset (``bench.presets.time_side_by_side``). Then every side scores the whole
+test split: image AUROC, and the largest relative score change against the plain float32
+session of the same configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import numpy as np
+
+from bench import common
+from bench.presets import fit_candidates, time_side_by_side
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "fast": {"preset": "fast"},
+    "vit224": {"preset": "accurate"},
+    "vit224-int8": {"preset": "accurate", "precision": "int8"},
+    "vit336": {"preset": "accurate", "resolution": 336},
+    "vit336-int8": {"preset": "accurate", "resolution": 336, "precision": "int8"},
+}
+
+
+def test_split(dataset: Any, limit: int | None) -> tuple[list[Any], np.ndarray]:
+    items = []
+    for folder in sorted((dataset / "test").iterdir()):
+        if folder.is_dir():
+            items += [(p, folder.name != "good") for p in common.images_in(folder)]
+    items = items[:limit] if limit else items
+    return [common.decode(p) for p, _ in items], np.array([bad for _, bad in items])
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from app.detector.runtime import CompiledModel, RuntimeOptions
+    from app.evaluation.metrics import auroc
+
+    machine = common.machine_info(args.threads)
+    k = 2 if args.quick else args.shots
+    configs = dict(CONFIGS)
+    if args.quick:
+        configs = {n: c for n, c in configs.items() if "336" not in n}
+    fits = fit_candidates(configs, args.dataset, k, args.threads, args.quick)
+    plain = RuntimeOptions(threads=args.threads, fuse_transformers=False)
+    fused = RuntimeOptions(threads=args.threads)
+    sides: dict[str, tuple[str, Any]] = {"fast": ("fast", CompiledModel(
+        fits["fast"]["fitted"].onnx_bytes, fused))}
+    for name in configs:
+        if name == "fast":
+            continue
+        data = fits[name]["fitted"].onnx_bytes
+        if not name.endswith("int8"):
+            sides[f"{name} plain"] = (name, CompiledModel(data, plain))
+        sides[f"{name} fused"] = (name, CompiledModel(data, fused))
+    image = common.decode(common.test_paths(args.dataset, 1)[0])
+    rounds = args.rounds or (1 if args.quick else 8)
+    per_round = args.per_round or (1 if args.quick else 4)
+    timed = time_side_by_side({n: m for n, (_, m) in sides.items()}, image, rounds, per_round,
+                              "fast")
+
+    images, bad = test_split(args.dataset, 4 if args.quick else args.max_test)
+    scores = {n: np.array([m.score(x) for x in images]) for n, (_, m) in sides.items()}
+    results: dict[str, Any] = {}
+    for name, (config, _) in sides.items():
+        reference = scores.get(f"{config.removesuffix('-int8')} plain", scores[name])
+        results[name] = {
+            **timed[name], "config": fits[config]["config"],
+            "image_auroc": round(float(auroc(scores[name], bad)), 4) if bad.any() and
+            not bad.all() else None,
+            "max_rel_score_change": float(np.max(np.abs(scores[name] - reference)
+                                                 / np.abs(reference))),
+        }
+    return {"bench": "vit_optimisations", "machine": machine,
+            "params": {"dataset": str(args.dataset), "k": k, "rounds": rounds,
+                       "per_round": per_round, "test_images": len(images),
+                       "image": list(image.shape)},
+            "results": results}
+
+
+def report(data: dict[str, Any]) -> str:
+    rows = [[name, common.fmt(r["ms"]["median"]), f"{r['median_round_ratio']:.2f}",
+             common.fmt(r["image_auroc"], 4), f"{r['max_rel_score_change']:.1e}"]
+            for name, r in data["results"].items()]
+    p = data["params"]
+    return (f"Models fitted on {p['k']} images; time per {p['image'][1]} x {p['image'][0]} "
+            f"image (JSON verdict, batch 1, {data['machine']['threads']} threads, "
+            f"{p['rounds']} rounds x {p['per_round']}); scores over {p['test_images']} test "
+            "images\n\n" + common.markdown_table(
+                ["side", "median ms", "x fast", "image AUROC",
+                 "largest score change vs plain float32"], rows))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(parser)
+    parser.add_argument("--shots", type=int, default=16, help="training images of each model")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (8)")
+    parser.add_argument("--per-round", type=int, default=None, help="images per side, round")
+    parser.add_argument("--max-test", type=int, default=None,
+                        help="score at most this many test images (default: the whole split)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    data = run(args)
+    print(report(data), flush=True)
+    common.write_results(args.out or common.default_out("vit_optimisations", args.quick), data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
