@@ -1,13 +1,12 @@
 """The ViT path's speed changes, side by side, with what they do to the scores (BENCHMARKS.md,
 "ViT optimisations").
 
-For ViT-S blocks 6+9 at 224 (the ``accurate`` preset) and at 336: the same fitted model
-scored with the plain session graph and with fused transformer kernels
-(``app.detector.fusion``), and a model fitted with 8-bit arithmetic (``precision: int8``,
-matrix products of the ViT blocks included), each timed in the same interleaved rounds as
-the ``fast`` preset (``bench.presets.time_side_by_side``). Then every side scores the whole
-test split: image AUROC, and the largest relative score change against the plain float32
-session of the same configuration.
+For ViT-S blocks 6+9 at 224 (the ``accurate`` preset) and at 336: the float32 model and one
+fitted with 8-bit arithmetic (``precision: int8``, the matrix products of the ViT blocks
+included), each timed in the same interleaved rounds as the ``fast`` preset
+(``bench.presets.time_side_by_side``). Then every side scores the whole test split: image
+AUROC, and the largest relative score change against the float32 model of the same
+configuration.
 """
 
 from __future__ import annotations
@@ -49,30 +48,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         configs = {n: c for n, c in configs.items() if "336" not in n}
     fits = fit_candidates(configs, args.dataset, k, args.threads, args.quick)
-    plain = RuntimeOptions(threads=args.threads, fuse_transformers=False)
-    fused = RuntimeOptions(threads=args.threads)
-    sides: dict[str, tuple[str, Any]] = {"fast": ("fast", CompiledModel(
-        fits["fast"]["fitted"].onnx_bytes, fused))}
-    for name in configs:
-        if name == "fast":
-            continue
-        data = fits[name]["fitted"].onnx_bytes
-        if not name.endswith("int8"):
-            sides[f"{name} plain"] = (name, CompiledModel(data, plain))
-        sides[f"{name} fused"] = (name, CompiledModel(data, fused))
+    options = RuntimeOptions(threads=args.threads)
+    sides = {name: CompiledModel(fits[name]["fitted"].onnx_bytes, options) for name in configs}
     image = common.decode(common.test_paths(args.dataset, 1)[0])
     rounds = args.rounds or (1 if args.quick else 8)
     per_round = args.per_round or (1 if args.quick else 4)
-    timed = time_side_by_side({n: m for n, (_, m) in sides.items()}, image, rounds, per_round,
-                              "fast")
+    timed = time_side_by_side(sides, image, rounds, per_round, "fast")
 
     images, bad = test_split(args.dataset, 4 if args.quick else args.max_test)
-    scores = {n: np.array([m.score(x) for x in images]) for n, (_, m) in sides.items()}
+    scores = {n: np.array([m.score(x) for x in images]) for n, m in sides.items()}
     results: dict[str, Any] = {}
-    for name, (config, _) in sides.items():
-        reference = scores.get(f"{config.removesuffix('-int8')} plain", scores[name])
+    for name in sides:
+        reference = scores[name.removesuffix("-int8")]
         results[name] = {
-            **timed[name], "config": fits[config]["config"],
+            **timed[name], "config": fits[name]["config"],
             "image_auroc": round(float(auroc(scores[name], bad)), 4) if bad.any() and
             not bad.all() else None,
             "max_rel_score_change": float(np.max(np.abs(scores[name] - reference)
@@ -95,7 +84,7 @@ def report(data: dict[str, Any]) -> str:
             f"{p['rounds']} rounds x {p['per_round']}); scores over {p['test_images']} test "
             "images\n\n" + common.markdown_table(
                 ["side", "median ms", "x fast", "image AUROC",
-                 "largest score change vs plain float32"], rows))
+                 "largest score change vs float32"], rows))
 
 
 def build_parser() -> argparse.ArgumentParser:

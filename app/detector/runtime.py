@@ -13,7 +13,6 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from app.detector.fusion import fuse_transformer_blocks
 from app.detector.verdict import OUTPUTS, Verdict, VerdictRules, read_verdict
 from app.errors import InvalidInputError, UnsupportedModelFormatError
 
@@ -140,8 +139,6 @@ class RuntimeOptions:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     shared_arena: bool = True
     spinning: bool = False
-    # ViT blocks with fused LayerNorm and GELU kernels in the scoring session (fusion.py).
-    fuse_transformers: bool = True
 
     def session(self, model: bytes | str) -> ort.InferenceSession:
         options = ort.SessionOptions()
@@ -210,11 +207,9 @@ class CompiledModel:
         self.map_session: ort.InferenceSession | None = None
         self.handoff: list[str] = []
         if split is None:
-            self.session = options.session(onnx_bytes)  # the fallback stays the plain graph
+            self.session = options.session(onnx_bytes)
         else:
             score_part, map_part, self.handoff = split
-            if options.fuse_transformers:
-                score_part = fuse_transformer_blocks(score_part)
             self.session = options.session(score_part.SerializeToString())
             del score_part
             # One thread: the map part is small (upsample, blur, resize); a second
