@@ -18,6 +18,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "C4": {"backbone": "vit_small_l5"},
     "C5": {"backbone": "vit_small_l6_l9", "resolution": 336, "resize": "fixed_scale"},
     "C6": {"preset": "accurate", "score_top_fraction": 0.01},
+    "C7": {"preset": "accurate", "distance": "cosine"},
     "C10": {"backbone": "vit_small_l6_l9", "resolution": 336, "resize": "square",
             "variation_views": 4},
 }

@@ -20,10 +20,12 @@ from app.errors import InvalidInputError
 Augmentation = Literal["none", "flip", "rot90"]
 ResizePolicy = Literal["fixed_scale", "shorter_side", "square"]
 Precision = Literal["float32", "int8"]
+Distance = Literal["euclidean", "cosine"]
 
 AUGMENTATIONS: tuple[Augmentation, ...] = get_args(Augmentation)
 RESIZE_POLICIES: tuple[ResizePolicy, ...] = get_args(ResizePolicy)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+DISTANCES: tuple[Distance, ...] = get_args(Distance)
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -91,6 +93,12 @@ class DetectorConfig:
         "factor on the scores of the patches next to the frame's edge, those the mirrored "
         "margin reaches (none without a margin): 1 judges them like the others, 0 ignores them",
         ge=0, le=1))
+    # Cosine: every patch feature scaled to unit length (graph._front_end), in the bank and in
+    # the inspected image alike; the euclidean distance between unit vectors orders patches as
+    # the cosine distance does (AnomalyDINO compares DINOv2 tokens so).
+    distance: Distance = field(default="euclidean", metadata=setting(
+        "patch distance to the memory bank: euclidean on the features, or cosine (the "
+        "features scaled to unit length first)"))
     coreset_ratio: float = field(default=0.1, metadata=setting(
         "fraction of patches kept in the memory bank (large banks only)", gt=0, le=1))
     # Banks smaller than this keep every patch: few-shot banks are small and subsampling

@@ -68,6 +68,11 @@ class FittedModel:
         return self.calibration.threshold
 
 
+def unit_length(config: DetectorConfig) -> bool:
+    """Whether patch features are scaled to unit length (the cosine distance)."""
+    return config.distance == "cosine"
+
+
 class FeatureExtractor:
     """ONNX session of the shared front end: ``image (H, W, 3)`` uint8 -> ``PatchFeatures``."""
 
@@ -77,8 +82,9 @@ class FeatureExtractor:
         backbone: onnx.ModelProto,
         plan: ResizePlan,
         options: RuntimeOptions,
+        unit_length: bool = False,
     ) -> None:
-        model = build_feature_extractor(spec, backbone, plan)
+        model = build_feature_extractor(spec, backbone, plan, unit_length=unit_length)
         self.session = options.session(model.SerializeToString())
 
     def __call__(self, image: np.ndarray) -> PatchFeatures:
@@ -122,7 +128,7 @@ class Detector:
         self.models_dir = Path(models_dir)
         self.options = options or RuntimeOptions()
         self._backbones: dict[str, onnx.ModelProto] = {}
-        self._extractors: dict[tuple[str, ResizePlan], FeatureExtractor] = {}
+        self._extractors: dict[tuple[str, ResizePlan, bool], FeatureExtractor] = {}
         self._lock = threading.Lock()
 
     def backbone(self, name: str) -> onnx.ModelProto:
@@ -133,11 +139,12 @@ class Detector:
 
     def extractor(self, config: DetectorConfig, plan: ResizePlan) -> FeatureExtractor:
         spec = get_backbone(config.backbone)
-        key = (spec.name, plan)
+        key = (spec.name, plan, unit_length(config))
         backbone = self.backbone(spec.name)
         with self._lock:
             if key not in self._extractors:
-                self._extractors[key] = FeatureExtractor(spec, backbone, plan, self.options)
+                self._extractors[key] = FeatureExtractor(spec, backbone, plan, self.options,
+                                                         unit_length(config))
             return self._extractors[key]
 
     def fit(
@@ -178,7 +185,7 @@ class Detector:
                 extractor.backbone_input(image) for image in images[:MAX_CALIBRATION_INPUTS]
             ]
             backbone = quantize_backbone(backbone, calibration_inputs)
-            extractor = FeatureExtractor(spec, backbone, plan, self.options)
+            extractor = FeatureExtractor(spec, backbone, plan, self.options, unit_length(config))
             timings["quantize_s"] = time.perf_counter() - tq
             report(0.0, "features")
         # Per image, where its judged views lie in all_patches: the photo itself, then its
@@ -312,6 +319,7 @@ class Detector:
             edge_band=judge.edge_band,
             edge_weight=judge.edge_weight,
             layout=layout,
+            unit_length=unit_length(config),
         )
         onnx_bytes = model.SerializeToString()
         timings["export_s"] = time.perf_counter() - t3
@@ -346,7 +354,7 @@ class Detector:
         extractor = (
             self.extractor(config, plan)
             if backbone is None
-            else FeatureExtractor(spec, backbone, plan, self.options)
+            else FeatureExtractor(spec, backbone, plan, self.options, unit_length(config))
         )
         feats = extractor(check_image_array(image))
         judge = Judge.of(config, spec, plan, layout)

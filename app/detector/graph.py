@@ -175,8 +175,10 @@ def _front_end(
     spec: BackboneSpec,
     backbone: onnx.ModelProto,
     plan: ResizePlan,
+    unit_length: bool = False,
 ) -> tuple[str, str, str, str]:
-    """Builds image -> patch features. Returns names of
+    """Builds image -> patch features (each scaled to unit length if ``unit_length``: the
+    cosine distance). Returns names of
     ``patches (N, C)``, ``grid (2,)``, ``image_hw (2,)``, ``processed_hw (2,)``."""
     shape = g.op("Shape", ["image"])
     image_hw = g.op("Slice", [shape, g.const("s0", _i64([0])), g.const("s2", _i64([2]))])
@@ -256,6 +258,9 @@ def _front_end(
         )
     nhwc = g.op("Transpose", [features], perm=[0, 2, 3, 1])
     patches = g.op("Reshape", [nhwc, g.const("flat", _i64([-1, spec.feature_dim]))])
+    if unit_length:
+        norms = g.op("ReduceL2", [patches, g.const("ax1", _i64([1]))], keepdims=1)
+        patches = g.op("Div", [patches, g.op("Max", [norms, g.const("tiny", _f32(1e-12))])])
     return patches, grid, image_hw, processed_hw
 
 
@@ -301,12 +306,13 @@ def _model(
 
 
 def build_feature_extractor(
-    spec: BackboneSpec, backbone: onnx.ModelProto, plan: ResizePlan
+    spec: BackboneSpec, backbone: onnx.ModelProto, plan: ResizePlan, *,
+    unit_length: bool = False,
 ) -> onnx.ModelProto:
     """``image`` uint8 ``(H, W, 3)`` -> ``patches`` float32 ``(N, C)``, ``grid`` int64 ``(2,)``,
     and ``backbone_input`` float32 ``(1, 3, h, w)``."""
     g = _Graph()
-    patches, grid, _, _ = _front_end(g, spec, backbone, plan)
+    patches, grid, _, _ = _front_end(g, spec, backbone, plan, unit_length)
     g.nodes.append(helper.make_node("Identity", [patches], ["patches"]))
     g.nodes.append(helper.make_node("Identity", [grid], ["grid"]))
     # What the backbone sees (resized, normalised, padded): calibration data for int8.
@@ -333,6 +339,7 @@ def build_scoring_model(
     edge_band: int = 0,
     edge_weight: float = 1.0,
     layout: Layout | None = None,
+    unit_length: bool = False,
 ) -> onnx.ModelProto:
     """The single-file model an integrator runs: memory bank ``(M, C)`` inside.
 
@@ -348,7 +355,7 @@ def build_scoring_model(
     if bank.ndim != 2 or bank.shape[1] != spec.feature_dim or len(bank) == 0:
         raise ValueError(f"bank must be (M, {spec.feature_dim}), got {bank.shape}")
     g = _Graph()
-    patches, grid, image_hw, processed_hw = _front_end(g, spec, backbone, plan)
+    patches, grid, image_hw, processed_hw = _front_end(g, spec, backbone, plan, unit_length)
     patch_scores = _nearest_distances(g, patches, bank.astype(np.float32))
 
     score_grid = g.op("Reshape", [patch_scores, grid])  # (h, w)

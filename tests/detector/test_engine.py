@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -330,3 +331,30 @@ def test_config_from_dict() -> None:
         DetectorConfig.from_dict({"resolution": 128, "colour_space": "hsv"})
     with pytest.raises(InvalidInputError, match="10"):
         DetectorConfig.from_dict({"resolution": 10})
+
+
+# --- cosine distance -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "vit_small_l6_l9"])
+def test_cosine_distance_compares_unit_length_features_in_the_file_and_the_engine(
+    detector: Detector, train_images: list[np.ndarray],
+    good_image: Callable[..., np.ndarray], defect_image: Callable[..., Any], backbone: str,
+) -> None:
+    config = DetectorConfig(backbone=backbone, resolution=70 if "vit" in backbone else 64,
+                            distance="cosine")
+    fitted = detector.fit(train_images, config, seed=0)
+    bank = bank_from_model(fitted.onnx_bytes)
+    assert np.allclose(np.linalg.norm(bank, axis=1), 1.0, atol=1e-5)
+    session = _plain_session(fitted.onnx_bytes)
+    stored = json.loads(session.get_modelmeta().custom_metadata_map["nominal.config"])
+    assert stored["distance"] == "cosine"
+    image = good_image(31)
+    engine = detector.patch_scores(image, bank, config, plan_from_model(fitted.onnx_bytes))
+    assert abs(_onnx_score(session, image) - float(engine.patches.max())) < 1e-4
+    assert float(engine.patches.max()) <= 2.0  # between unit vectors
+    good = max(_onnx_score(session, good_image(seed)) for seed in range(10, 14))
+    assert _onnx_score(session, defect_image(20).image) > good
+
+    euclidean = detector.fit(train_images, replace(config, distance="euclidean"), seed=0)
+    assert not np.allclose(np.linalg.norm(bank_from_model(euclidean.onnx_bytes), axis=1), 1.0)

@@ -1,0 +1,98 @@
+"""Screening of the declared candidates (BENCHMARKS.md, "Presets"): ``nominal evaluate`` of each
+on the four shared sets at k = 1 and 16, 3 draws, whole test split, and the screening table.
+
+    python -m bench.screen run C6 C7 [--sets magnetic_tile ...] [--threads 2]
+    python -m bench.screen table
+
+Results go to bench/results/screening/<candidate>.<set>.json; the candidates the baseline
+already measured (same configuration) are read from bench/results/baseline/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench import common
+from bench.candidates import CANDIDATES, evaluate_args
+
+SETS = ("mvtec_bottle_512", "magnetic_tile", "mvtec_screw_512", "bsdata_pitting")
+SHORT = {"mvtec_bottle_512": "bottle", "magnetic_tile": "tile", "mvtec_screw_512": "screw",
+         "bsdata_pitting": "bsdata"}
+OUT = common.RESULTS_DIR / "screening"
+BASELINE = common.RESULTS_DIR / "baseline"
+# Candidates whose configuration a baseline run measured, by its file prefix.
+IN_BASELINE = {"C0": "lite0", "C1": "vit_l6_l9", "C2": "vit_l6_l9_336_square", "C3": "vit_l8",
+               "C4": "vit_l5"}
+
+
+def result_path(candidate: str, dataset: str) -> Path:
+    if candidate in IN_BASELINE:
+        return BASELINE / f"{IN_BASELINE[candidate]}.{dataset}.json"
+    return OUT / f"{candidate}.{dataset}.json"
+
+
+def run(args: argparse.Namespace) -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    for candidate in args.candidates:
+        for dataset in args.sets:
+            path = result_path(candidate, dataset)
+            if path.exists() and not args.again:
+                print(f"{candidate} {dataset}: done already ({path})", flush=True)
+                continue
+            cmd = [sys.executable, "-m", "app.cli", "evaluate", str(args.data / dataset),
+                   "--shots", "1,16", "--seeds", "3", "--threads", str(args.threads),
+                   "--json", str(OUT / f"{candidate}.{dataset}.json"),
+                   *evaluate_args(candidate)]
+            print(" ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True, cwd=common.ROOT)
+    return 0
+
+
+def auroc_by_k(path: Path) -> dict[int, float]:
+    payload: dict[str, Any] = json.loads(path.read_text())
+    return {row["k"]: row["image_auroc"] for row in payload["summary"]}
+
+
+def table(args: argparse.Namespace) -> int:
+    print("| candidate | " + " | ".join(SHORT[s] for s in SETS) + " | four-set mean |")
+    print("|---|" + "---|" * (len(SETS) + 1))
+    for candidate in CANDIDATES:
+        cells, means = [], []
+        for dataset in SETS:
+            path = result_path(candidate, dataset)
+            if not path.exists():
+                cells.append("")
+                continue
+            by_k = auroc_by_k(path)
+            mean = (by_k[1] + by_k[16]) / 2
+            means.append(mean)
+            cells.append(f"{by_k[1]:.3f} / {by_k[16]:.3f} ({mean:.3f})")
+        overall = f"{sum(means) / len(means):.3f}" if len(means) == len(SETS) else ""
+        if means:
+            print(f"| {candidate} | " + " | ".join(cells) + f" | {overall} |")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    runner = sub.add_parser("run", help="evaluate candidates on the shared sets")
+    runner.add_argument("candidates", nargs="+", choices=list(CANDIDATES))
+    runner.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    runner.add_argument("--data", type=Path, default=common.DEFAULT_DATASET.parent)
+    runner.add_argument("--threads", type=int, default=2)
+    runner.add_argument("--again", action="store_true", help="rerun what is there already")
+    runner.set_defaults(func=run)
+    sub.add_parser("table", help="the screening table, image AUROC at k = 1 / 16 (mean)"
+                   ).set_defaults(func=table)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
