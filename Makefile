@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8000
 STAMP  := $(VENV)/.installed
-MODELS := models/efficientnet_lite0.onnx
+MODELS := models/efficientnet_lite0.onnx models/efficientnet_lite2.onnx
 
 .PHONY: install backbones run test test-torch lint audit evaluate clean
 

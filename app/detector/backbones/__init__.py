@@ -21,10 +21,10 @@ __all__ = ["REGISTRY", "BackboneSpec", "FeatureLayer", "backbone_path", "get_bac
 
 
 def _registry() -> dict[str, BackboneSpec]:
-    from app.detector.backbones.efficientnet_lite import EFFICIENTNET_LITE0
+    from app.detector.backbones.efficientnet_lite import EFFICIENTNET_LITE0, EFFICIENTNET_LITE2
     from app.detector.backbones.vit_small import VIT_SMALL_SPECS
 
-    specs = [EFFICIENTNET_LITE0, *VIT_SMALL_SPECS]
+    specs = [EFFICIENTNET_LITE0, EFFICIENTNET_LITE2, *VIT_SMALL_SPECS]
     return {spec.name: spec for spec in specs}
 
 

