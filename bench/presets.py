@@ -22,14 +22,15 @@ from bench.candidates import CANDIDATES, LATENCY_BUDGET, REFERENCE
 
 
 def fit_candidates(candidates: dict[str, dict[str, Any]], dataset: Path, k: int,
-                   threads: int, quick: bool) -> dict[str, Any]:
+                   threads: int, quick: bool, models_dir: Path | None = None) -> dict[str, Any]:
     """Each of ``candidates`` (name -> variant settings) fitted on the first ``k`` training
-    images: ``{"fitted": FittedModel, "fit_s", "config"}`` by name."""
+    images, with the backbones of ``models_dir`` (default: the project's):
+    ``{"fitted": FittedModel, "fit_s", "config"}`` by name."""
     from app.detector.config import DetectorConfig
     from app.detector.engine import Detector
     from app.detector.runtime import RuntimeOptions
 
-    detector = Detector(common.MODELS_DIR, RuntimeOptions(threads=threads))
+    detector = Detector(models_dir or common.MODELS_DIR, RuntimeOptions(threads=threads))
     good = [common.decode(p) for p in common.train_paths(dataset, k)]
     fits: dict[str, Any] = {}
     for name, given in candidates.items():

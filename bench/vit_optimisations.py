@@ -3,16 +3,18 @@
 
 For ViT-S blocks 6+9 at 224 (the ``accurate`` preset) and at 336: the float32 model and one
 fitted with 8-bit arithmetic (``precision: int8``, the matrix products of the ViT blocks
-included), each timed in the same interleaved rounds as the ``fast`` preset
-(``bench.presets.time_side_by_side``). Then every side scores the whole test split: image
-AUROC, and the largest relative score change against the float32 model of the same
-configuration.
+included), and with ``--before DIR`` the float32 models fitted on the backbone files of DIR
+(a change to how the backbones are built, side by side with the files before it), each timed
+in the same interleaved rounds as the ``fast`` preset (``bench.presets.time_side_by_side``).
+Then every side scores the whole test split: image AUROC, and the largest relative score
+change against the float32 model of the same configuration.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fits = fit_candidates(configs, args.dataset, k, args.threads, args.quick)
     options = RuntimeOptions(threads=args.threads)
     sides = {name: CompiledModel(fits[name]["fitted"].onnx_bytes, options) for name in configs}
+    if args.before:
+        float32 = {n: c for n, c in configs.items() if n != "fast" and "int8" not in n}
+        before = fit_candidates(float32, args.dataset, k, args.threads, args.quick,
+                                models_dir=args.before)
+        for name, fit in before.items():
+            fits[f"{name} before"] = fit
+            sides[f"{name} before"] = CompiledModel(fit["fitted"].onnx_bytes, options)
     image = common.decode(common.test_paths(args.dataset, 1)[0])
     rounds = args.rounds or (1 if args.quick else 8)
     per_round = args.per_round or (1 if args.quick else 4)
@@ -59,7 +68,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     scores = {n: np.array([m.score(x) for x in images]) for n, m in sides.items()}
     results: dict[str, Any] = {}
     for name in sides:
-        reference = scores[name.removesuffix("-int8")]
+        reference = scores[name.removesuffix("-int8").removesuffix(" before")]
         results[name] = {
             **timed[name], "config": fits[name]["config"],
             "image_auroc": round(float(auroc(scores[name], bad)), 4) if bad.any() and
@@ -94,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shots", type=int, default=16, help="training images of each model")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (8)")
     parser.add_argument("--per-round", type=int, default=None, help="images per side, round")
+    parser.add_argument("--before", type=Path, default=None, metavar="DIR",
+                        help="also fit the float32 models on the backbone files in DIR")
     parser.add_argument("--max-test", type=int, default=None,
                         help="score at most this many test images (default: the whole split)")
     return parser

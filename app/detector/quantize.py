@@ -57,6 +57,19 @@ class _Inputs(CalibrationDataReader):
         return next(self._feed, None)
 
 
+def _shape_only_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes whose outputs do not depend on the input's values (at most on its
+    shape, through ``Shape``)."""
+    valued = {i.name for i in model.graph.input}
+    names = []
+    for node in model.graph.node:  # topological order
+        if node.op_type != "Shape" and valued.intersection(node.input):
+            valued.update(node.output)
+        else:
+            names.append(node.name)
+    return names
+
+
 def quantize_backbone(backbone: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> onnx.ModelProto:
     """The backbone with int8 convolutions (``QLinearConv``), ranges from ``inputs``.
 
@@ -68,6 +81,9 @@ def quantize_backbone(backbone: onnx.ModelProto, inputs: Sequence[np.ndarray]) -
     if not inputs:
         raise ValueError("need at least one input to calibrate an 8-bit backbone")
     name = backbone.graph.input[0].name
+    # Nodes that read no pixel value (the ViT position table's resize to the token grid, which
+    # reads only the input's shape) keep float32: their ranges do not come from images.
+    constant = _shape_only_nodes(backbone)
     with tempfile.TemporaryDirectory(prefix="nominal-int8-") as tmp:
         source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         onnx.save(backbone, str(source))
@@ -82,5 +98,6 @@ def quantize_backbone(backbone: onnx.ModelProto, inputs: Sequence[np.ndarray]) -
                 per_channel=True,
                 reduce_range=True,
                 calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=constant,
             )
         return onnx.load(str(target))

@@ -17,6 +17,7 @@ from app.detector.backbones.vit_small import (
     _BLOCK_OUTPUT,
     INPUT,
     VIT_SMALL_SPECS,
+    _separable_position_resize,
     build_vit_small,
     vit_small_onnx_path,
 )
@@ -103,11 +104,44 @@ def _reference_grids(x: np.ndarray, layers: list[int]) -> list[np.ndarray]:
 
 
 def test_matches_the_unmodified_graph_at_224(session: ort.InferenceSession) -> None:
-    """The cut changes nothing upstream of block 5: compare with the full graph's tensor."""
+    """The cut changes nothing upstream of block 5: compare with the full graph's tensor (the
+    export takes 224 x 224 only)."""
     x = _pixels(224, 224, seed=2)
     (expected,) = _reference_grids(x, [LAYER])
     (tokens,) = session.run(None, {INPUT: x})
     np.testing.assert_allclose(tokens, expected, rtol=0, atol=1e-4)
+
+
+def test_the_position_table_is_resized_without_the_cubic_kernel(model: onnx.ModelProto) -> None:
+    modes = [onnx.helper.get_attribute_value(a) for n in model.graph.node
+             if n.op_type == "Resize" for a in n.attribute if a.name == "mode"]
+    assert b"cubic" not in modes
+
+
+@pytest.mark.parametrize("grid", [(5, 5), (16, 16), (24, 24), (10, 5), (37, 37), (50, 44)])
+def test_the_separable_resize_is_the_cubic_resize(grid: tuple[int, int]) -> None:
+    """The rewrite against onnxruntime's own bicubic Resize with the export's attributes, on
+    grids smaller than, unequal to, equal to and larger than the table's 37 x 37."""
+    helper = onnx.helper
+    table = np.random.default_rng(0).standard_normal((1, 8, 37, 37)).astype(np.float32)
+    resize = helper.make_node("Resize", ["table", "", "", "sizes"], ["grid"],
+                              name="/backbone/embeddings/Resize", mode="cubic",
+                              coordinate_transformation_mode="half_pixel",
+                              cubic_coeff_a=-0.75, nearest_mode="floor")
+
+    def run(nodes: list[onnx.NodeProto], consts: list[onnx.TensorProto]) -> np.ndarray:
+        graph = helper.make_graph(
+            nodes, "resize", [helper.make_tensor_value_info("sizes", onnx.TensorProto.INT64, [4])],
+            [helper.make_tensor_value_info("grid", onnx.TensorProto.FLOAT, None)],
+            initializer=[onnx.numpy_helper.from_array(table, "table"), *consts])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        (out,) = _session(model).run(None, {"sizes": np.array([1, 8, *grid], np.int64)})
+        return out
+
+    expected = run([resize], [])
+    actual = run(*_separable_position_resize(resize, 37))
+    assert actual.shape == expected.shape == (1, 8, *grid)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
 def test_blend_emits_each_block_in_one_pass() -> None:

