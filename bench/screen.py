@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             cmd = [sys.executable, "-m", "app.cli", "evaluate", str(args.data / dataset),
                    "--shots", "1,16", "--seeds", "3", "--threads", str(args.threads),
-                   "--json", str(OUT / f"{candidate}.{dataset}.json"),
+                   "--json", str(path),
                    *evaluate_args(candidate)]
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True, cwd=common.ROOT)

@@ -25,7 +25,7 @@ from app.detector.layout import (
     ROI_NAME_PATTERN,
     Layout,
 )
-from app.detector.presets import DEFAULT_PRESET, Preset
+from app.detector.presets import DEFAULT_PRESET, Preset, PresetName
 from app.detector.regions import DefectRegion
 from app.detector.verdict import region_dict, region_of_interest_dict
 from app.services.backbones import BackboneInfo
@@ -223,8 +223,9 @@ class VariantPublic(BaseModel):
     name: str
     description: str
     settings: VariantSettingsPublic
-    overrides: list[str] = Field(description="the settings this variant gives itself; every "
-                                             "other one comes from its preset")
+    overrides: list[str] = Field(description="the settings whose value differs from what its "
+                                             "preset gives (sending the preset again resets "
+                                             "those the preset sets)")
     layout: LayoutSpec = Field(description="regions of interest and ignore masks (empty: the "
                                            "whole frame is judged)")
     records: RecordPolicy = Field(description="what is kept of its inspections")
@@ -604,7 +605,7 @@ class PresetPublic(BaseModel):
         "configuration": {**_DEFAULTS.to_dict(), "preset": "accurate",
                           "backbone": "vit_small_l6_l9"}})
 
-    name: str
+    name: PresetName
     summary: str = Field(description="what it is for, with its measured figures")
     settings: dict[str, Any] = Field(description="the settings it sets")
     is_default: bool = Field(description="a variant created without a preset gets this one")

@@ -14,7 +14,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from app.detector.presets import DEFAULT_PRESET, PRESETS, PresetName, preset_values
+from app.detector.presets import (
+    DEFAULT_PRESET,
+    PRESET_FIELDS,
+    PRESETS,
+    PresetName,
+    preset_values,
+)
 from app.errors import InvalidInputError
 
 Augmentation = Literal["none", "flip", "rot90"]
@@ -68,8 +74,8 @@ class DetectorConfig:
 
     # Resolved by from_dict: the preset's settings under the explicit ones (detector/presets.py).
     preset: PresetName = field(default=DEFAULT_PRESET, metadata=setting(
-        "a named configuration (what each is for: GET /v1/presets); the settings a variant "
-        "or training request gives explicitly win over the preset's"))
+        "a named configuration (what each is for: GET /v1/presets). Sending a preset sets "
+        "the settings presets set (backbone) to its values, except those sent with it"))
     backbone: str = field(default=DEFAULT_BACKBONE, metadata=setting(
         "a name from GET /v1/backbones"))
     resolution: int | None = field(default=None, metadata=setting(
@@ -150,7 +156,8 @@ class DetectorConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DetectorConfig:
         """The configuration of ``data``: the field defaults, then the settings of its preset
-        (the default preset when it names none), then ``data`` itself."""
+        (the default preset when it names none), then ``data`` itself. (The constructor takes
+        its fields as given: ``DetectorConfig(preset="accurate")`` keeps Lite0.)"""
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
@@ -271,6 +278,9 @@ def _check_presets() -> None:
     refuses, or (the default preset) a value other than the field's default."""
     defaults = {s.name: s for s in SETTINGS}
     for preset in PRESETS.values():
+        if set(preset.settings) != PRESET_FIELDS:  # else one preset's values leak into another
+            raise TypeError(f"preset {preset.name} must set every setting some preset sets: "
+                            f"{sorted(PRESET_FIELDS)}")
         for name, value in preset.settings.items():
             if name not in defaults or name == "preset":
                 raise TypeError(f"preset {preset.name} sets {name!r}, not a detector setting")

@@ -288,6 +288,8 @@ class Detector:
                     "input": "image: uint8 [H, W, 3] RGB, any size; resized inside the graph",
                     "resize": plan.describe(spec.size_multiple),
                     "normalise": f"(x - {list(spec.mean)}) / {list(spec.std)}",
+                    "distance": "euclidean between patch features scaled to unit length "
+                    "(cosine)" if unit_length(config) else "euclidean between patch features",
                     "outputs": "score: float32 [1], " + _score_rule(judge)
                     + "; patch_scores: float32 [h, w], the judged patch distances on the "
                     "patch grid; anomaly_map: float32 [H, W], patch_scores smoothed and resized "

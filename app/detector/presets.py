@@ -39,7 +39,7 @@ PRESETS: Mapping[PresetName, Preset] = MappingProxyType({
     "accurate": Preset(
         "accurate",
         "ViT-S blocks 6 and 9: better on textures (magnetic tile 0.71 / 0.87 from 1 / 16 "
-        "images against fast's 0.57 / 0.65), level on objects, about 4-10x fast's time per image",
+        "images against fast's 0.57 / 0.65), level on objects, about 6-7x fast's time per image",
         MappingProxyType({"backbone": "vit_small_l6_l9"})),
 })
 
@@ -48,7 +48,7 @@ DEFAULT_PRESET: PresetName = "fast"
 # The configuration every variant and model had before presets existed (migration 0005).
 LEGACY_PRESET: PresetName = "fast"
 
-# The settings some preset sets: choosing another preset resets a variant's own values of these.
+# The settings some preset sets (every preset sets all of them): sending a preset sets these.
 PRESET_FIELDS: frozenset[str] = frozenset(k for p in PRESETS.values() for k in p.settings)
 
 

@@ -50,7 +50,7 @@ from app.errors import (
 )
 from app.services.images import count_images, load_training_images
 from app.services.metrics import Metrics
-from app.services.variants import explicit_settings, resolve_config
+from app.services.variants import resolve_config, resolve_settings
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def create_job(session: Session, *, variant: Variant, seed: int | None = None,
         raise NotEnoughImagesError(
             f"variant {variant.name!r} has no good images; upload some with label=good first"
         )
-    config = resolve_config(explicit_settings(variant.settings, settings or {}))
+    config = resolve_config(resolve_settings(variant.settings, settings or {}))
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "big")
     job = Model(variant_id=variant.id, version=_next_version(session, variant),

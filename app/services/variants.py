@@ -14,7 +14,7 @@ from app.db.models import Image, ImageLabel, Model, Variant, utcnow
 from app.detector.backbones import get_backbone
 from app.detector.config import DetectorConfig
 from app.detector.layout import Layout
-from app.detector.presets import DEFAULT_PRESET, PRESET_FIELDS
+from app.detector.presets import LEGACY_PRESET, PRESET_FIELDS, PRESETS
 from app.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from app.services.records import RecordPolicy, enforce_retention
 
@@ -45,38 +45,46 @@ def check_name(name: str) -> str:
     return name
 
 
-def explicit_settings(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """The settings a variant stores: its preset and the values given explicitly, ``current``
-    updated with ``changes``. Choosing another preset resets the variant's own values of the
-    settings presets set (backbone...), unless ``changes`` sets them too; a variant without a
-    preset gets the default one, so a later default never changes a variant already made."""
-    kept = {k: v for k, v in current.items() if k in SETTING_KEYS}
+def resolve_settings(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """The settings a variant stores, every one resolved: ``current`` (empty for a new variant)
+    updated with ``changes``. A variant keeps every value it was created or changed with, so a
+    later release's defaults never change the models it trains next. A ``preset`` in
+    ``changes`` sets the settings presets set (backbone...) to that preset's values, except
+    those ``changes`` gives too; ``InvalidInputError`` for anything training would refuse."""
     unknown = set(changes) - set(SETTING_KEYS)
     if unknown:
         raise InvalidInputError(f"unknown settings {sorted(unknown)}; known: {list(SETTING_KEYS)}")
-    if "preset" in changes and changes["preset"] != kept.get("preset", DEFAULT_PRESET):
-        kept = {k: v for k, v in kept.items() if k not in PRESET_FIELDS}
-    explicit = {"preset": DEFAULT_PRESET, **kept, **changes}
-    resolve_config(explicit)  # refuses what training would refuse
-    return explicit
+    if not current:
+        return resolve_config(changes).to_dict()
+    stored = effective_settings(current)
+    if "preset" in changes:
+        chosen = resolve_config({"preset": changes["preset"]}).to_dict()
+        stored.update({k: chosen[k] for k in PRESET_FIELDS})
+    return resolve_config({**stored, **changes}).to_dict()
 
 
-def resolve_config(stored: dict[str, Any]) -> DetectorConfig:
-    """The detector configuration of stored settings: its preset's, then its own values;
+def resolve_config(settings: dict[str, Any]) -> DetectorConfig:
+    """The detector configuration of ``settings``: its preset's values under its own;
     ``InvalidInputError`` for an unknown backbone or a bad value."""
-    config = DetectorConfig.from_dict({k: v for k, v in stored.items() if k in SETTING_KEYS})
+    config = DetectorConfig.from_dict({k: v for k, v in settings.items() if k in SETTING_KEYS})
     get_backbone(config.backbone)  # unknown backbone -> InvalidInputError naming the known ones
     return config
 
 
 def effective_settings(stored: dict[str, Any]) -> dict[str, Any]:
-    """Every setting of a stored variant, resolved (what its next model trains with)."""
-    return resolve_config(stored).to_dict()
+    """Every setting of a stored variant: what it holds, and for the settings added since it
+    was stored its preset's or the detector's defaults. Read without checks, so a variant stays
+    readable when a later release refuses one of its values (training then says why)."""
+    preset = PRESETS.get(stored.get("preset", LEGACY_PRESET))
+    return {**DetectorConfig().to_dict(), **(preset.settings if preset else {}),
+            **{k: v for k, v in stored.items() if k in SETTING_KEYS}}
 
 
 def overridden(stored: dict[str, Any]) -> list[str]:
-    """The settings a variant sets itself rather than taking from its preset, in field order."""
-    return [k for k in SETTING_KEYS if k in stored and k != "preset"]
+    """The settings whose value differs from what the variant's preset gives, in field order."""
+    resolved = effective_settings(stored)
+    preset = effective_settings({"preset": resolved["preset"]})
+    return [k for k in SETTING_KEYS if k != "preset" and resolved[k] != preset[k]]
 
 
 def create_variant(session: Session, *, name: str, description: str = "",
@@ -87,7 +95,7 @@ def create_variant(session: Session, *, name: str, description: str = "",
     policy (``records.RecordPolicy`` fields, validated where they enter)."""
     check_name(name)
     variant = Variant(name=name, description=description,
-                      settings=explicit_settings({}, settings or {}),
+                      settings=resolve_settings({}, settings or {}),
                       layout=None if layout is None or layout.is_empty else layout.to_dict(),
                       records=records or None)
     session.add(variant)
@@ -157,7 +165,7 @@ def update_variant(session: Session, *, variant: Variant, description: str | Non
     if description is not None:
         variant.description = description
     if settings is not None:
-        variant.settings = explicit_settings(variant.settings, settings)
+        variant.settings = resolve_settings(variant.settings, settings)
     if records is not None:  # applies to the images already kept too
         variant.records = records
         enforce_retention(session, variant_id=variant.id, policy=RecordPolicy.of(records))

@@ -6,7 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy import select, update
 
+from app.db.models import Variant
+from app.db.session import Database
 from app.detector.config import DetectorConfig
 from app.detector.presets import DEFAULT_PRESET, PRESET_NAMES
 from tests.conftest import good_png
@@ -35,24 +38,44 @@ def test_a_variant_takes_its_presets_settings_under_its_own(client: TestClient) 
     assert body["overrides"] == ["resolution"]
 
 
-def test_choosing_another_preset_resets_what_presets_set(client: TestClient) -> None:
+def test_sending_a_preset_resets_what_presets_set(client: TestClient) -> None:
     created = client.post("/v1/variants", json={"name": "bolt", "settings": {
         "backbone": "vit_small_l8", "target_false_reject_rate": 0.02}})
     assert created.json()["overrides"] == ["backbone", "target_false_reject_rate"]
 
-    same = client.patch("/v1/variants/bolt", json={"settings": {"preset": DEFAULT_PRESET}})
-    assert same.json()["settings"]["backbone"] == "vit_small_l8"  # not another preset: kept
+    other = client.patch("/v1/variants/bolt", json={"settings": {"blur_sigma": 2.0}})
+    assert other.json()["settings"]["backbone"] == "vit_small_l8"  # no preset sent: kept
 
     patched = client.patch("/v1/variants/bolt", json={"settings": {"preset": "accurate"}})
     assert patched.status_code == 200, patched.text
     settings = patched.json()["settings"]
     assert settings["backbone"] == "vit_small_l6_l9"
     assert settings["target_false_reject_rate"] == 0.02  # presets do not set it: kept
-    assert patched.json()["overrides"] == ["target_false_reject_rate"]
+    assert patched.json()["overrides"] == ["target_false_reject_rate", "blur_sigma"]
 
     both = client.patch("/v1/variants/bolt", json={"settings": {
-        "preset": "fast", "backbone": "vit_small_l5"}})
+        "preset": DEFAULT_PRESET, "backbone": "vit_small_l5"}})
     assert both.json()["settings"]["backbone"] == "vit_small_l5"  # the same request wins
+    again = client.patch("/v1/variants/bolt", json={"settings": {"preset": DEFAULT_PRESET}})
+    assert again.json()["settings"]["backbone"] == "efficientnet_lite0"  # override dropped
+
+
+def test_a_variant_stores_every_setting_and_reads_what_is_refused_now(
+        client: TestClient, database_url: str) -> None:
+    """A variant stores every setting resolved (what a later release defaults to never changes
+    its next models), and a value a later release refuses still reads."""
+    client.post("/v1/variants", json={"name": "bolt"})
+    database = Database(database_url)
+    try:
+        with database.writing() as session:
+            stored = session.scalars(select(Variant)).one().settings
+            assert stored == DetectorConfig().to_dict()
+            session.execute(update(Variant).values(settings={**stored, "backbone": "retired"}))
+    finally:
+        database.dispose()
+    body = client.get("/v1/variants/bolt")
+    assert body.status_code == 200 and body.json()["settings"]["backbone"] == "retired"
+    assert client.get("/v1/variants").status_code == 200
 
 
 def test_an_unknown_preset_is_a_422_problem(client: TestClient, problem: Any) -> None:

@@ -123,12 +123,11 @@ def test_operator_keys_become_inspector_keys_below_0004(empty_database_url: str)
 
 
 def test_variants_keep_their_configuration_across_0005(empty_database_url: str) -> None:
-    """0005 turns a variant's fully resolved settings into its preset plus the values it gave
-    itself, and records the preset in model configs; nothing resolves differently, both ways."""
+    """0005 records the preset ("fast") in variant settings and model configs; nothing
+    resolves differently, and the way down leaves what revision 0004's code reads."""
     url = empty_database_url
     config = alembic_config(url)
     command.upgrade(config, "0004")
-    # What revision 0004's code resolved omitted settings to, as the migration froze it.
     defaults = ScriptDirectory.from_config(config).get_revision("0005").module.DEFAULTS_0004
     full = {**defaults, "coreset_ratio": 0.2, "resolution": 256}
     engine = create_engine(url)
@@ -151,14 +150,17 @@ def test_variants_keep_their_configuration_across_0005(empty_database_url: str) 
                     json.loads(model) if isinstance(model, str) else model)
 
         command.upgrade(config, "0005")
-        settings, model_config = stored()
-        assert settings == {"preset": "fast", "coreset_ratio": 0.2, "resolution": 256}
+        assert stored() == ({**full, "preset": "fast"}, {**full, "preset": "fast"})
         # Resolved as before (settings added since take their defaults, as they did then).
         later = DetectorConfig().to_dict()
-        assert effective_settings(settings) == {**later, **full, "preset": "fast"}
-        assert model_config == {**full, "preset": "fast"}
-        assert DetectorConfig.from_dict(model_config).to_dict() == {**later, **model_config}
+        assert effective_settings(stored()[0]) == {**later, **full, "preset": "fast"}
+        assert DetectorConfig.from_dict(stored()[1]).to_dict() == {**later, **full,
+                                                                   "preset": "fast"}
 
+        with engine.begin() as connection:  # what a newer model may hold
+            connection.execute(text("UPDATE model SET config = :c"),
+                               {"c": json.dumps({**full, "preset": "fast",
+                                                 "distance": "euclidean"})})
         command.downgrade(config, "0004")
         assert stored() == (full, full)
     finally:

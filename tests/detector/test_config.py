@@ -23,7 +23,7 @@ from app.detector.config import (
     setting,
 )
 from app.errors import InvalidInputError
-from app.services.variants import explicit_settings
+from app.services.variants import resolve_settings
 from tests.setting_cases import CASES, Case
 
 
@@ -49,12 +49,12 @@ def test_every_declared_rule_is_checked(case: Case) -> None:
     if case.allowed:
         config = DetectorConfig(**case.settings)
         assert getattr(config, case.name) == case.value
-        assert explicit_settings({}, case.settings)[case.name] == case.value
+        assert resolve_settings({}, case.settings)[case.name] == case.value
     else:
         with pytest.raises(InvalidInputError, match=case.name):
             DetectorConfig(**case.settings)
         with pytest.raises(InvalidInputError, match=case.name):  # what the services store
-            explicit_settings({}, case.settings)
+            resolve_settings({}, case.settings)
 
 
 @pytest.mark.parametrize(("settings", "message"), [
