@@ -253,7 +253,8 @@ class Api:
         self.client = client
 
     def create_variant(self, name: str = "bolt", **body: Any) -> dict[str, Any]:
-        body.setdefault("settings", {"resolution": 64})
+        # Tiny generated parts: the quality gate's floor is set to what they need (none).
+        body.setdefault("settings", {"resolution": 64, "min_expected_auroc": 0.0})
         response = self.client.post("/v1/variants", json={"name": name, **body})
         assert response.status_code == 201, response.text
         return response.json()  # type: ignore[no-any-return]

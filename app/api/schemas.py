@@ -356,6 +356,36 @@ _MODEL_EXAMPLE = {
 }
 
 
+class QualityPublic(BaseModel):
+    """How good the model is expected to be, estimated from its training images alone:
+    synthetic defects pasted into held-out training images (or, with one image, into its
+    allowed-variation views), scored as unseen (see README, "Quality report")."""
+
+    model_config = _examples({
+        "expected_image_auroc": 0.958, "expected_pixel_auroc": 0.975,
+        "estimated_false_reject_rate": 0.0, "smallest_caught_px": 51,
+        "recall_by_size": {"4": 0.0, "18": 0.33, "31": 0.67, "51": 1.0}, "n_good": 16,
+        "n_defects": 18,
+        "warnings": ["synthetic defects under 51 px are not caught 9 times in 10 at the "
+                     "threshold"]})
+
+    expected_image_auroc: float | None = Field(description="image AUROC of synthetic defects "
+                                               "of 1/20 to 1/10 of the image's shorter side "
+                                               "against held-out good images")
+    expected_pixel_auroc: float | None = Field(description="pixel AUROC of the patch scores "
+                                               "against the synthetic defects' masks")
+    estimated_false_reject_rate: float = Field(description="held-out good images above the "
+                                               "threshold")
+    smallest_caught_px: int | None = Field(description="the smallest synthetic defect size (px "
+                                           "of the image) caught 9 times in 10 at the "
+                                           "threshold, every larger size too; null: none")
+    recall_by_size: dict[str, float] = Field(description="recall at the threshold by synthetic "
+                                             "defect size in px")
+    n_good: int
+    n_defects: int
+    warnings: list[str] = Field(description="what to look at before going live, in words")
+
+
 class ModelPublic(BaseModel):
     """A training job and, once ``ready``, the model it produced."""
 
@@ -375,6 +405,8 @@ class ModelPublic(BaseModel):
                                                                 "file (null: none)")
     threshold: float | None = None
     calibration: CalibrationPublic | None = None
+    quality: QualityPublic | None = Field(default=None, description="null before it is ready, "
+                                          "and for models trained before reports existed")
     bank_size: int | None = None
     n_good_images: int | None = None
     n_defect_images: int | None = None
@@ -400,6 +432,7 @@ class ModelPublic(BaseModel):
             threshold=model.threshold,
             calibration=(CalibrationPublic.model_validate(model.calibration)
                          if model.calibration else None),
+            quality=QualityPublic.model_validate(model.quality) if model.quality else None,
             bank_size=model.bank_size, n_good_images=model.n_good_images,
             n_defect_images=model.n_defect_images, timings=model.timings,
             onnx_size_bytes=onnx_size_bytes, error=model.error, created_at=model.created_at,

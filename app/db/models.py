@@ -168,6 +168,9 @@ class Model(Base):
     layout: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
     calibration: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The quality report from its training images (detector.quality.QualityReport.to_dict);
+    # None for models trained before reports existed.
+    quality: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     bank_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
     n_good_images: Mapped[int | None] = mapped_column(Integer, nullable=True)
     n_defect_images: Mapped[int | None] = mapped_column(Integer, nullable=True)

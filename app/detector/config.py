@@ -132,6 +132,12 @@ class DetectorConfig:
         "an image is anomalous only if one of its defect regions covers at least this many "
         "pixels of the inspected image (0: any region, the score alone decides)",
         ge=0, le=100_000_000))
+    # Read when a training job finishes (services/training.py) from the model's quality report
+    # (detector/quality.py); 0 lets every model activate itself as requested.
+    min_expected_auroc: float = field(default=0.9, metadata=setting(
+        "a finished model activates itself (when asked to) only if its quality report's "
+        "expected image AUROC against synthetic defects reaches this; below, it stays ready, "
+        "the reason in its warnings, and an admin can still activate it", ge=0, le=1))
     # At the processed resolution, as in PatchCore.
     blur_sigma: float = field(default=4.0, metadata=setting(
         "anomaly map smoothing", ge=0, le=16))

@@ -26,7 +26,14 @@ from app.detector.calibration import Calibration, calibrate, region_holdout_scor
 from app.detector.config import DetectorConfig
 from app.detector.graph import ResizePlan, build_feature_extractor, build_scoring_model
 from app.detector.layout import LAYOUT_METADATA, TRAINED_IGNORE_METADATA, Layout
-from app.detector.memory import edge_weights, greedy_coreset, image_score, nearest_distances
+from app.detector.memory import (
+    PatchFeatures,
+    edge_weights,
+    greedy_coreset,
+    image_score,
+    nearest_distances,
+)
+from app.detector.quality import QualityReport, quality_report
 from app.detector.quantize import MAX_CALIBRATION_INPUTS, quantize_backbone
 from app.detector.regions import RegionRule
 from app.detector.runtime import FORMAT_VERSION, METADATA_PREFIX, RuntimeOptions, check_image_array
@@ -43,20 +50,13 @@ ONE_SHOT_HELD_OUT_VIEWS = 8
 ProgressCallback = Callable[[float, str], None]
 
 
-@dataclass(frozen=True)
-class PatchFeatures:
-    """Patch features of one image: ``patches (h * w, C)`` in row-major grid order."""
-
-    patches: np.ndarray
-    grid: tuple[int, int]
-
-
 @dataclass
 class FittedModel:
     """The result of ``Detector.fit``: the shippable ONNX file and what went into it."""
 
     onnx_bytes: bytes
     calibration: Calibration
+    quality: QualityReport
     config: DetectorConfig
     bank_size: int
     n_images: int
@@ -277,6 +277,15 @@ class Detector:
         )
         timings["calibration_s"] = time.perf_counter() - t2
 
+        tq = time.perf_counter()
+        report(0.8, "quality")
+        quality = quality_report(
+            images, extractor=extractor, patch_scores=judge.patch_scores,
+            image_score=judge.image_score, bank=bank, bank_owner=bank_owner,
+            good_scores=good_scores, threshold=calibration.threshold, seed=seed,
+        ).with_floor(config.min_expected_auroc)
+        timings["quality_s"] = time.perf_counter() - tq
+
         t3 = time.perf_counter()
         report(0.9, "export")
         props = {
@@ -306,6 +315,7 @@ class Detector:
             METADATA_PREFIX + "config": json.dumps(config.to_dict()),
             METADATA_PREFIX + "resize_plan": json.dumps(asdict(plan)),
             METADATA_PREFIX + "calibration": json.dumps(calibration.to_dict()),
+            METADATA_PREFIX + "quality": json.dumps(quality.to_dict()),
             METADATA_PREFIX + "bank_size": str(len(bank)),
             METADATA_PREFIX + "seed": str(seed),
             **(metadata or {}),
@@ -330,6 +340,7 @@ class Detector:
         return FittedModel(
             onnx_bytes=onnx_bytes,
             calibration=calibration,
+            quality=quality,
             config=config,
             bank_size=len(bank),
             n_images=len(good_images),
@@ -407,8 +418,11 @@ class Judge:
         return distances if weights is None else distances * weights
 
     def score(self, feats: PatchFeatures, bank: np.ndarray) -> float:
-        return image_score(self.patch_scores(feats, bank), self.top_fraction,
-                           judged=self.judged(feats.grid))
+        return self.image_score(self.patch_scores(feats, bank), feats.grid)
+
+    def image_score(self, patch_scores: np.ndarray, grid: tuple[int, int]) -> float:
+        """The image score of weighted patch scores on ``grid`` (max or top-fraction mean)."""
+        return image_score(patch_scores, self.top_fraction, judged=self.judged(grid))
 
     def region_holdout(self, feats: PatchFeatures) -> float:
         return region_holdout_score(feats.patches, feats.grid, top_fraction=self.top_fraction,

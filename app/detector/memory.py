@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,6 +17,14 @@ from app.detector.graph import BANK_CHUNK
 # Rows of the query processed per block in ``nearest_distances``: bounds the (rows, chunk)
 # distance block to 64 MiB.
 _QUERY_BLOCK = 4096
+
+
+@dataclass(frozen=True)
+class PatchFeatures:
+    """Patch features of one image: ``patches (h * w, C)`` in row-major grid order."""
+
+    patches: np.ndarray
+    grid: tuple[int, int]
 
 
 def nearest_distances(patches: np.ndarray, bank: np.ndarray) -> np.ndarray:

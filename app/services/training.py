@@ -2,7 +2,8 @@
 
 Life of a job (``status``)::
 
-    queued --claim--> running --fit ok--> ready   (+ variant.active_model_id if activate)
+    queued --claim--> running --fit ok--> ready   (+ variant.active_model_id if activate and
+                                                   the quality report reaches the floor)
        |                 |------error---> failed
        |                 |--cancel seen-> cancelled
        |                 '--no heartbeat for job_stale_after_s (worker died)--> failed
@@ -136,7 +137,7 @@ def change_layout(session: Session, *, variant: Variant, layout: Layout) -> Mode
         variant_id=variant.id, version=version, status=ModelStatus.ready.value, progress=1.0,
         stage="done", seed=active.seed, activate=True, config=dict(active.config),
         layout=stored, threshold=active.threshold, calibration=active.calibration,
-        bank_size=active.bank_size, n_good_images=active.n_good_images,
+        quality=active.quality, bank_size=active.bank_size, n_good_images=active.n_good_images,
         n_defect_images=active.n_defect_images,
         timings={"layout_s": round(time.perf_counter() - started, 4)},
         cancel_requested=False, started_at=now, finished_at=now)
@@ -532,12 +533,15 @@ class TrainingWorker:
                 row.stage = "done"
                 row.threshold = float(fitted.calibration.threshold)
                 row.calibration = calibration
+                row.quality = fitted.quality.to_dict()
                 row.bank_size = int(fitted.bank_size)
                 row.n_good_images = int(fitted.n_images)
                 row.n_defect_images = len(calibration.get("defect_scores") or [])
                 row.timings = {k: round(float(v), 4) for k, v in fitted.timings.items()}
                 row.finished_at = utcnow()
-                if claim.activate:
+                # The gate: a model whose report is below the variant's floor stays ready,
+                # its report saying why (an admin can activate it explicitly).
+                if claim.activate and fitted.quality.reaches(fitted.config.min_expected_auroc):
                     session.execute(update(Variant).where(Variant.id == claim.variant_id)
                                     .values(active_model_id=row.id, updated_at=utcnow()))
         except IntegrityError:

@@ -96,4 +96,4 @@ def test_the_model_records_the_resolved_configuration(api: Any) -> None:
                          settings={"preset": "accurate", "resolution": 70})
     assert accurate["status"] == "ready", accurate
     assert accurate["config"] == DetectorConfig.from_dict(
-        {"preset": "accurate", "resolution": 70}).to_dict()
+        {"preset": "accurate", "resolution": 70, "min_expected_auroc": 0.0}).to_dict()

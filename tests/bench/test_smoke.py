@@ -122,3 +122,9 @@ def test_vit_optimisations_quick(tmp_path: Path, bench_env: dict[str, str]) -> N
     results = data["results"]
     assert results["vit224"]["max_rel_score_change"] == 0.0
     assert results["vit224-int8"]["ms"]["median"] > 0
+
+
+def test_quality_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
+    data = run_quick("quality", tmp_path, bench_env)
+    (result,) = data["results"]
+    assert result["k"] == 2 and result["quality"]["n_defects"] > 0 and result["quality_s"] > 0

@@ -1,0 +1,212 @@
+"""How good a model is, estimated at training time from its good images alone.
+
+Defective parts are rare, so a new model usually meets its first defect on the line. The
+report estimates beforehand how well it separates defects it never saw: synthetic defects
+(``synthetic``) pasted into training images are scored as unseen, each against the memory
+bank without the patches of the image it was pasted into (the leave-one-out of the
+calibration), and compared with the same held-out scores of the good images the threshold
+was calibrated on. With one good image there is nothing to hold out: defects go into that
+image's allowed-variation views (``variations``), scored against the whole bank.
+
+What it says, and why it is an estimate: synthetic defects are not the line's defects, and
+a handful of held-out images is a small sample. BENCHMARKS.md measures how well it ranks
+models against the real test splits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from app.detector.memory import PatchFeatures
+from app.detector.roc import auroc
+from app.detector.synthetic import KINDS, SMALLEST_PX, SyntheticDefect, synthesize
+from app.detector.variations import variation_views
+
+REPORT_IMAGES = 6  # training images defects are pasted into (a seeded sample beyond this)
+DEFECTS_PER_IMAGE = 3
+ONE_SHOT_VIEWS = 6  # allowed-variation views that stand in for held-out images with one shot
+SIZE_STEPS = 6  # defect sizes, log-spaced from SMALLEST_PX to a tenth of the shorter side
+# The expected image AUROC is over defects from this fraction of the shorter side up (the
+# sizes a line calls a defect); the smaller ones count in recall_by_size only.
+AUROC_FROM = 1 / 20
+RECALL = 0.9  # "caught": this share of a size's synthetic defects above the threshold
+PIXEL_STRIDE = 4  # pixel AUROC reads every fourth pixel of each axis
+UNEVEN_GOOD = 0.25  # relative spread of held-out good scores that says "add more images"
+HIGH_FALSE_REJECTS = 0.05
+
+Extractor = Callable[[np.ndarray], PatchFeatures]
+Scorer = Callable[[PatchFeatures, np.ndarray], np.ndarray]  # (features, bank) -> patch scores
+ImageScore = Callable[[np.ndarray, tuple[int, int]], float]  # (patch scores, grid) -> score
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """The report stored with every model (API ``quality``, ONNX ``nominal.quality``)."""
+
+    expected_image_auroc: float | None  # synthetic defects (AUROC_FROM up) vs held-out good
+    expected_pixel_auroc: float | None  # the patch scores against the defects' masks
+    estimated_false_reject_rate: float  # held-out good images above the threshold
+    smallest_caught_px: int | None  # the smallest size caught RECALL of the time (and larger)
+    recall_by_size: dict[int, float]  # at the threshold, by defect size in px
+    n_good: int  # held-out good scores compared
+    n_defects: int
+    warnings: tuple[str, ...]
+
+    def reaches(self, floor: float) -> bool:
+        """Whether the expected image AUROC reaches ``floor`` (no estimate: no evidence
+        against the model, so yes)."""
+        return self.expected_image_auroc is None or self.expected_image_auroc >= floor
+
+    def with_floor(self, floor: float) -> QualityReport:
+        """The report with a warning when it is below ``floor`` (the gate on activation)."""
+        if self.reaches(floor):
+            return self
+        said = (f"expected image AUROC {self.expected_image_auroc:.3f} is below this variant's "
+                f"min_expected_auroc {floor:g}: the model does not activate itself; activate "
+                "it explicitly to use it anyway")
+        return replace(self, warnings=(*self.warnings, said))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["recall_by_size"] = {str(k): v for k, v in self.recall_by_size.items()}
+        data["warnings"] = list(self.warnings)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QualityReport:
+        return cls(**{**data, "recall_by_size": {int(k): float(v) for k, v in
+                                                 data["recall_by_size"].items()},
+                      "warnings": tuple(data["warnings"])})
+
+
+def size_ladder(side: float) -> list[int]:
+    """The defect sizes the report pastes into images of shorter side ``side``:
+    ``SIZE_STEPS`` log-spaced extents from ``SMALLEST_PX`` to a tenth of it (fewer when they
+    coincide)."""
+    largest = max(SMALLEST_PX, int(0.1 * side))
+    return sorted({int(round(v)) for v in np.geomspace(SMALLEST_PX, largest, SIZE_STEPS)})
+
+
+def quality_report(
+    images: Sequence[np.ndarray],
+    *,
+    extractor: Extractor,
+    patch_scores: Scorer,
+    image_score: ImageScore,
+    bank: np.ndarray,
+    bank_owner: np.ndarray,
+    good_scores: np.ndarray,
+    threshold: float,
+    seed: int,
+) -> QualityReport:
+    """The report of a model fitted on ``images`` (``bank_owner[j]``: the image bank row j
+    came from), whose held-out ``good_scores`` set ``threshold``. ``patch_scores`` and
+    ``image_score`` are the model's own rules (edge weights, layout, top fraction)."""
+    rng = np.random.default_rng(seed + 7919)
+    good = np.asarray(good_scores, dtype=np.float64)
+    if len(images) == 1:
+        hosts = [(view, bank) for view in variation_views(images[0], ONE_SHOT_VIEWS,
+                                                          seed=seed, stream=7919)]
+        hosts = hosts or [(images[0], bank)]
+        # The clean views, scored as the defective ones are, stand in for held-out images.
+        good = np.array([image_score(patch_scores(feats, bank), feats.grid)
+                         for feats in (extractor(view) for view, _ in hosts)])
+    else:
+        chosen = np.arange(len(images))
+        if len(chosen) > REPORT_IMAGES:
+            chosen = np.sort(rng.choice(len(images), REPORT_IMAGES, replace=False))
+        hosts = [(images[int(i)], bank[bank_owner != i]) for i in chosen]
+        hosts = [(image, rows if len(rows) else bank) for image, rows in hosts]
+
+    side = float(np.median([min(host.shape[:2]) for host, _ in hosts]))
+    ladder = size_ladder(side)
+    scores: list[float] = []
+    sizes: list[int] = []
+    pixel_values: list[np.ndarray] = []
+    pixel_labels: list[np.ndarray] = []
+    turn = 0
+    for n, (host, rows) in enumerate(hosts):
+        donor = hosts[(n + 1) % len(hosts)][0]
+        for _ in range(DEFECTS_PER_IMAGE):
+            kind = KINDS[turn % len(KINDS)]
+            size = ladder[turn % len(ladder)]
+            turn += 1
+            defect = synthesize(host, kind, size, rng, donor=donor)
+            if defect is None:
+                continue
+            feats = extractor(defect.image)
+            cells = patch_scores(feats, rows)
+            scores.append(image_score(cells, feats.grid))
+            sizes.append(size)  # the ladder's step (a small image may cut it to fit)
+            values, labels = _pixels(cells.reshape(feats.grid), defect)
+            pixel_values.append(values)
+            pixel_labels.append(labels)
+
+    defect_scores = np.asarray(scores, dtype=np.float64)
+    counted = defect_scores[np.asarray(sizes) >= AUROC_FROM * side]
+    image_auroc = _auroc(np.concatenate([good, counted]),
+                         np.concatenate([np.zeros(len(good)), np.ones(len(counted))]))
+    pixel_auroc = (_auroc(np.concatenate(pixel_values), np.concatenate(pixel_labels))
+                   if pixel_values else None)
+    false_rejects = float(np.mean(good > threshold)) if len(good) else 0.0
+    recall = {s: float(np.mean(defect_scores[np.asarray(sizes) == s] > threshold))
+              for s in sorted(set(sizes))}
+    smallest = _smallest_caught(recall)
+    return QualityReport(
+        expected_image_auroc=image_auroc, expected_pixel_auroc=pixel_auroc,
+        estimated_false_reject_rate=false_rejects, smallest_caught_px=smallest,
+        recall_by_size=recall, n_good=len(good), n_defects=len(defect_scores),
+        warnings=tuple(_warnings(len(images), good, false_rejects, recall, smallest)))
+
+
+def _pixels(grid_scores: np.ndarray, defect: SyntheticDefect) -> tuple[np.ndarray, np.ndarray]:
+    """Each sampled pixel's patch score (the cell it falls in) and whether it is defective."""
+    height, width = defect.mask.shape
+    rows = np.arange(0, height, PIXEL_STRIDE)
+    cols = np.arange(0, width, PIXEL_STRIDE)
+    h, w = grid_scores.shape
+    cell_rows = np.minimum(rows * h // height, h - 1)
+    cell_cols = np.minimum(cols * w // width, w - 1)
+    values = grid_scores[np.ix_(cell_rows, cell_cols)].ravel()
+    labels = defect.mask[np.ix_(rows, cols)].ravel()
+    return values, labels
+
+
+def _auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    value = auroc(scores, labels.astype(bool))
+    return None if math.isnan(value) else round(value, 4)
+
+
+def _smallest_caught(recall: dict[int, float]) -> int | None:
+    """The smallest size from which every larger size is caught ``RECALL`` of the time."""
+    smallest = None
+    for size in sorted(recall, reverse=True):
+        if recall[size] < RECALL:
+            break
+        smallest = size
+    return smallest
+
+
+def _warnings(n_images: int, good: np.ndarray, false_rejects: float,
+              recall: dict[int, float], smallest: int | None) -> list[str]:
+    said = []
+    if n_images == 1:
+        said.append("one good image: the threshold is uncertain; add good images of other "
+                    "parts")
+    elif len(good) >= 2 and float(np.std(good) / max(np.mean(good), 1e-12)) > UNEVEN_GOOD:
+        said.append("the good images differ a lot from each other: add more good images")
+    if false_rejects > HIGH_FALSE_REJECTS:
+        said.append(f"{false_rejects:.0%} of the held-out good images score above the "
+                    "threshold: expect false rejects; add more good images")
+    if recall and smallest is None:
+        said.append(f"synthetic defects up to {max(recall)} px are not caught 9 times in 10 "
+                    "at the threshold")
+    elif smallest is not None and smallest > min(recall):
+        said.append(f"synthetic defects under {smallest} px are not caught 9 times in 10 at "
+                    "the threshold")
+    return said

@@ -1,0 +1,61 @@
+"""The quality report on generated images: in range, reproducible, stored in the file, and
+the floor's warning only below it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import onnx
+
+from app.detector.config import DetectorConfig
+from app.detector.engine import Detector
+from app.detector.quality import ONE_SHOT_VIEWS, QualityReport, size_ladder
+from tests.detector.conftest import make_good
+
+CONFIG = DetectorConfig(resolution=64, min_expected_auroc=0.0)
+
+
+def test_a_report_from_held_out_images_is_in_range_and_in_the_file(detector: Detector) -> None:
+    images = [make_good(s) for s in range(4)]
+    fitted = detector.fit(images, CONFIG, seed=0)
+    report = fitted.quality
+    assert report.n_good == 4 and report.n_defects > 0
+    assert report.expected_image_auroc is not None and 0.5 < report.expected_image_auroc <= 1
+    assert report.expected_pixel_auroc is not None and 0.5 < report.expected_pixel_auroc <= 1
+    assert 0 <= report.estimated_false_reject_rate <= 1
+    assert set(report.recall_by_size) <= set(size_ladder(96))
+    assert fitted.timings["quality_s"] > 0
+    props = {p.key: p.value for p in onnx.load_from_string(fitted.onnx_bytes).metadata_props}
+    assert json.loads(props["nominal.quality"]) == report.to_dict()
+    assert QualityReport.from_dict(report.to_dict()) == report
+
+
+def test_the_same_seed_gives_the_same_report(detector: Detector) -> None:
+    images = [make_good(s) for s in range(3)]
+    first = detector.fit(images, CONFIG, seed=5).quality
+    assert detector.fit(images, CONFIG, seed=5).quality == first
+
+
+def test_one_image_is_judged_on_its_own_variation_views(detector: Detector) -> None:
+    report = detector.fit([make_good(0)], CONFIG, seed=0).quality
+    assert report.n_good == ONE_SHOT_VIEWS
+    assert report.warnings[0].startswith("one good image: the threshold is uncertain")
+
+
+def test_the_floor_warns_only_below_it() -> None:
+    report = QualityReport(expected_image_auroc=0.8, expected_pixel_auroc=0.9,
+                           estimated_false_reject_rate=0.0, smallest_caught_px=20,
+                           recall_by_size={20: 1.0}, n_good=4, n_defects=12, warnings=())
+    assert report.with_floor(0.8) is report and report.reaches(0.8)
+    below = report.with_floor(0.9)
+    assert not below.reaches(0.9)
+    assert below.warnings == ("expected image AUROC 0.800 is below this variant's "
+                              "min_expected_auroc 0.9: the model does not activate itself; "
+                              "activate it explicitly to use it anyway",)
+    assert replace(report, expected_image_auroc=None).reaches(1.0)  # no estimate, no verdict
+
+
+def test_the_size_ladder_runs_from_a_few_pixels_to_a_tenth_of_the_image() -> None:
+    assert size_ladder(512) == [4, 7, 11, 18, 31, 51]
+    assert size_ladder(30) == [4]
