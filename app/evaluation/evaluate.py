@@ -66,6 +66,10 @@ class DrawResult:
     ground_truth_defects: int = 0
     regions_found: dict[str, float | None] = field(default_factory=dict)
     min_area: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # The model's quality report (from its training images), beside the real figures above.
+    expected_image_auroc: float | None = None
+    expected_pixel_auroc: float | None = None
+    estimated_false_reject_rate: float | None = None
 
 
 def _nan_to_none(value: float) -> float | None:
@@ -151,6 +155,9 @@ def evaluate_draw(
         ground_truth_defects=tally.ground_truth,
         regions_found=tally.found_share() if pixels is not None else {},
         min_area=tally.min_area_rates(),
+        expected_image_auroc=fitted.quality.expected_image_auroc,
+        expected_pixel_auroc=fitted.quality.expected_pixel_auroc,
+        estimated_false_reject_rate=fitted.quality.estimated_false_reject_rate,
     )
     examples = _worst_cases(model, test_items, s, y, worst) if worst else []
     return Draw(result, DrawScores(k_eff, seed, fitted.threshold, s, y), examples)
@@ -264,6 +271,9 @@ SUMMARY_FIELDS = (
     "fit_s",
     "ms_per_image",
     "bank_size",
+    "expected_image_auroc",
+    "expected_pixel_auroc",
+    "estimated_false_reject_rate",
 )
 
 
@@ -323,6 +333,18 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{_fmt(r['defect_recall'])} | {_fmt(r['fit_s'], 2)} | "
             f"{_fmt(r['ms_per_image'], 1)} |"
         )
+    return "\n".join(lines)
+
+
+def format_quality(rows: list[dict[str, Any]]) -> str:
+    """Expected against real, per k: what the quality report said before the test split."""
+    lines = ["| k | expected image AUROC | real | expected pixel AUROC | real | estimated FRR "
+             "| real |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['k']} | {_fmt(r.get('expected_image_auroc'))} | {_fmt(r['image_auroc'])} | "
+            f"{_fmt(r.get('expected_pixel_auroc'))} | {_fmt(r['pixel_auroc'])} | "
+            f"{_fmt(r.get('estimated_false_reject_rate'))} | {_fmt(r['false_reject_rate'])} |")
     return "\n".join(lines)
 
 
@@ -432,6 +454,8 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
         "means over seeds\n"
     )
     print(format_table(rows))
+    print("\nThe models' quality reports (from their training images) against the test split:"
+          "\n\n" + format_quality(rows))
     per_defect = format_per_defect(rows)
     if per_defect:
         print("\n" + per_defect)

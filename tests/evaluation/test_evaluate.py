@@ -91,6 +91,13 @@ def test_evaluate_reports_pixel_auroc_pro_and_per_defect_auroc(
         assert recalls == sorted(recalls, reverse=True)  # a larger minimum never flags more
     assert row["regions_found"]["0"] == pytest.approx(
         np.mean([r["regions_found"]["0"] for r in data["results"]]))
+    # Each draw's quality report, beside the real figures.
+    assert "quality reports (from their training images) against the test split" in printed
+    for result in data["results"]:
+        assert 0.0 <= result["expected_image_auroc"] <= 1.0
+        assert 0.0 <= result["estimated_false_reject_rate"] <= 1.0
+    assert row["expected_image_auroc"] == pytest.approx(
+        np.mean([r["expected_image_auroc"] for r in data["results"]]))
 
 
 def test_without_masks_the_pixel_metrics_are_null(tmp_path: Path, models_dir: Path) -> None:
