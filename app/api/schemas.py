@@ -384,6 +384,9 @@ class QualityPublic(BaseModel):
     n_good: int
     n_defects: int
     warnings: list[str] = Field(description="what to look at before going live, in words")
+    choice: dict[str, Any] | None = Field(default=None, description="with preset auto: the "
+                                          "preset kept, the rule, and every candidate's "
+                                          "expected image AUROC and warnings")
 
 
 class ModelPublic(BaseModel):
@@ -634,12 +637,14 @@ class PromoteCreate(BaseModel):
 class PresetPublic(BaseModel):
     model_config = _examples({
         "name": "accurate", "summary": "ViT-S blocks 6 and 9: better on textures...",
-        "settings": {"backbone": "vit_small_l6_l9"}, "is_default": False,
+        "settings": {"backbone": "vit_small_l6_l9"}, "cost": 4.7, "is_default": False,
         "configuration": {**_DEFAULTS.to_dict(), "preset": "accurate",
                           "backbone": "vit_small_l6_l9"}})
 
     name: PresetName
     summary: str = Field(description="what it is for, with its measured figures")
+    cost: float = Field(description="time per 512 x 512 image as a multiple of fast's, "
+                        "measured (BENCHMARKS.md); preset auto fits those within its budget")
     settings: dict[str, Any] = Field(description="the settings it sets")
     is_default: bool = Field(description="a variant created without a preset gets this one")
     configuration: VariantSettingsPublic = Field(
@@ -648,6 +653,7 @@ class PresetPublic(BaseModel):
     @classmethod
     def of(cls, preset: Preset) -> PresetPublic:
         return cls(name=preset.name, summary=preset.summary, settings=dict(preset.settings),
+                   cost=preset.cost,
                    is_default=preset.name == DEFAULT_PRESET,
                    configuration=VariantSettingsPublic.model_validate(
                        DetectorConfig.from_dict({"preset": preset.name}).to_dict()))

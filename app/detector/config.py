@@ -15,10 +15,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from app.detector.presets import (
+    AUTO,
+    AUTO_STANDS_IN,
     DEFAULT_PRESET,
     PRESET_FIELDS,
     PRESETS,
-    PresetName,
+    PresetChoice,
     preset_values,
 )
 from app.errors import InvalidInputError
@@ -73,9 +75,11 @@ class DetectorConfig:
     """
 
     # Resolved by from_dict: the preset's settings under the explicit ones (detector/presets.py).
-    preset: PresetName = field(default=DEFAULT_PRESET, metadata=setting(
-        "a named configuration (what each is for: GET /v1/presets). Sending a preset sets "
-        "the settings presets set (backbone) to its values, except those sent with it"))
+    preset: PresetChoice = field(default=DEFAULT_PRESET, metadata=setting(
+        "a named configuration (what each is for: GET /v1/presets), or auto: each training "
+        "fits every preset within auto_latency_budget and keeps the one whose quality report "
+        "expects the most. Sending a preset sets the settings presets set (backbone) to its "
+        "values, except those sent with it"))
     backbone: str = field(default=DEFAULT_BACKBONE, metadata=setting(
         "a name from GET /v1/backbones"))
     resolution: int | None = field(default=None, metadata=setting(
@@ -132,6 +136,9 @@ class DetectorConfig:
         "an image is anomalous only if one of its defect regions covers at least this many "
         "pixels of the inspected image (0: any region, the score alone decides)",
         ge=0, le=100_000_000))
+    auto_latency_budget: float = field(default=6.0, metadata=setting(
+        "with preset auto: the presets costing at most this multiple of fast's time per image "
+        "are candidates", ge=1, le=100))
     # Read when a training job finishes (services/training.py) from the model's quality report
     # (detector/quality.py); 0 lets every model activate itself as requested.
     min_expected_auroc: float = field(default=0.9, metadata=setting(
@@ -170,7 +177,8 @@ class DetectorConfig:
             raise InvalidInputError(f"unknown detector settings: {sorted(unknown)}")
         name = data.get("preset", DEFAULT_PRESET)
         _PRESET_SETTING.check(name)
-        return cls(**{**PRESETS[name].settings, **data})
+        preset = PRESETS[AUTO_STANDS_IN if name == AUTO else name]
+        return cls(**{**preset.settings, **data})
 
 
 def show(value: Any) -> str:

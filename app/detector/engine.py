@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from app.detector.memory import (
     image_score,
     nearest_distances,
 )
+from app.detector.presets import AUTO, PRESETS, Preset
 from app.detector.quality import QualityReport, quality_report
 from app.detector.quantize import MAX_CALIBRATION_INPUTS, quantize_backbone
 from app.detector.regions import RegionRule
@@ -164,10 +165,14 @@ class Detector:
         ``TrainingCancelledError``) to abort. ``defect_images`` only refine the threshold.
         ``layout``: regions of interest and ignore masks; ignored patches stay out of the
         memory bank, and the threshold is calibrated on what the layout judges.
+        ``config.preset`` auto: ``fit_auto``.
         """
         layout = layout or Layout()
         if len(good_images) == 0:
             raise InvalidInputError("need at least one good image to fit a model")
+        if config.preset == AUTO:
+            return self.fit_auto(good_images, config, seed=seed, defect_images=defect_images,
+                                 progress=progress, metadata=metadata, layout=layout)
         report = progress or (lambda fraction, stage: None)
         spec = get_backbone(config.backbone)
         timings: dict[str, float] = {}
@@ -347,6 +352,54 @@ class Detector:
             backbone=backbone,
             timings=timings,
         )
+
+    def fit_auto(
+        self,
+        good_images: Sequence[np.ndarray],
+        config: DetectorConfig,
+        *,
+        seed: int = 0,
+        defect_images: Sequence[np.ndarray] = (),
+        progress: ProgressCallback | None = None,
+        metadata: dict[str, str] | None = None,
+        layout: Layout | None = None,
+    ) -> FittedModel:
+        """The ``auto`` preset: every preset whose cost (``Preset.cost``, a measured constant)
+        is within ``config.auto_latency_budget`` is fitted on the same images, and the one whose
+        quality report expects the highest image AUROC is kept (a tie: the cheaper); its report
+        records every candidate's and why it was chosen. Costs the sum of its candidates."""
+        report = progress or (lambda fraction, stage: None)
+        budget = config.auto_latency_budget
+        candidates = sorted((p for p in PRESETS.values() if p.cost <= budget),
+                            key=lambda p: p.cost)
+        fits: list[tuple[Preset, FittedModel]] = []
+        t0 = time.perf_counter()
+        for n, preset in enumerate(candidates):
+            def share(fraction: float, stage: str, n: int = n, name: str = preset.name) -> None:
+                report((n + fraction) / len(candidates), f"{name}: {stage}")
+
+            fitted = self.fit(good_images, replace(config, preset=preset.name, **preset.settings),
+                              seed=seed, defect_images=defect_images, progress=share,
+                              metadata=metadata, layout=layout)
+            fits.append((preset, fitted))
+        chosen, best = max(fits, key=lambda pf: (pf[1].quality.expected_image_auroc or 0.0,
+                                                 -pf[0].cost))
+        choice = {
+            "chosen": chosen.name,
+            "rule": f"the highest expected image AUROC among the presets costing at most "
+                    f"{budget:g}x fast's time per image; a tie goes to the cheaper",
+            "candidates": [{"preset": p.name, "cost": p.cost,
+                            "expected_image_auroc": f.quality.expected_image_auroc,
+                            "warnings": list(f.quality.warnings)} for p, f in fits],
+        }
+        quality = replace(best.quality, choice=choice)
+        model = onnx.load_from_string(best.onnx_bytes)
+        for prop in model.metadata_props:  # the file says what the API says
+            if prop.key == METADATA_PREFIX + "quality":
+                prop.value = json.dumps(quality.to_dict())
+        timings = {**best.timings, "auto_s": time.perf_counter() - t0}
+        return replace(best, onnx_bytes=model.SerializeToString(), quality=quality,
+                       timings=timings)
 
     def patch_scores(
         self,

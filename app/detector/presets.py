@@ -19,6 +19,10 @@ from typing import Any, Literal, get_args
 
 PresetName = Literal["fast", "accurate"]
 PRESET_NAMES: tuple[PresetName, ...] = get_args(PresetName)
+# What the ``preset`` setting takes: a preset, or ``auto`` (fit each preset within the latency
+# budget and keep the one whose quality report expects the most; engine.Detector.fit).
+AUTO = "auto"
+PresetChoice = Literal["fast", "accurate", "auto"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,10 @@ class Preset:
     name: PresetName
     summary: str
     settings: Mapping[str, Any]
+    # Time per 512 x 512 image (JSON verdict, 2 threads) as a multiple of fast's, measured side
+    # by side (bench.presets; BENCHMARKS.md, "Presets"): a constant, so auto chooses the same
+    # candidates on every machine.
+    cost: float
 
 
 PRESETS: Mapping[PresetName, Preset] = MappingProxyType({
@@ -35,15 +43,19 @@ PRESETS: Mapping[PresetName, Preset] = MappingProxyType({
         "fast",
         "EfficientNet-Lite0: the quickest; excellent on objects in a fixed pose (MVTec "
         "bottle 0.996 image AUROC from one image), weak on textures and turned parts",
-        MappingProxyType({"backbone": "efficientnet_lite0"})),
+        MappingProxyType({"backbone": "efficientnet_lite0"}), 1.0),
     "accurate": Preset(
         "accurate",
         "ViT-S blocks 6 and 9: better on textures (magnetic tile 0.71 / 0.87 from 1 / 16 "
-        "images against fast's 0.57 / 0.65), level on objects, about 6-7x fast's time per image",
-        MappingProxyType({"backbone": "vit_small_l6_l9"})),
+        "images against fast's 0.57 / 0.65), level on objects, about 5x fast's time per image",
+        MappingProxyType({"backbone": "vit_small_l6_l9"}), 4.7),
 })
 
 DEFAULT_PRESET: PresetName = "fast"
+
+# Until auto has chosen (a variant's settings before its first model), it shows the cheapest
+# preset's settings.
+AUTO_STANDS_IN: PresetName = "fast"
 
 # The configuration every variant and model had before presets existed (migration 0005).
 LEGACY_PRESET: PresetName = "fast"

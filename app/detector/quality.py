@@ -56,6 +56,8 @@ class QualityReport:
     n_good: int  # held-out good scores compared
     n_defects: int
     warnings: tuple[str, ...]
+    # With preset auto: which preset was kept, by what rule, and every candidate's figures.
+    choice: dict[str, Any] | None = None
 
     def reaches(self, floor: float) -> bool:
         """Whether the expected image AUROC reaches ``floor`` (no estimate: no evidence

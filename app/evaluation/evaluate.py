@@ -85,7 +85,7 @@ class Draw:
     examples: list[Example]
 
 
-def _training_draw(dataset: Dataset, k: int, seed: int) -> list[np.ndarray]:
+def training_draw(dataset: Dataset, k: int, seed: int) -> list[np.ndarray]:
     """The seeded draw of k training images (decoded)."""
     rng = np.random.default_rng(seed)
     k_eff = min(k, len(dataset.train))
@@ -106,7 +106,7 @@ def evaluate_draw(
     """Fit on a seeded draw of k training images and score the test split, one image at a
     time (decoded here, not kept). ``worst`` > 0: render that many of the highest-scoring
     good images and of the lowest-scoring defects as heatmap thumbnails."""
-    train = _training_draw(dataset, k, seed)
+    train = training_draw(dataset, k, seed)
     k_eff = len(train)
     t0 = time.perf_counter()
     fitted = detector.fit(train, config, seed=seed)
@@ -194,7 +194,7 @@ def perturbation_draw(detector: Detector, dataset: Dataset, config: DetectorConf
                       views_per_image: int) -> list[PerturbationResult]:
     """Fit on the training views (central windows) of a seeded draw, then score good and
     defect test images under each allowed variation (``app.detector.views``)."""
-    train = [training_view(image) for image in _training_draw(dataset, k, seed)]
+    train = [training_view(image) for image in training_draw(dataset, k, seed)]
     model = CompiledModel(detector.fit(train, config, seed=seed).onnx_bytes, detector.options)
     del train
     # Decoded when reached, once per perturbation: memory holds one image and its views.

@@ -534,6 +534,7 @@ class TrainingWorker:
                 row.threshold = float(fitted.calibration.threshold)
                 row.calibration = calibration
                 row.quality = fitted.quality.to_dict()
+                row.config = fitted.config.to_dict()  # preset auto: the preset it chose
                 row.bank_size = int(fitted.bank_size)
                 row.n_good_images = int(fitted.n_images)
                 row.n_defect_images = len(calibration.get("defect_scores") or [])

@@ -97,3 +97,17 @@ def test_the_model_records_the_resolved_configuration(api: Any) -> None:
     assert accurate["status"] == "ready", accurate
     assert accurate["config"] == DetectorConfig.from_dict(
         {"preset": "accurate", "resolution": 70, "min_expected_auroc": 0.0}).to_dict()
+
+
+def test_a_variant_on_auto_gets_the_preset_its_reports_favour(api: Any, client: TestClient) -> None:
+    api.create_variant("bolt", settings={"preset": "auto", "resolution": 70,
+                                         "min_expected_auroc": 0.0})
+    assert api.upload("bolt", [good_png(s) for s in range(3)]).status_code == 201
+    model = api.train("bolt", seed=0)
+    assert model["status"] == "ready", model
+    choice = model["quality"]["choice"]
+    assert model["config"]["preset"] == choice["chosen"] in PRESET_NAMES
+    assert {c["preset"] for c in choice["candidates"]} == set(PRESET_NAMES)
+    assert client.get("/v1/variants/bolt").json()["settings"]["preset"] == "auto"  # chooses again
+    costs = {p["name"]: p["cost"] for p in client.get("/v1/presets").json()}
+    assert costs["fast"] == 1.0 and costs["accurate"] > 1.0

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
+import onnx
 import pytest
 
 from app.detector.backbones import REGISTRY
 from app.detector.config import SETTINGS, DetectorConfig
-from app.detector.presets import DEFAULT_PRESET, PRESET_FIELDS, PRESET_NAMES, PRESETS
+from app.detector.engine import Detector
+from app.detector.presets import (
+    AUTO_STANDS_IN,
+    DEFAULT_PRESET,
+    PRESET_FIELDS,
+    PRESET_NAMES,
+    PRESETS,
+)
 from app.errors import InvalidInputError
+from tests.detector.conftest import make_good
 
 
 def test_the_default_preset_is_the_field_defaults() -> None:
@@ -47,7 +58,8 @@ def test_presets_differ_where_they_say() -> None:
 
 
 def test_an_unknown_preset_is_refused_by_name() -> None:
-    with pytest.raises(InvalidInputError, match="preset must be fast or accurate, got 'best'"):
+    with pytest.raises(InvalidInputError,
+                       match="preset must be fast, accurate or auto, got 'best'"):
         DetectorConfig.from_dict({"preset": "best"})
 
 
@@ -55,3 +67,31 @@ def test_a_setting_a_preset_sets_documents_every_presets_value() -> None:
     backbone = next(s for s in SETTINGS if s.name == "backbone")
     assert backbone.help.endswith(
         "default efficientnet_lite0 (accurate: vit_small_l6_l9)"), backbone.help
+
+
+def test_auto_keeps_the_preset_whose_report_expects_the_most(detector: Detector) -> None:
+    images = [make_good(s) for s in range(3)]
+    config = DetectorConfig.from_dict({"preset": "auto", "resolution": 70,
+                                       "min_expected_auroc": 0.0})
+    assert config.backbone == PRESETS[AUTO_STANDS_IN].settings["backbone"]  # until it chooses
+    fitted = detector.fit(images, config, seed=0)
+    choice = fitted.quality.choice
+    assert choice is not None
+    assert [c["preset"] for c in choice["candidates"]] == ["fast", "accurate"]  # by cost
+    best = max(c["expected_image_auroc"] for c in choice["candidates"])
+    chosen = next(c for c in choice["candidates"] if c["preset"] == choice["chosen"])
+    assert chosen["expected_image_auroc"] == best
+    assert fitted.config.preset == choice["chosen"]
+    assert fitted.config.backbone == PRESETS[choice["chosen"]].settings["backbone"]
+    props = {p.key: p.value for p in onnx.load_from_string(fitted.onnx_bytes).metadata_props}
+    assert json.loads(props["nominal.quality"]) == fitted.quality.to_dict()
+    assert fitted.timings["auto_s"] >= fitted.timings["total_s"]
+
+
+def test_auto_fits_only_the_presets_within_its_budget(detector: Detector) -> None:
+    config = DetectorConfig.from_dict({"preset": "auto", "resolution": 64,
+                                       "auto_latency_budget": 1.0, "min_expected_auroc": 0.0})
+    fitted = detector.fit([make_good(0), make_good(1)], config, seed=0)
+    assert fitted.quality.choice is not None
+    assert [c["preset"] for c in fitted.quality.choice["candidates"]] == ["fast"]
+    assert fitted.config.preset == "fast"

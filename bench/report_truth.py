@@ -1,0 +1,123 @@
+"""Does the quality report predict the truth? (BENCHMARKS.md, "Quality report")
+
+For each configuration with real figures on a set (the evaluation JSONs of the baseline and
+the screening: whole test split, 3 draws), fit it again on the same draws of k training
+images (the evaluation's seeded draw) and read its quality report. Per set: the Spearman
+correlation over configurations between the expected and the real image AUROC; and the
+estimated against the real false-reject rate on test/good.
+
+    python -m bench.report_truth [--k 16] [--sets ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import common
+from bench.candidates import CANDIDATES
+from bench.screen import SETS, SHORT, result_path
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None below three pairs or when
+    one side is constant."""
+    if len(a) < 3:
+        return None
+
+    def ranks(values: list[float]) -> np.ndarray:
+        order = np.argsort(values, kind="mergesort")
+        r = np.empty(len(values))
+        r[order] = np.arange(len(values))
+        for v in set(values):  # ties share their mean rank
+            same = np.asarray(values) == v
+            r[same] = r[same].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from app.detector.config import DetectorConfig
+    from app.detector.engine import Detector
+    from app.detector.runtime import RuntimeOptions
+    from app.evaluation.dataset import load_dataset
+    from app.evaluation.evaluate import training_draw
+
+    detector = Detector(common.MODELS_DIR, RuntimeOptions(threads=args.threads))
+    rows: list[dict[str, Any]] = []
+    for dataset in args.sets:
+        data = load_dataset(args.data / dataset)
+        for candidate, settings in CANDIDATES.items():
+            path = result_path(candidate, dataset)
+            if not path.exists():
+                continue
+            payload = json.loads(path.read_text())
+            real = [r for r in payload["results"] if r["k"] == args.k]
+            if not real:
+                continue
+            config = DetectorConfig.from_dict(settings)
+            reports = [detector.fit(training_draw(data, args.k, r["seed"]), config,
+                                    seed=r["seed"]).quality for r in real]
+            row = {
+                "set": dataset, "candidate": candidate, "draws": len(real),
+                "expected_image_auroc": float(np.mean([q.expected_image_auroc or 0.0
+                                                       for q in reports])),
+                "real_image_auroc": float(np.mean([r["image_auroc"] for r in real])),
+                "estimated_frr": float(np.mean([q.estimated_false_reject_rate
+                                                for q in reports])),
+                "real_frr": float(np.mean([r["false_reject_rate"] for r in real])),
+            }
+            rows.append(row)
+            print(row, flush=True)
+    by_set = {}
+    for dataset in args.sets:
+        mine = [r for r in rows if r["set"] == dataset]
+        by_set[dataset] = spearman([r["expected_image_auroc"] for r in mine],
+                                   [r["real_image_auroc"] for r in mine])
+    known = [v for v in by_set.values() if v is not None]
+    return {"bench": "report_truth", "machine": common.machine_info(args.threads),
+            "params": {"k": args.k, "sets": args.sets}, "rows": rows,
+            "spearman_by_set": by_set,
+            "spearman_mean": float(np.mean(known)) if known else None}
+
+
+def report(data: dict[str, Any]) -> str:
+    table = common.markdown_table(
+        ["set", "candidate", "expected image AUROC", "real image AUROC", "estimated FRR",
+         "real FRR"],
+        [[SHORT[r["set"]], r["candidate"], f"{r['expected_image_auroc']:.3f}",
+          f"{r['real_image_auroc']:.3f}", f"{r['estimated_frr']:.3f}", f"{r['real_frr']:.3f}"]
+         for r in data["rows"]])
+    rho = ", ".join(f"{SHORT[s]} {'n/a' if v is None else f'{v:.2f}'}"
+                    for s, v in data["spearman_by_set"].items())
+    mean = data["spearman_mean"]
+    return (f"k = {data['params']['k']}\n\n{table}\n\nSpearman (expected vs real image AUROC, "
+            f"over candidates): {rho}; mean {'n/a' if mean is None else f'{mean:.2f}'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--k", type=int, default=16)
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATASET.parent)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    data = run(args)
+    print(report(data), flush=True)
+    common.write_results(args.out or common.RESULTS_DIR / f"bench_report_truth_k{args.k}.json",
+                         data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
