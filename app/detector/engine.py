@@ -34,7 +34,7 @@ from app.detector.memory import (
     nearest_distances,
 )
 from app.detector.presets import AUTO, PRESETS, Preset
-from app.detector.quality import QualityReport, quality_report
+from app.detector.quality import DEFAULT_PROFILE, DefectProfile, QualityReport, quality_report
 from app.detector.quantize import MAX_CALIBRATION_INPUTS, quantize_backbone
 from app.detector.regions import RegionRule
 from app.detector.runtime import FORMAT_VERSION, METADATA_PREFIX, RuntimeOptions, check_image_array
@@ -158,6 +158,7 @@ class Detector:
         progress: ProgressCallback | None = None,
         metadata: dict[str, str] | None = None,
         layout: Layout | None = None,
+        quality_profile: DefectProfile = DEFAULT_PROFILE,
     ) -> FittedModel:
         """Fit a model from ``good_images`` (each ``(H, W, 3)`` uint8, sizes may differ).
 
@@ -165,14 +166,16 @@ class Detector:
         ``TrainingCancelledError``) to abort. ``defect_images`` only refine the threshold.
         ``layout``: regions of interest and ignore masks; ignored patches stay out of the
         memory bank, and the threshold is calibrated on what the layout judges.
-        ``config.preset`` auto: ``fit_auto``.
+        ``config.preset`` auto: ``fit_auto``. ``quality_profile``: the quality report's
+        synthetic defects (another profile only to compare profiles: bench.report_truth).
         """
         layout = layout or Layout()
         if len(good_images) == 0:
             raise InvalidInputError("need at least one good image to fit a model")
         if config.preset == AUTO:
             return self.fit_auto(good_images, config, seed=seed, defect_images=defect_images,
-                                 progress=progress, metadata=metadata, layout=layout)
+                                 progress=progress, metadata=metadata, layout=layout,
+                                 quality_profile=quality_profile)
         report = progress or (lambda fraction, stage: None)
         spec = get_backbone(config.backbone)
         timings: dict[str, float] = {}
@@ -288,6 +291,7 @@ class Detector:
             images, extractor=extractor, patch_scores=judge.patch_scores,
             image_score=judge.image_score, bank=bank, bank_owner=bank_owner,
             good_scores=good_scores, threshold=calibration.threshold, seed=seed,
+            profile=quality_profile,
         ).with_floor(config.min_expected_auroc)
         timings["quality_s"] = time.perf_counter() - tq
 
@@ -363,6 +367,7 @@ class Detector:
         progress: ProgressCallback | None = None,
         metadata: dict[str, str] | None = None,
         layout: Layout | None = None,
+        quality_profile: DefectProfile = DEFAULT_PROFILE,
     ) -> FittedModel:
         """The ``auto`` preset: every preset whose cost (``Preset.cost``, a measured constant)
         is within ``config.auto_latency_budget`` is fitted on the same images, and the one whose
@@ -380,7 +385,8 @@ class Detector:
 
             fitted = self.fit(good_images, replace(config, preset=preset.name, **preset.settings),
                               seed=seed, defect_images=defect_images, progress=share,
-                              metadata=metadata, layout=layout)
+                              metadata=metadata, layout=layout,
+                              quality_profile=quality_profile)
             fits.append((preset, fitted))
         chosen, best = max(fits, key=lambda pf: (pf[1].quality.expected_image_auroc or 0.0,
                                                  -pf[0].cost))

@@ -24,7 +24,7 @@ import numpy as np
 
 from app.detector.memory import PatchFeatures
 from app.detector.roc import auroc
-from app.detector.synthetic import KINDS, SMALLEST_PX, SyntheticDefect, synthesize
+from app.detector.synthetic import KINDS, SMALLEST_PX, DefectKind, SyntheticDefect, synthesize
 from app.detector.variations import variation_views
 
 REPORT_IMAGES = 6  # training images defects are pasted into (a seeded sample beyond this)
@@ -38,6 +38,19 @@ RECALL = 0.9  # "caught": this share of a size's synthetic defects above the thr
 PIXEL_STRIDE = 4  # pixel AUROC reads every fourth pixel of each axis
 UNEVEN_GOOD = 0.25  # relative spread of held-out good scores that says "add more images"
 HIGH_FALSE_REJECTS = 0.05
+
+
+
+@dataclass(frozen=True)
+class DefectProfile:
+    """Which synthetic defects the report pastes, and which count in its image AUROC."""
+
+    kinds: tuple[DefectKind, ...] = KINDS
+    strength: float = 1.0  # share of each defect's change applied (synthetic.synthesize)
+    auroc_from: float = AUROC_FROM  # smallest size counted, as a fraction of the shorter side
+
+
+DEFAULT_PROFILE = DefectProfile()
 
 Extractor = Callable[[np.ndarray], PatchFeatures]
 Scorer = Callable[[PatchFeatures, np.ndarray], np.ndarray]  # (features, bank) -> patch scores
@@ -105,6 +118,7 @@ def quality_report(
     good_scores: np.ndarray,
     threshold: float,
     seed: int,
+    profile: DefectProfile = DEFAULT_PROFILE,
 ) -> QualityReport:
     """The report of a model fitted on ``images`` (``bank_owner[j]``: the image bank row j
     came from), whose held-out ``good_scores`` set ``threshold``. ``patch_scores`` and
@@ -135,10 +149,10 @@ def quality_report(
     for n, (host, rows) in enumerate(hosts):
         donor = hosts[(n + 1) % len(hosts)][0]
         for _ in range(DEFECTS_PER_IMAGE):
-            kind = KINDS[turn % len(KINDS)]
+            kind = profile.kinds[turn % len(profile.kinds)]
             size = ladder[turn % len(ladder)]
             turn += 1
-            defect = synthesize(host, kind, size, rng, donor=donor)
+            defect = synthesize(host, kind, size, rng, donor=donor, strength=profile.strength)
             if defect is None:
                 continue
             feats = extractor(defect.image)
@@ -150,7 +164,7 @@ def quality_report(
             pixel_labels.append(labels)
 
     defect_scores = np.asarray(scores, dtype=np.float64)
-    counted = defect_scores[np.asarray(sizes) >= AUROC_FROM * side]
+    counted = defect_scores[np.asarray(sizes) >= profile.auroc_from * side]
     image_auroc = _auroc(np.concatenate([good, counted]),
                          np.concatenate([np.zeros(len(good)), np.ones(len(counted))]))
     pixel_auroc = (_auroc(np.concatenate(pixel_values), np.concatenate(pixel_labels))

@@ -57,9 +57,11 @@ def defect_sizes(shape: tuple[int, ...], n: int, rng: np.random.Generator, *,
 
 
 def synthesize(image: np.ndarray, kind: DefectKind, size_px: int, rng: np.random.Generator,
-               *, donor: np.ndarray | None = None) -> SyntheticDefect | None:
+               *, donor: np.ndarray | None = None,
+               strength: float = 1.0) -> SyntheticDefect | None:
     """``image`` (``(H, W, 3)`` uint8) with one defect of ``kind`` about ``size_px`` across at a
-    random place; ``donor``: where ``cutpaste`` cuts from (default: ``image`` itself). None
+    random place; ``donor``: where ``cutpaste`` cuts from (default: ``image`` itself);
+    ``strength`` in (0, 1]: the share of the change applied (0.5: half the contrast). None
     when no placement in ``ATTEMPTS`` changes at least a quarter of the shape (a stain in the
     image's own colour on a flat image, say)."""
     if kind not in KINDS:
@@ -73,6 +75,7 @@ def synthesize(image: np.ndarray, kind: DefectKind, size_px: int, rng: np.random
         shape = _scratch(size, rng) if kind == "scratch" else _irregular_shape(size, rng)
         patch = image[window].astype(np.float32)
         changed = _DRAW[kind](patch, shape, rng, image if donor is None else donor)
+        changed = patch + strength * (changed - patch)
         out = image.copy()
         out[window] = np.where(shape[..., None], np.clip(np.rint(changed), 0, 255),
                                patch).astype(np.uint8)
