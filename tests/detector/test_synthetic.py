@@ -104,3 +104,13 @@ def test_smooth_noise_is_smooth_and_bounded() -> None:
 def test_an_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="kind must be one of"):
         synthesize(make_good(0), "dent", 8, np.random.default_rng(0))  # type: ignore[arg-type]
+
+
+def test_strength_applies_that_share_of_the_change() -> None:
+    flat = np.full((32, 32, 3), 100, np.uint8)
+    full = synthesize(flat, "blob", 12, np.random.default_rng(0))
+    half = synthesize(flat, "blob", 12, np.random.default_rng(0), strength=0.5)
+    assert full is not None and half is not None
+    np.testing.assert_array_equal(full.mask, half.mask)
+    change = full.image.astype(float) - 100
+    np.testing.assert_allclose(half.image.astype(float) - 100, change / 2, atol=1.0)
