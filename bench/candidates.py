@@ -2,8 +2,7 @@
 BENCHMARKS.md ("Presets") before their screening runs: one place for the latency bench
 (``bench.presets``) and the screening command lines.
 
-Each value is what a variant's ``settings`` would hold. Candidates that need code not written
-yet (background masking) are not here.
+Each value is what a variant's ``settings`` would hold.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "C5": {"backbone": "vit_small_l6_l9", "resolution": 336, "resize": "fixed_scale"},
     "C6": {"preset": "accurate", "score_top_fraction": 0.01},
     "C7": {"preset": "accurate", "distance": "cosine"},
+    "C8": {"preset": "accurate", "background": "auto"},
     "C9": {"backbone": "efficientnet_lite2"},
     "C10": {"backbone": "vit_small_l6_l9", "resolution": 336, "resize": "square",
             "variation_views": 4},

@@ -29,6 +29,7 @@ Augmentation = Literal["none", "flip", "rot90"]
 ResizePolicy = Literal["fixed_scale", "shorter_side", "square"]
 Precision = Literal["float32", "int8"]
 Distance = Literal["euclidean", "cosine"]
+Background = Literal["keep", "auto"]
 
 AUGMENTATIONS: tuple[Augmentation, ...] = get_args(Augmentation)
 RESIZE_POLICIES: tuple[ResizePolicy, ...] = get_args(ResizePolicy)
@@ -109,6 +110,12 @@ class DetectorConfig:
     distance: Distance = field(default="euclidean", metadata=setting(
         "patch distance to the memory bank: euclidean on the features, or cosine (the "
         "features scaled to unit length first)"))
+    # AnomalyDINO masks the background of object images; "auto" decides from the training
+    # images alone (engine.separates_background), never per data set by hand.
+    background: Background = field(default="keep", metadata=setting(
+        "keep judges every cell; auto leaves the background out (the side of each image's "
+        "first principal component of its own patch features that the border lies on) when "
+        "the training images show a part on a background, judging the whole frame otherwise"))
     coreset_ratio: float = field(default=0.1, metadata=setting(
         "fraction of patches kept in the memory bank (large banks only)", gt=0, le=1))
     # Banks smaller than this keep every patch: few-shot banks are small and subsampling

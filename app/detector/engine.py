@@ -74,6 +74,34 @@ def unit_length(config: DetectorConfig) -> bool:
     return config.distance == "cosine"
 
 
+def wants_foreground(config: DetectorConfig) -> bool:
+    """Whether the feature extractor computes each image's foreground (background auto)."""
+    return config.background == "auto"
+
+
+# A training set shows "a part on a background" when every photo's foreground covers between
+# these shares of its cells and its border cells lie mostly (at most BORDER_FOREGROUND of them
+# foreground) on the other side: declared with candidate C8 (BENCHMARKS.md, "Presets").
+FOREGROUND_SHARE = (0.05, 0.85)
+BORDER_FOREGROUND = 0.25
+
+
+def separates_background(photos: Sequence[PatchFeatures]) -> bool:
+    """Whether the training photos' own foregrounds (``PatchFeatures.foreground``) show a part
+    on a background, so leaving the background out is safe; a texture's principal component
+    splits it at random and fails this."""
+    for feats in photos:
+        if feats.foreground is None:
+            return False
+        grid = feats.foreground.reshape(feats.grid)
+        border = np.concatenate([grid[0], grid[-1], grid[1:-1, 0], grid[1:-1, -1]])
+        share = float(grid.mean())
+        if not FOREGROUND_SHARE[0] <= share <= FOREGROUND_SHARE[1] \
+                or float(border.mean()) > BORDER_FOREGROUND:
+            return False
+    return True
+
+
 class FeatureExtractor:
     """ONNX session of the shared front end: ``image (H, W, 3)`` uint8 -> ``PatchFeatures``."""
 
@@ -84,13 +112,18 @@ class FeatureExtractor:
         plan: ResizePlan,
         options: RuntimeOptions,
         unit_length: bool = False,
+        foreground: bool = False,
     ) -> None:
-        model = build_feature_extractor(spec, backbone, plan, unit_length=unit_length)
+        model = build_feature_extractor(spec, backbone, plan, unit_length=unit_length,
+                                        foreground=foreground)
         self.session = options.session(model.SerializeToString())
+        self.outputs = ["patches", "grid", *(["foreground"] if foreground else [])]
 
     def __call__(self, image: np.ndarray) -> PatchFeatures:
-        patches, grid = self.session.run(["patches", "grid"], {"image": check_image_array(image)})
-        return PatchFeatures(patches=patches, grid=(int(grid[0]), int(grid[1])))
+        out = self.session.run(self.outputs, {"image": check_image_array(image)})
+        grid = (int(out[1][0]), int(out[1][1]))
+        return PatchFeatures(patches=out[0], grid=grid,
+                             foreground=out[2].ravel() if len(out) > 2 else None)
 
     def backbone_input(self, image: np.ndarray) -> np.ndarray:
         """The tensor the backbone sees for ``image``: ``(1, 3, h, w)`` float32."""
@@ -129,7 +162,7 @@ class Detector:
         self.models_dir = Path(models_dir)
         self.options = options or RuntimeOptions()
         self._backbones: dict[str, onnx.ModelProto] = {}
-        self._extractors: dict[tuple[str, ResizePlan, bool], FeatureExtractor] = {}
+        self._extractors: dict[tuple[str, ResizePlan, bool, bool], FeatureExtractor] = {}
         self._lock = threading.Lock()
 
     def backbone(self, name: str) -> onnx.ModelProto:
@@ -140,12 +173,13 @@ class Detector:
 
     def extractor(self, config: DetectorConfig, plan: ResizePlan) -> FeatureExtractor:
         spec = get_backbone(config.backbone)
-        key = (spec.name, plan, unit_length(config))
+        key = (spec.name, plan, unit_length(config), wants_foreground(config))
         backbone = self.backbone(spec.name)
         with self._lock:
             if key not in self._extractors:
                 self._extractors[key] = FeatureExtractor(spec, backbone, plan, self.options,
-                                                         unit_length(config))
+                                                         unit_length(config),
+                                                         wants_foreground(config))
             return self._extractors[key]
 
     def fit(
@@ -193,15 +227,18 @@ class Detector:
                 extractor.backbone_input(image) for image in images[:MAX_CALIBRATION_INPUTS]
             ]
             backbone = quantize_backbone(backbone, calibration_inputs)
-            extractor = FeatureExtractor(spec, backbone, plan, self.options, unit_length(config))
+            extractor = FeatureExtractor(spec, backbone, plan, self.options, unit_length(config),
+                                         wants_foreground(config))
             timings["quantize_s"] = time.perf_counter() - tq
             report(0.0, "features")
         # Per image, where its judged views lie in all_patches: the photo itself, then its
         # allowed-variation views (held out, they calibrate). Mirror views only fill the bank.
-        spans: list[list[tuple[int, int, tuple[int, int]]]] = []
+        spans: list[list[tuple[int, int, tuple[int, int], np.ndarray | None]]] = []
         chunks: list[np.ndarray] = []
         owners: list[np.ndarray] = []
         bankable: list[np.ndarray] = []  # per patch: not under an ignore mask
+        foregrounds: list[np.ndarray | None] = []  # per view, with background auto
+        photos: list[PatchFeatures] = []  # each image as it is, for the background decision
         start = 0
         for i, image in enumerate(images):
             # (features, judged, ignored cells): a mirrored or turned copy's ignored cells are
@@ -222,13 +259,21 @@ class Detector:
             own = []
             for feats, judged, ignored in views:
                 if judged:
-                    own.append((start, start + len(feats.patches), feats.grid))
+                    own.append((start, start + len(feats.patches), feats.grid, feats.foreground))
                 start += len(feats.patches)
                 chunks.append(feats.patches)
                 owners.append(np.full(len(feats.patches), i, dtype=np.int32))
                 bankable.append(~ignored.ravel())
+                foregrounds.append(feats.foreground)
+            photos.append(views[0][0])
             spans.append(own)
             report(0.4 * (i + 1) / len(good_images), "features")
+        # Background auto: left out of the bank and of every score when the photos show a part
+        # on a background (separates_background); the model's graph then leaves it out too.
+        mask_background = wants_foreground(config) and separates_background(photos)
+        if mask_background:
+            bankable = [b if f is None else b & (f > 0)
+                        for b, f in zip(bankable, foregrounds, strict=True)]
         all_patches = np.concatenate(chunks)
         owner = np.concatenate(owners)
         candidates = np.flatnonzero(np.concatenate(bankable))
@@ -236,7 +281,8 @@ class Detector:
             raise InvalidInputError("the ignore masks cover every patch of the training images")
         del chunks
         judged_views = [
-            [PatchFeatures(all_patches[a:b], grid) for a, b, grid in own] for own in spans
+            [PatchFeatures(all_patches[a:b], grid, fg) for a, b, grid, fg in own]
+            for own in spans
         ]
         timings["features_s"] = time.perf_counter() - t0
 
@@ -268,7 +314,7 @@ class Detector:
                 images[0], ONE_SHOT_HELD_OUT_VIEWS, seed=seed, stream=0)]
             if len(images) == 1 and config.variation_views else []
         )
-        judge = Judge.of(config, spec, plan, layout)
+        judge = Judge.of(config, spec, plan, layout, mask_background=mask_background)
         good_scores, n_parts, method = holdout_scores(
             judged_views, bank, bank_owner, seed, judge, held_out
         )
@@ -308,6 +354,9 @@ class Detector:
                     "normalise": f"(x - {list(spec.mean)}) / {list(spec.std)}",
                     "distance": "euclidean between patch features scaled to unit length "
                     "(cosine)" if unit_length(config) else "euclidean between patch features",
+                    "background": "cells off the image's own foreground (the side of the first "
+                    "principal component of its patch features away from the border) are not "
+                    "judged" if mask_background else "every cell judged",
                     "outputs": "score: float32 [1], " + _score_rule(judge)
                     + "; patch_scores: float32 [h, w], the judged patch distances on the "
                     "patch grid; anomaly_map: float32 [H, W], patch_scores smoothed and resized "
@@ -341,6 +390,7 @@ class Detector:
             edge_weight=judge.edge_weight,
             layout=layout,
             unit_length=unit_length(config),
+            mask_background=mask_background,
         )
         onnx_bytes = model.SerializeToString()
         timings["export_s"] = time.perf_counter() - t3
@@ -415,9 +465,11 @@ class Detector:
         plan: ResizePlan,
         backbone: onnx.ModelProto | None = None,
         layout: Layout | None = None,
+        mask_background: bool = False,
     ) -> PatchFeatures:
         """The engine's own scoring path: ``(h * w,)`` nearest distances on the patch grid,
-        edge patches weighted and the layout applied as the model's graph does it.
+        edge patches weighted and the layout applied as the model's graph does it (and the
+        background left out when the model does: ``mask_background``).
 
         ``backbone``: the model's own (``FittedModel.backbone``) where it is not the shared
         float32 one (int8 models).
@@ -426,11 +478,13 @@ class Detector:
         extractor = (
             self.extractor(config, plan)
             if backbone is None
-            else FeatureExtractor(spec, backbone, plan, self.options, unit_length(config))
+            else FeatureExtractor(spec, backbone, plan, self.options, unit_length(config),
+                                  wants_foreground(config))
         )
         feats = extractor(check_image_array(image))
-        judge = Judge.of(config, spec, plan, layout)
-        return PatchFeatures(patches=judge.patch_scores(feats, bank), grid=feats.grid)
+        judge = Judge.of(config, spec, plan, layout, mask_background=mask_background)
+        return PatchFeatures(patches=judge.patch_scores(feats, bank), grid=feats.grid,
+                             foreground=feats.foreground)
 
 
 @dataclass(frozen=True)
@@ -443,50 +497,58 @@ class Judge:
     edge_band: int = 0
     edge_weight: float = 1.0
     layout: Layout = field(default_factory=Layout)
+    mask_background: bool = False  # cells off the image's own foreground are not judged
 
     @classmethod
     def of(cls, config: DetectorConfig, spec: BackboneSpec, plan: ResizePlan,
-           layout: Layout | None = None) -> Judge:
+           layout: Layout | None = None, *, mask_background: bool = False) -> Judge:
         """The judge of a model with ``config`` on ``spec`` under ``plan``."""
         return cls(config.score_top_fraction, edge_band(spec, plan), config.edge_weight,
-                   layout or Layout())
+                   layout or Layout(), mask_background)
 
     @property
     def weighs_edges(self) -> bool:
         return self.edge_band > 0 and self.edge_weight != 1.0
 
-    def weights(self, grid: tuple[int, int]) -> np.ndarray | None:
-        """Per-patch factors for a grid (edges, layout); None where every patch counts fully."""
+    def weights(self, feats: PatchFeatures) -> np.ndarray | None:
+        """Per-patch factors (edges, layout, background); None where every patch counts."""
+        grid = feats.grid
         factors = edge_weights(grid, self.edge_band, self.edge_weight) \
             if self.weighs_edges else None
-        if self.layout.is_empty:
+        judged = self._judged_cells(feats)
+        if judged is None:
             return factors
-        judged = self.layout.cell_masks(grid)[1].ravel()
         return judged if factors is None else factors * judged
 
-    def judged(self, grid: tuple[int, int]) -> int:
-        """How many cells of a grid the layout judges (the top fraction's base)."""
-        if self.layout.is_empty:
-            return grid[0] * grid[1]
-        return int(self.layout.cell_masks(grid)[1].sum())
+    def _judged_cells(self, feats: PatchFeatures) -> np.ndarray | None:
+        """``(h * w,)`` 1 where the layout and the foreground judge a cell; None: all."""
+        cells = None if self.layout.is_empty else \
+            self.layout.cell_masks(feats.grid)[1].ravel().astype(np.float32)
+        if self.mask_background and feats.foreground is not None:
+            cells = feats.foreground if cells is None else cells * feats.foreground
+        return cells
+
+    def judged(self, feats: PatchFeatures) -> int:
+        """How many cells are judged (the top fraction's base)."""
+        cells = self._judged_cells(feats)
+        return feats.grid[0] * feats.grid[1] if cells is None else int(cells.sum())
 
     def patch_scores(self, feats: PatchFeatures, bank: np.ndarray) -> np.ndarray:
         """Weighted nearest distances ``(h * w,)`` of ``feats`` to ``bank``."""
         distances = nearest_distances(feats.patches, bank)
-        weights = self.weights(feats.grid)
+        weights = self.weights(feats)
         return distances if weights is None else distances * weights
 
     def score(self, feats: PatchFeatures, bank: np.ndarray) -> float:
-        return self.image_score(self.patch_scores(feats, bank), feats.grid)
+        return self.image_score(self.patch_scores(feats, bank), feats)
 
-    def image_score(self, patch_scores: np.ndarray, grid: tuple[int, int]) -> float:
-        """The image score of weighted patch scores on ``grid`` (max or top-fraction mean)."""
-        return image_score(patch_scores, self.top_fraction, judged=self.judged(grid))
+    def image_score(self, patch_scores: np.ndarray, feats: PatchFeatures) -> float:
+        """The image score of weighted patch scores of ``feats`` (max or top-fraction mean)."""
+        return image_score(patch_scores, self.top_fraction, judged=self.judged(feats))
 
     def region_holdout(self, feats: PatchFeatures) -> float:
         return region_holdout_score(feats.patches, feats.grid, top_fraction=self.top_fraction,
-                                    weights=self.weights(feats.grid),
-                                    judged=self.judged(feats.grid))
+                                    weights=self.weights(feats), judged=self.judged(feats))
 
 
 def _score_rule(judge: Judge) -> str:

@@ -44,6 +44,9 @@ from app.detector.layout import (
 OPSET = 18
 BACKBONE_PREFIX = "backbone/"
 BANK_CHUNK = 4096
+# Power iterations for the first principal component of an image's patches (_foreground).
+POWER_STEPS = 24
+
 # Bank rows per chunk that the 8-bit product shortlists for the exact float32 distance: the
 # nearest row of each of the SHORTLIST nearest groups of GROUP rows.
 SHORTLIST = 4
@@ -307,14 +310,20 @@ def _model(
 
 def build_feature_extractor(
     spec: BackboneSpec, backbone: onnx.ModelProto, plan: ResizePlan, *,
-    unit_length: bool = False,
+    unit_length: bool = False, foreground: bool = False,
 ) -> onnx.ModelProto:
     """``image`` uint8 ``(H, W, 3)`` -> ``patches`` float32 ``(N, C)``, ``grid`` int64 ``(2,)``,
-    and ``backbone_input`` float32 ``(1, 3, h, w)``."""
+    ``backbone_input`` float32 ``(1, 3, h, w)``, and with ``foreground`` the ``(h, w)``
+    foreground of ``_foreground``."""
     g = _Graph()
     patches, grid, _, _ = _front_end(g, spec, backbone, plan, unit_length)
     g.nodes.append(helper.make_node("Identity", [patches], ["patches"]))
     g.nodes.append(helper.make_node("Identity", [grid], ["grid"]))
+    extra = []
+    if foreground:
+        g.nodes.append(helper.make_node(
+            "Identity", [_foreground(g, patches, grid, spec.feature_dim)], ["foreground"]))
+        extra = [helper.make_tensor_value_info("foreground", TensorProto.FLOAT, ["h", "w"])]
     # What the backbone sees (resized, normalised, padded): calibration data for int8.
     g.nodes.append(helper.make_node("Identity", [BACKBONE_PREFIX + "pixels"], ["backbone_input"]))
     outputs = [
@@ -323,6 +332,7 @@ def build_feature_extractor(
         helper.make_tensor_value_info(
             "backbone_input", TensorProto.FLOAT, [1, 3, "height", "width"]
         ),
+        *extra,
     ]
     return _model(g, backbone, outputs, {"backbone": spec.name}, "nominal_features")
 
@@ -340,8 +350,12 @@ def build_scoring_model(
     edge_weight: float = 1.0,
     layout: Layout | None = None,
     unit_length: bool = False,
+    mask_background: bool = False,
 ) -> onnx.ModelProto:
     """The single-file model an integrator runs: memory bank ``(M, C)`` inside.
+
+    ``mask_background``: the cells off the image's own foreground (``_foreground``) are not
+    judged, like cells a layout ignores.
 
     Patch scores fewer than ``edge_band`` cells from the frame's edge are multiplied by
     ``edge_weight`` (``memory.edge_weights``), and those the ``layout`` does not judge set to
@@ -362,6 +376,10 @@ def build_scoring_model(
     if edge_band > 0 and edge_weight != 1.0:
         score_grid = _weigh_edges(g, score_grid, grid, edge_band, edge_weight)
     per_roi, judged = _layout_masks(g, grid, layout or Layout())
+    if mask_background:
+        foreground = _foreground(g, patches, grid, spec.feature_dim)
+        per_roi = g.op("Mul", [per_roi, foreground])
+        judged = g.op("Mul", [judged, foreground])
     score_grid = g.op("Mul", [score_grid, judged])  # ignored and unwatched cells score 0
     # The image score over the judged cells, each region of interest's over its own: one rule.
     _rule_scores(g, g.op("Reshape", [score_grid, g.const("one_row", _i64([1, -1]))]),
@@ -481,8 +499,8 @@ def with_layout(model: onnx.ModelProto, layout: Layout,
     helper.set_model_props(model, props)
 
 
-def _weigh_edges(g: _Graph, score_grid: str, grid: str, band: int, weight: float) -> str:
-    """``score_grid (h, w)`` with the cells fewer than ``band`` from an edge times ``weight``."""
+def _edge_distance(g: _Graph, grid: str) -> str:
+    """``(h, w)`` int64: each cell's distance in cells to the nearest edge of the grid."""
 
     def to_edge(side: str) -> str:  # (n,) int64: each index's distance to the nearer end
         n = g.op("Squeeze", [side, g.const("ax0", _i64([0]))])
@@ -492,10 +510,44 @@ def _weigh_edges(g: _Graph, score_grid: str, grid: str, band: int, weight: float
         return g.op("Min", [index, g.op("Sub", [last, index])])
 
     rows, cols = _split(g, grid)
-    distance = g.op("Min", [
+    return g.op("Min", [
         g.op("Unsqueeze", [to_edge(rows), g.const("ax1", _i64([1]))]),
         g.op("Unsqueeze", [to_edge(cols), g.const("ax0", _i64([0]))]),
-    ])  # (h, w)
+    ])
+
+
+def _foreground(g: _Graph, patches: str, grid: str, dim: int) -> str:
+    """``(h, w)`` float, 1 on the image's foreground and 0 on its background: the side of each
+    patch on the first principal component of the image's own patch features (AnomalyDINO,
+    Damm et al. 2025), the side the border cells mostly lie on being background, grown by one
+    cell. The component comes from ``POWER_STEPS`` power iterations on the patches' Gram
+    matrix, from a fixed start, so the feature extractor and the model agree exactly."""
+    centred = g.op("Sub", [patches, g.op("ReduceMean", [patches, g.const("ax0", _i64([0]))],
+                                         keepdims=1)])  # (N, C)
+    gram = g.op("MatMul", [centred, g.op("Transpose", [centred], perm=[1, 0])])  # (N, N)
+    start = np.random.default_rng(0).standard_normal((dim, 1)).astype(np.float32)
+    u = g.op("MatMul", [centred, g.const("pc_start", start)])  # (N, 1)
+    tiny = g.const("tiny_pc", _f32(1e-20))
+    for _ in range(POWER_STEPS):
+        u = g.op("MatMul", [gram, u])
+        u = g.op("Div", [u, g.op("Max", [g.op("ReduceL2", [u], keepdims=1), tiny])])
+    side = g.op("Reshape", [u, grid])  # (h, w)
+    border = g.op("Cast", [g.op("Equal", [_edge_distance(g, grid),
+                                          g.const("zero_e", np.asarray(0, dtype=np.int64))])],
+                  to=TensorProto.FLOAT)
+    on_border = g.op("ReduceSum", [g.op("Mul", [side, border])], keepdims=0)
+    sign = g.op("Where", [g.op("Greater", [on_border, g.const("zero_f", _f32(0.0))]),
+                          g.const("minus_one", _f32(-1.0)), g.const("one_f", _f32(1.0))])
+    inside = g.op("Cast", [g.op("Greater", [g.op("Mul", [side, sign]),
+                                            g.const("zero_f", _f32(0.0))])], to=TensorProto.FLOAT)
+    four_d = g.op("Unsqueeze", [inside, g.const("ax01", _i64([0, 1]))])
+    grown = g.op("MaxPool", [four_d], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1])
+    return g.op("Squeeze", [grown, g.const("ax01", _i64([0, 1]))])
+
+
+def _weigh_edges(g: _Graph, score_grid: str, grid: str, band: int, weight: float) -> str:
+    """``score_grid (h, w)`` with the cells fewer than ``band`` from an edge times ``weight``."""
+    distance = _edge_distance(g, grid)
     near = g.op("Less", [distance, g.const("band", np.asarray(band, dtype=np.int64))])
     factor = g.op("Where", [near, g.const("edge_weight", _f32(weight)),
                             g.const("one_f", _f32(1.0))])

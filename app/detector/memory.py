@@ -21,10 +21,12 @@ _QUERY_BLOCK = 4096
 
 @dataclass(frozen=True)
 class PatchFeatures:
-    """Patch features of one image: ``patches (h * w, C)`` in row-major grid order."""
+    """Patch features of one image: ``patches (h * w, C)`` in row-major grid order, and, when
+    the extractor computes it, its foreground ``(h * w,)`` (1 on the part, 0 on background)."""
 
     patches: np.ndarray
     grid: tuple[int, int]
+    foreground: np.ndarray | None = None
 
 
 def nearest_distances(patches: np.ndarray, bank: np.ndarray) -> np.ndarray:

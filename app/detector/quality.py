@@ -54,7 +54,7 @@ DEFAULT_PROFILE = DefectProfile()
 
 Extractor = Callable[[np.ndarray], PatchFeatures]
 Scorer = Callable[[PatchFeatures, np.ndarray], np.ndarray]  # (features, bank) -> patch scores
-ImageScore = Callable[[np.ndarray, tuple[int, int]], float]  # (patch scores, grid) -> score
+ImageScore = Callable[[np.ndarray, PatchFeatures], float]  # (patch scores, features) -> score
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def quality_report(
                                                           seed=seed, stream=7919)]
         hosts = hosts or [(images[0], bank)]
         # The clean views, scored as the defective ones are, stand in for held-out images.
-        good = np.array([image_score(patch_scores(feats, bank), feats.grid)
+        good = np.array([image_score(patch_scores(feats, bank), feats)
                          for feats in (extractor(view) for view, _ in hosts)])
     else:
         chosen = np.arange(len(images))
@@ -157,7 +157,7 @@ def quality_report(
                 continue
             feats = extractor(defect.image)
             cells = patch_scores(feats, rows)
-            scores.append(image_score(cells, feats.grid))
+            scores.append(image_score(cells, feats))
             sizes.append(size)  # the ladder's step (a small image may cut it to fit)
             values, labels = _pixels(cells.reshape(feats.grid), defect)
             pixel_values.append(values)

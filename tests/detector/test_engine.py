@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -358,3 +359,54 @@ def test_cosine_distance_compares_unit_length_features_in_the_file_and_the_engin
 
     euclidean = detector.fit(train_images, replace(config, distance="euclidean"), seed=0)
     assert not np.allclose(np.linalg.norm(bank_from_model(euclidean.onnx_bytes), axis=1), 1.0)
+
+
+# --- background left out -------------------------------------------------------------------
+
+
+def _part_on_background(seed: int, size: int = 96) -> np.ndarray:
+    """A textured disc (the part) on a flat dark background."""
+    from tests.detector.conftest import make_good
+
+    image = np.full((size, size, 3), 30, np.uint8)
+    yy, xx = np.mgrid[0:size, 0:size]
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= (size * 0.3) ** 2
+    image[disc] = make_good(seed, size, size)[disc]
+    return image
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "vit_small_l6_l9"])
+def test_background_auto_judges_the_part_alone_in_the_file_and_the_engine(
+    detector: Detector, backbone: str,
+) -> None:
+    config = DetectorConfig(backbone=backbone, resolution=196 if "vit" in backbone else 96,
+                            background="auto")
+    fitted = detector.fit([_part_on_background(s) for s in range(3)], config, seed=0)
+    preprocessing = json.loads(dict((p.key, p.value) for p in onnx.load_from_string(
+        fitted.onnx_bytes).metadata_props)["nominal.preprocessing"])
+    assert preprocessing["background"].startswith("cells off the image's own foreground")
+
+    session = _plain_session(fitted.onnx_bytes)
+    bank, plan = bank_from_model(fitted.onnx_bytes), plan_from_model(fitted.onnx_bytes)
+    good = _part_on_background(7)
+    engine = detector.patch_scores(good, bank, config, plan, mask_background=True)
+    assert abs(_onnx_score(session, good) - float(engine.patches.max())) < 1e-4
+    assert engine.foreground is not None and 0 < engine.foreground.mean() < 1
+    # Cells off the foreground are not judged; a mark on the part is caught.
+    assert (engine.patches[engine.foreground == 0] == 0).all()
+    assert engine.foreground[0] == 0  # a corner of the frame is background
+    on_part = good.copy()
+    on_part[44:54, 44:54] = 250
+    assert _onnx_score(session, on_part) > fitted.threshold
+
+
+def test_background_auto_keeps_a_texture_whole(
+    detector: Detector, train_images: list[np.ndarray],
+) -> None:
+    """A texture has no background: auto decides to judge every cell, as keep does."""
+    auto = detector.fit(train_images, DetectorConfig(resolution=64, background="auto"), seed=0)
+    keep = detector.fit(train_images, DetectorConfig(resolution=64), seed=0)
+    preprocessing = json.loads(dict((p.key, p.value) for p in onnx.load_from_string(
+        auto.onnx_bytes).metadata_props)["nominal.preprocessing"])
+    assert preprocessing["background"] == "every cell judged"
+    assert auto.threshold == keep.threshold
