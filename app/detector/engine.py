@@ -337,6 +337,7 @@ class Detector:
             images, extractor=extractor, patch_scores=judge.patch_scores,
             image_score=judge.image_score, bank=bank, bank_owner=bank_owner,
             good_scores=good_scores, threshold=calibration.threshold, seed=seed,
+            judged_cells=judge.judged_cells if judge.masks_cells else None,
             profile=quality_profile,
         ).with_floor(config.min_expected_auroc)
         timings["quality_s"] = time.perf_counter() - tq
@@ -510,17 +511,22 @@ class Judge:
     def weighs_edges(self) -> bool:
         return self.edge_band > 0 and self.edge_weight != 1.0
 
+    @property
+    def masks_cells(self) -> bool:
+        """Whether some cells are not judged (a layout, or the background left out)."""
+        return not self.layout.is_empty or self.mask_background
+
     def weights(self, feats: PatchFeatures) -> np.ndarray | None:
         """Per-patch factors (edges, layout, background); None where every patch counts."""
         grid = feats.grid
         factors = edge_weights(grid, self.edge_band, self.edge_weight) \
             if self.weighs_edges else None
-        judged = self._judged_cells(feats)
+        judged = self.judged_cells(feats)
         if judged is None:
             return factors
         return judged if factors is None else factors * judged
 
-    def _judged_cells(self, feats: PatchFeatures) -> np.ndarray | None:
+    def judged_cells(self, feats: PatchFeatures) -> np.ndarray | None:
         """``(h * w,)`` 1 where the layout and the foreground judge a cell; None: all."""
         cells = None if self.layout.is_empty else \
             self.layout.cell_masks(feats.grid)[1].ravel().astype(np.float32)
@@ -530,7 +536,7 @@ class Judge:
 
     def judged(self, feats: PatchFeatures) -> int:
         """How many cells are judged (the top fraction's base)."""
-        cells = self._judged_cells(feats)
+        cells = self.judged_cells(feats)
         return feats.grid[0] * feats.grid[1] if cells is None else int(cells.sum())
 
     def patch_scores(self, feats: PatchFeatures, bank: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ alone. The kinds follow what the literature pastes and what lines see:
 A defect's size is its extent in pixels of the image (the longer side of its shape's box),
 from a few pixels up to a tenth of the image's shorter side by default (``defect_sizes``).
 Everything is drawn from a seeded ``numpy`` generator: the same seed gives the same defects.
-Numpy only (detector core).
+Numpy and ``scipy.ndimage`` only (detector core).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
+from scipy import ndimage
 
 DefectKind = Literal["cutpaste", "noise", "scratch", "blob", "missing"]
 KINDS: tuple[DefectKind, ...] = get_args(DefectKind)
@@ -57,30 +58,42 @@ def defect_sizes(shape: tuple[int, ...], n: int, rng: np.random.Generator, *,
 
 
 def synthesize(image: np.ndarray, kind: DefectKind, size_px: int, rng: np.random.Generator,
-               *, donor: np.ndarray | None = None,
-               strength: float = 1.0) -> SyntheticDefect | None:
+               *, donor: np.ndarray | None = None, strength: float = 1.0,
+               within: np.ndarray | None = None) -> SyntheticDefect | None:
     """``image`` (``(H, W, 3)`` uint8) with one defect of ``kind`` about ``size_px`` across at a
     random place; ``donor``: where ``cutpaste`` cuts from (default: ``image`` itself);
-    ``strength`` in (0, 1]: the share of the change applied (0.5: half the contrast). None
-    when no placement in ``ATTEMPTS`` changes at least a quarter of the shape (a stain in the
-    image's own colour on a flat image, say)."""
+    ``strength`` in (0, 1]: the share of the change applied (0.5: half the contrast);
+    ``within``: ``(H, W)`` bool, where the defect's centre may fall (the area a model judges).
+    None when no placement in ``ATTEMPTS`` changes at least a quarter of the shape (a stain in
+    the image's own colour on a flat image, say), or ``within`` is empty."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     height, width = image.shape[:2]
     size = int(max(2, min(size_px, height, width)))
+    centres = None if within is None else np.argwhere(within)
+    if centres is not None and len(centres) == 0:
+        return None
     for _ in range(ATTEMPTS):
-        top = int(rng.integers(0, height - size + 1))
-        left = int(rng.integers(0, width - size + 1))
+        if centres is None:
+            top = int(rng.integers(0, height - size + 1))
+            left = int(rng.integers(0, width - size + 1))
+        else:
+            cy, cx = centres[int(rng.integers(0, len(centres)))]
+            top = int(np.clip(cy - size // 2, 0, height - size))
+            left = int(np.clip(cx - size // 2, 0, width - size))
         window = (slice(top, top + size), slice(left, left + size))
         shape = _scratch(size, rng) if kind == "scratch" else _irregular_shape(size, rng)
         patch = image[window].astype(np.float32)
         changed = _DRAW[kind](patch, shape, rng, image if donor is None else donor)
         changed = patch + strength * (changed - patch)
-        out = image.copy()
-        out[window] = np.where(shape[..., None], np.clip(np.rint(changed), 0, 255),
-                               patch).astype(np.uint8)
-        mask = np.any(out != image, axis=2)
-        if mask.sum() >= max(1, shape.sum() // 4):
+        new = np.where(shape[..., None], np.clip(np.rint(changed), 0, 255),
+                       patch).astype(np.uint8)
+        local = np.any(new != image[window], axis=2)  # compared in the window only
+        if local.sum() >= max(1, shape.sum() // 4):
+            out = image.copy()
+            out[window] = new
+            mask = np.zeros((height, width), bool)
+            mask[window] = local
             return SyntheticDefect(image=out, mask=mask, kind=kind, size_px=size)
     return None
 
@@ -244,32 +257,13 @@ _DRAW = {"cutpaste": _cutpaste, "noise": _noise, "scratch": _scratch_mark, "blob
 
 
 def _distance_inside(shape: np.ndarray) -> np.ndarray:
-    """Chessboard distance of each shape pixel to the nearest pixel outside (0 outside)."""
-    distance = np.zeros(shape.shape, np.float32)
-    current = shape.copy()
-    step = 0
-    while current.any():
-        step += 1
-        distance[current] = step
-        padded = np.pad(current, 1, constant_values=False)
-        eroded = np.ones_like(current)
-        for dy in (0, 1, 2):
-            for dx in (0, 1, 2):
-                eroded &= padded[dy:dy + current.shape[0], dx:dx + current.shape[1]]
-        current = eroded
-    return distance
+    """Chessboard distance of each shape pixel to the nearest pixel outside (0 outside),
+    counting the pixel itself (1 next to the outline)."""
+    padded = np.pad(shape, 1, constant_values=False)
+    distance = ndimage.distance_transform_cdt(padded, metric="chessboard")[1:-1, 1:-1]
+    return distance.astype(np.float32)
 
 
 def _blur(values: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur with edge replication (numpy only)."""
-    radius = max(1, int(3 * sigma))
-    offsets = np.arange(-radius, radius + 1)
-    kernel = np.exp(-(offsets ** 2) / (2 * sigma * sigma))
-    kernel /= kernel.sum()
-    out = values.astype(np.float32)
-    for axis in (0, 1):
-        padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)],
-                        mode="edge")
-        out = sum(k * np.take(padded, np.arange(out.shape[axis]) + i, axis=axis)
-                  for i, k in enumerate(kernel))
-    return out
+    """Gaussian blur with edge replication."""
+    return ndimage.gaussian_filter(values.astype(np.float32), sigma, mode="nearest")

@@ -18,6 +18,7 @@ in one transaction together with ``ready`` and the activation.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -41,7 +42,8 @@ from app.detector.config import DetectorConfig
 from app.detector.engine import Detector, FittedModel
 from app.detector.graph import with_layout
 from app.detector.layout import Layout
-from app.detector.runtime import check_model_file
+from app.detector.quality import QualityReport
+from app.detector.runtime import METADATA_PREFIX, check_model_file
 from app.errors import (
     ConflictError,
     NominalError,
@@ -79,6 +81,16 @@ def create_job(session: Session, *, variant: Variant, seed: int | None = None,
     session.add(job)
     session.commit()
     return job
+
+
+def _relaid(quality: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored report for a model given another layout (None stays None: no report)."""
+    return None if quality is None else QualityReport.from_dict(quality).relaid().to_dict()
+
+
+def _quality_metadata(quality: dict[str, Any] | None) -> dict[str, str]:
+    """The file's ``nominal.quality`` for a stored report (nothing when there is none)."""
+    return {} if quality is None else {METADATA_PREFIX + "quality": json.dumps(quality)}
 
 
 def _next_version(session: Session, variant: Variant) -> int:
@@ -125,8 +137,10 @@ def change_layout(session: Session, *, variant: Variant, layout: Layout) -> Mode
     started = time.perf_counter()
     graph = onnx.load_from_string(bytes(data))
     version = _next_version(session, variant)
+    quality = _relaid(active.quality)
     try:
-        with_layout(graph, layout, {"nominal.model_version": str(version)})
+        with_layout(graph, layout, {"nominal.model_version": str(version),
+                                    **_quality_metadata(quality)})
     except ValueError as exc:
         session.rollback()
         raise ConflictError(f"the active model (version {active.version}) cannot take this "
@@ -137,7 +151,7 @@ def change_layout(session: Session, *, variant: Variant, layout: Layout) -> Mode
         variant_id=variant.id, version=version, status=ModelStatus.ready.value, progress=1.0,
         stage="done", seed=active.seed, activate=True, config=dict(active.config),
         layout=stored, threshold=active.threshold, calibration=active.calibration,
-        quality=active.quality, bank_size=active.bank_size, n_good_images=active.n_good_images,
+        quality=quality, bank_size=active.bank_size, n_good_images=active.n_good_images,
         n_defect_images=active.n_defect_images,
         timings={"layout_s": round(time.perf_counter() - started, 4)},
         cancel_requested=False, started_at=now, finished_at=now)
@@ -559,13 +573,15 @@ class TrainingWorker:
         if Layout.from_dict(current) == Layout.from_dict(claim.layout):
             return onnx_bytes
         graph = onnx.load_from_string(onnx_bytes)
+        quality = _relaid(row.quality)
         try:
-            with_layout(graph, Layout.from_dict(current))
+            with_layout(graph, Layout.from_dict(current), _quality_metadata(quality))
         except ValueError as exc:
             log.warning("training job %d keeps the layout it was fitted with: %s",
                         claim.model_id, exc)
             return onnx_bytes
         row.layout = current
+        row.quality = quality
         return graph.SerializeToString()
 
     def _requeue(self, claim: _Claim) -> None:

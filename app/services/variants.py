@@ -14,7 +14,7 @@ from app.db.models import Image, ImageLabel, Model, Variant, utcnow
 from app.detector.backbones import get_backbone
 from app.detector.config import DetectorConfig
 from app.detector.layout import Layout
-from app.detector.presets import LEGACY_PRESET, PRESET_FIELDS, PRESETS
+from app.detector.presets import AUTO, LEGACY_PRESET, PRESET_FIELDS, PRESETS
 from app.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from app.services.records import RecordPolicy, enforce_retention
 
@@ -54,6 +54,11 @@ def resolve_settings(current: dict[str, Any], changes: dict[str, Any]) -> dict[s
     unknown = set(changes) - set(SETTING_KEYS)
     if unknown:
         raise InvalidInputError(f"unknown settings {sorted(unknown)}; known: {list(SETTING_KEYS)}")
+    chooses = changes.get("preset", current.get("preset")) == AUTO
+    if chooses and PRESET_FIELDS & set(changes):
+        raise InvalidInputError(
+            f"with preset auto, training chooses {sorted(PRESET_FIELDS)}: send another preset "
+            "to set them yourself")
     if not current:
         return resolve_config(changes).to_dict()
     stored = effective_settings(current)

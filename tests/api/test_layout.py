@@ -3,6 +3,7 @@ applied to the active model at once as a new version, and answered per region.""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,11 @@ def test_a_new_layout_makes_a_new_active_version_at_once(trained: Any, images: A
     onnx_bytes = client.get("/v1/variants/bolt/models/2/onnx").content
     meta = {p.key: p.value for p in onnx.load_from_string(onnx_bytes).metadata_props}
     assert '"centre"' in meta["nominal.layout"]
+    # The quality report is version 1's, and says it was computed with the old layout.
+    assert json.loads(meta["nominal.quality"]) == v2["quality"]
+    assert v2["quality"]["warnings"][-1].startswith("computed with the layout this model was "
+                                                    "trained with")
+    assert v2["quality"]["expected_image_auroc"] == v1["quality"]["expected_image_auroc"]
     assert client.post("/v1/variants/bolt/models/1/activate").status_code == 200
     assert _inspect(client, images.defect_png(2))["regions_of_interest"] == []
 

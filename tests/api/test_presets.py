@@ -111,3 +111,15 @@ def test_a_variant_on_auto_gets_the_preset_its_reports_favour(api: Any, client: 
     assert client.get("/v1/variants/bolt").json()["settings"]["preset"] == "auto"  # chooses again
     costs = {p["name"]: p["cost"] for p in client.get("/v1/presets").json()}
     assert costs["fast"] == 1.0 and costs["accurate"] > 1.0
+
+
+def test_auto_refuses_a_backbone_it_would_not_use(client: TestClient, problem: Any) -> None:
+    refused = client.post("/v1/variants", json={"name": "bolt", "settings": {
+        "preset": "auto", "backbone": "vit_small_l8"}})
+    assert "with preset auto, training chooses" in problem(refused, 422)["detail"]
+    client.post("/v1/variants", json={"name": "bolt", "settings": {"preset": "auto"}})
+    later = client.patch("/v1/variants/bolt", json={"settings": {"backbone": "vit_small_l8"}})
+    problem(later, 422)
+    chosen = client.patch("/v1/variants/bolt", json={"settings": {
+        "preset": "accurate", "backbone": "vit_small_l8"}})
+    assert chosen.json()["settings"]["backbone"] == "vit_small_l8"

@@ -166,3 +166,36 @@ def test_variants_keep_their_configuration_across_0005(empty_database_url: str) 
     finally:
         engine.dispose()
     upgrade_to_head(url)
+
+
+def test_variants_from_before_0006_keep_activating_every_model(empty_database_url: str) -> None:
+    """0006 turns the quality gate off for the variants that existed (they activated every
+    finished model); the way down drops what 0005's code does not know."""
+    url = empty_database_url
+    config = alembic_config(url)
+    command.upgrade(config, "0005")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO variant (id, name, description, settings, last_model_version, "
+                "created_at, updated_at) VALUES (1, 'bolt', '', :s, 0, CURRENT_TIMESTAMP, "
+                "CURRENT_TIMESTAMP)"), {"s": json.dumps({"preset": "fast"})})
+
+        def settings() -> dict[str, Any]:
+            with engine.connect() as connection:
+                value = connection.execute(text("SELECT settings FROM variant")).scalar_one()
+            return json.loads(value) if isinstance(value, str) else value  # type: ignore[no-any-return]
+
+        command.upgrade(config, "0006")
+        assert settings() == {"preset": "fast", "min_expected_auroc": 0.0}
+        assert effective_settings(settings())["min_expected_auroc"] == 0.0
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE variant SET settings = :s"), {"s": json.dumps(
+                {"preset": "auto", "min_expected_auroc": 0.9, "auto_latency_budget": 6.0,
+                 "background": "auto", "coreset_ratio": 0.2})})
+        command.downgrade(config, "0005")
+        assert settings() == {"preset": "fast", "coreset_ratio": 0.2}
+    finally:
+        engine.dispose()
+    upgrade_to_head(url)
