@@ -362,7 +362,8 @@ class QualityPublic(BaseModel):
     allowed-variation views), scored as unseen (see README, "Quality report")."""
 
     model_config = _examples({
-        "expected_image_auroc": 0.958, "expected_pixel_auroc": 0.975,
+        "expected_image_auroc": 0.729, "expected_image_auroc_large": 0.958,
+        "expected_pixel_auroc": 0.975,
         "estimated_false_reject_rate": 0.0, "smallest_caught_px": 51,
         "recall_by_size": {"4": 0.0, "18": 0.33, "31": 0.67, "51": 1.0}, "n_good": 16,
         "n_defects": 18,
@@ -370,8 +371,12 @@ class QualityPublic(BaseModel):
                      "threshold"]})
 
     expected_image_auroc: float | None = Field(description="image AUROC of synthetic defects "
-                                               "of 1/20 to 1/10 of the image's shorter side "
-                                               "against held-out good images")
+                                               "of 4 px to 1/10 of the image's shorter side "
+                                               "against held-out good images (ranks models "
+                                               "best; preset auto chooses by it)")
+    expected_image_auroc_large: float | None = Field(
+        default=None, description="the same over defects of 1/20 of the shorter side and "
+        "larger: what min_expected_auroc gates on")
     expected_pixel_auroc: float | None = Field(description="pixel AUROC of the patch scores "
                                                "against the synthetic defects' masks")
     estimated_false_reject_rate: float = Field(description="held-out good images above the "

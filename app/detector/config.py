@@ -150,8 +150,9 @@ class DetectorConfig:
     # (detector/quality.py); 0 lets every model activate itself as requested.
     min_expected_auroc: float = field(default=0.9, metadata=setting(
         "a finished model activates itself (when asked to) only if its quality report's "
-        "expected image AUROC against synthetic defects reaches this; below, it stays ready, "
-        "the reason in its warnings, and an admin can still activate it", ge=0, le=1))
+        "expected image AUROC on synthetic defects of 1/20 of the image and larger reaches "
+        "this; below, it stays ready, the reason in its warnings, and an admin can still "
+        "activate it", ge=0, le=1))
     # At the processed resolution, as in PatchCore.
     blur_sigma: float = field(default=4.0, metadata=setting(
         "anomaly map smoothing", ge=0, le=16))

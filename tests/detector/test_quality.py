@@ -44,16 +44,18 @@ def test_one_image_is_judged_on_its_own_variation_views(detector: Detector) -> N
 
 
 def test_the_floor_warns_only_below_it() -> None:
-    report = QualityReport(expected_image_auroc=0.8, expected_pixel_auroc=0.9,
+    report = QualityReport(expected_image_auroc=0.7, expected_image_auroc_large=0.8,
+                           expected_pixel_auroc=0.9,
                            estimated_false_reject_rate=0.0, smallest_caught_px=20,
                            recall_by_size={20: 1.0}, n_good=4, n_defects=12, warnings=())
     assert report.with_floor(0.8) is report and report.reaches(0.8)
     below = report.with_floor(0.9)
     assert not below.reaches(0.9)
-    assert below.warnings == ("expected image AUROC 0.800 is below this variant's "
-                              "min_expected_auroc 0.9: the model does not activate itself; "
-                              "activate it explicitly to use it anyway",)
-    assert replace(report, expected_image_auroc=None).reaches(1.0)  # no estimate, no verdict
+    assert below.warnings == ("expected image AUROC on defects of 1/20 of the image and "
+                              "larger 0.800 is below this variant's min_expected_auroc 0.9: "
+                              "the model does not activate itself; activate it explicitly to "
+                              "use it anyway",)
+    assert replace(report, expected_image_auroc_large=None).reaches(1.0)  # no estimate
 
 
 def test_the_size_ladder_runs_from_a_few_pixels_to_a_tenth_of_the_image() -> None:
