@@ -444,7 +444,8 @@ class Detector:
         choice = {
             "chosen": chosen.name,
             "rule": f"the highest expected image AUROC among the presets costing at most "
-                    f"{budget:g}x fast's time per image; a tie goes to the cheaper",
+                    f"{budget:g}x fast's time per image (one without an estimate comes last); "
+                    "a tie goes to the cheaper",
             "candidates": [{"preset": p.name, "cost": p.cost,
                             "expected_image_auroc": f.quality.expected_image_auroc,
                             "warnings": list(f.quality.warnings)} for p, f in fits],

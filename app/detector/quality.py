@@ -87,8 +87,8 @@ class QualityReport:
             return self
         said = (f"expected image AUROC on defects of 1/20 of the image and larger "
                 f"{self.expected_image_auroc_large:.3f} is below this variant's "
-                f"min_expected_auroc {floor:g}: the model does not activate itself; activate "
-                "it explicitly to use it anyway")
+                f"min_expected_auroc {floor:g}: training does not make it the active model, "
+                "even when asked to; activate it explicitly to use it anyway")
         return replace(self, warnings=(*self.warnings, said))
 
     def relaid(self) -> QualityReport:

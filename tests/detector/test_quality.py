@@ -53,8 +53,8 @@ def test_the_floor_warns_only_below_it() -> None:
     assert not below.reaches(0.9)
     assert below.warnings == ("expected image AUROC on defects of 1/20 of the image and "
                               "larger 0.800 is below this variant's min_expected_auroc 0.9: "
-                              "the model does not activate itself; activate it explicitly to "
-                              "use it anyway",)
+                              "training does not make it the active model, even when asked "
+                              "to; activate it explicitly to use it anyway",)
     assert replace(report, expected_image_auroc_large=None).reaches(1.0)  # no estimate
 
 
