@@ -34,8 +34,12 @@ MAX_CALIBRATION_INPUTS = 8
 
 def _drop_preprocessing_advice(record: logging.LogRecord) -> bool:
     """onnxruntime's quantiser advises a shape-inference pass on the root logger at every
-    call; our backbones are already shape-complete, so the advice is only log noise."""
-    return "pre-processing before quantization" not in record.getMessage()
+    call, and names every shape tensor of a ViT it leaves in float ("Inference failed or
+    unsupported type to quantize"): our backbones are shape-complete and those tensors are
+    meant to stay as they are, so both are only log noise."""
+    message = record.getMessage()
+    return ("pre-processing before quantization" not in message
+            and "unsupported type to quantize" not in message)
 
 
 @contextmanager

@@ -83,3 +83,18 @@ def test_int8_features_stay_close_to_float32(
 def test_quantize_needs_inputs(detector: Detector) -> None:
     with pytest.raises(ValueError, match="at least one input"):
         quantize_backbone(detector.backbone("efficientnet_lite0"), [])
+
+
+def test_the_quantisers_noise_is_dropped_and_nothing_else() -> None:
+    import logging
+
+    from app.detector.quantize import _drop_preprocessing_advice
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("root", logging.WARNING, __file__, 1, message, None, None)
+
+    assert not _drop_preprocessing_advice(record(
+        "Please consider to run pre-processing before quantization. Refer to example: ..."))
+    assert not _drop_preprocessing_advice(record(
+        "Inference failed or unsupported type to quantize for tensor '/backbone/x', type is"))
+    assert _drop_preprocessing_advice(record("training job 1 ready"))
