@@ -3,7 +3,6 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8000
 STAMP  := $(VENV)/.installed
-MODELS := models/efficientnet_lite0.onnx models/efficientnet_lite2.onnx
 
 .PHONY: install backbones run test test-torch lint audit evaluate clean
 
@@ -20,10 +19,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
-$(MODELS): $(STAMP)
+# Builds what is missing (a new build revision of a backbone is a new file) and skips the rest.
+backbones: $(STAMP)
 	$(VENV)/bin/nominal build-backbones
-
-backbones: $(MODELS)
 
 run: backbones
 	$(VENV)/bin/nominal serve --host 0.0.0.0 --port $(PORT)

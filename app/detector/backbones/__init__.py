@@ -56,7 +56,7 @@ def _at_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
 def backbone_path(name: str, models_dir: Path) -> Path:
     """Path of the backbone's ONNX file, building it atomically if it is not there yet."""
     spec = get_backbone(name)
-    path = models_dir / f"{spec.name}.onnx"
+    path = models_dir / spec.file_name
     if not path.exists():
         models_dir.mkdir(parents=True, exist_ok=True)
         model = _at_opset(spec.build(), BACKBONE_OPSET)

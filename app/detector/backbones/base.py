@@ -49,6 +49,14 @@ class BackboneSpec:
     border: int = 1
     # Measured figures shown by GET /v1/backbones (see BENCHMARKS.md).
     figures: dict[str, float] = field(default_factory=dict, compare=False)
+    # How its file is built: a new revision is a new file name (registry.backbone_file), so a
+    # checkout built before builds the new one on first use instead of keeping the old.
+    revision: int = 1
+
+    @property
+    def file_name(self) -> str:
+        """``vit_small_l8.onnx`` for the first revision, ``vit_small_l8.r2.onnx`` after."""
+        return f"{self.name}.onnx" if self.revision == 1 else f"{self.name}.r{self.revision}.onnx"
 
     @property
     def feature_dim(self) -> int:

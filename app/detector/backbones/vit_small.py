@@ -408,6 +408,7 @@ def _spec(*layers: int) -> BackboneSpec:
         build=functools.partial(build_vit_small, *layers),
         neighbourhood=1,
         border=0,
+        revision=2,  # 2: the position table's separable resize
     )
 
 
