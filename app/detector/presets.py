@@ -46,8 +46,9 @@ PRESETS: Mapping[PresetName, Preset] = MappingProxyType({
         MappingProxyType({"backbone": "efficientnet_lite0"}), 1.0),
     "accurate": Preset(
         "accurate",
-        "ViT-S blocks 6 and 9: better on textures (magnetic tile 0.71 / 0.87 from 1 / 16 "
-        "images against fast's 0.57 / 0.65), level on objects, about 5x fast's time per image",
+        "ViT-S blocks 6 and 9: better on textures from a few images (magnetic tile 0.71 / 0.87 "
+        "from 1 / 16 images against fast's 0.74 / 0.78), level on objects, about 5x fast's "
+        "time per image",
         MappingProxyType({"backbone": "vit_small_l6_l9"}), 4.7),
 })
 
