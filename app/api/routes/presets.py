@@ -15,6 +15,8 @@ router = APIRouter(prefix="/v1/presets", tags=["presets"], route_class=AccessRou
 @router.get("", dependencies=[InspectorAccess],
             response_model=list[PresetPublic], responses=problems())
 def get_presets() -> list[PresetPublic]:
-    """Every preset: what it is for, the settings it sets and the configuration it resolves to
-    (see BENCHMARKS.md, "Presets", for its figures on four kinds of data)."""
+    """Every preset: what it is for, the settings it sets, the configuration it resolves to and
+    its cost (see BENCHMARKS.md, "Presets", for its figures on four kinds of data). ``auto``
+    is not listed: it is a choice among these, made at each training by the quality reports
+    of the presets within the variant's ``auto_latency_budget``."""
     return [PresetPublic.of(preset) for preset in PRESETS.values()]
