@@ -119,6 +119,13 @@ class FeatureExtractor:
         self.session = options.session(model.SerializeToString())
         self.outputs = ["patches", "grid", *(["foreground"] if foreground else [])]
 
+    @classmethod
+    def for_config(cls, spec: BackboneSpec, backbone: onnx.ModelProto, plan: ResizePlan,
+                   options: RuntimeOptions, config: DetectorConfig) -> FeatureExtractor:
+        """The extractor a model with ``config`` needs: unit-length features for the cosine
+        distance, each image's foreground for background auto."""
+        return cls(spec, backbone, plan, options, unit_length(config), wants_foreground(config))
+
     def __call__(self, image: np.ndarray) -> PatchFeatures:
         out = self.session.run(self.outputs, {"image": check_image_array(image)})
         grid = (int(out[1][0]), int(out[1][1]))
@@ -177,9 +184,8 @@ class Detector:
         backbone = self.backbone(spec.name)
         with self._lock:
             if key not in self._extractors:
-                self._extractors[key] = FeatureExtractor(spec, backbone, plan, self.options,
-                                                         unit_length(config),
-                                                         wants_foreground(config))
+                self._extractors[key] = FeatureExtractor.for_config(
+                    spec, backbone, plan, self.options, config)
             return self._extractors[key]
 
     def fit(
@@ -200,16 +206,21 @@ class Detector:
         ``TrainingCancelledError``) to abort. ``defect_images`` only refine the threshold.
         ``layout``: regions of interest and ignore masks; ignored patches stay out of the
         memory bank, and the threshold is calibrated on what the layout judges.
-        ``config.preset`` auto: ``fit_auto``. ``quality_profile``: the quality report's
+        ``config.preset`` auto: ``_fit_auto``. ``quality_profile``: the quality report's
         synthetic defects (another profile only to compare profiles: bench.report_truth).
         """
         layout = layout or Layout()
         if len(good_images) == 0:
             raise InvalidInputError("need at least one good image to fit a model")
         if config.preset == AUTO:
-            return self.fit_auto(good_images, config, seed=seed, defect_images=defect_images,
-                                 progress=progress, metadata=metadata, layout=layout,
-                                 quality_profile=quality_profile)
+            def candidate(preset_config: DetectorConfig,
+                          share: ProgressCallback) -> FittedModel:
+                return self.fit(good_images, preset_config, seed=seed,
+                                defect_images=defect_images, progress=share,
+                                metadata=metadata, layout=layout,
+                                quality_profile=quality_profile)
+
+            return self._fit_auto(config, candidate, progress)
         report = progress or (lambda fraction, stage: None)
         spec = get_backbone(config.backbone)
         timings: dict[str, float] = {}
@@ -227,8 +238,7 @@ class Detector:
                 extractor.backbone_input(image) for image in images[:MAX_CALIBRATION_INPUTS]
             ]
             backbone = quantize_backbone(backbone, calibration_inputs)
-            extractor = FeatureExtractor(spec, backbone, plan, self.options, unit_length(config),
-                                         wants_foreground(config))
+            extractor = FeatureExtractor.for_config(spec, backbone, plan, self.options, config)
             timings["quantize_s"] = time.perf_counter() - tq
             report(0.0, "features")
         # Per image, where its judged views lie in all_patches: the photo itself, then its
@@ -408,22 +418,17 @@ class Detector:
             timings=timings,
         )
 
-    def fit_auto(
+    def _fit_auto(
         self,
-        good_images: Sequence[np.ndarray],
         config: DetectorConfig,
-        *,
-        seed: int = 0,
-        defect_images: Sequence[np.ndarray] = (),
-        progress: ProgressCallback | None = None,
-        metadata: dict[str, str] | None = None,
-        layout: Layout | None = None,
-        quality_profile: DefectProfile = DEFAULT_PROFILE,
+        fit_candidate: Callable[[DetectorConfig, ProgressCallback], FittedModel],
+        progress: ProgressCallback | None,
     ) -> FittedModel:
         """The ``auto`` preset: every preset whose cost (``Preset.cost``, a measured constant)
-        is within ``config.auto_latency_budget`` is fitted on the same images, and the one whose
-        quality report expects the highest image AUROC is kept (a tie: the cheaper); its report
-        records every candidate's and why it was chosen. Costs the sum of its candidates."""
+        is within ``config.auto_latency_budget`` is fitted by ``fit_candidate`` (``fit`` on the
+        same images), and the one whose quality report expects the highest image AUROC is kept
+        (a tie: the cheaper); its report records every candidate's and why it was chosen.
+        Costs the sum of its candidates."""
         report = progress or (lambda fraction, stage: None)
         budget = config.auto_latency_budget
         candidates = sorted((p for p in PRESETS.values() if p.cost <= budget),
@@ -434,10 +439,7 @@ class Detector:
             def share(fraction: float, stage: str, n: int = n, name: str = preset.name) -> None:
                 report((n + fraction) / len(candidates), f"{name}: {stage}")
 
-            fitted = self.fit(good_images, replace(config, preset=preset.name, **preset.settings),
-                              seed=seed, defect_images=defect_images, progress=share,
-                              metadata=metadata, layout=layout,
-                              quality_profile=quality_profile)
+            fitted = fit_candidate(replace(config, preset=preset.name, **preset.settings), share)
             fits.append((preset, fitted))
         chosen, best = max(fits, key=lambda pf: (pf[1].quality.expected_image_auroc or 0.0,
                                                  -pf[0].cost))
@@ -480,8 +482,7 @@ class Detector:
         extractor = (
             self.extractor(config, plan)
             if backbone is None
-            else FeatureExtractor(spec, backbone, plan, self.options, unit_length(config),
-                                  wants_foreground(config))
+            else FeatureExtractor.for_config(spec, backbone, plan, self.options, config)
         )
         feats = extractor(check_image_array(image))
         judge = Judge.of(config, spec, plan, layout, mask_background=mask_background)

@@ -65,6 +65,6 @@ LEGACY_PRESET: PresetName = "fast"
 PRESET_FIELDS: frozenset[str] = frozenset(k for p in PRESETS.values() for k in p.settings)
 
 
-def preset_values(name: str) -> dict[str, str]:
+def preset_values(name: str) -> dict[str, Any]:
     """The values each preset gives setting ``name``, for the setting's description."""
     return {p.name: p.settings[name] for p in PRESETS.values() if name in p.settings}
