@@ -122,6 +122,21 @@ def test_operator_keys_become_inspector_keys_below_0004(empty_database_url: str)
     upgrade_to_head(url)
 
 
+def _insert_variant(connection: Any, settings: dict[str, Any], last_model_version: int) -> None:
+    """Variant 1 ("bolt") with these stored settings, in raw SQL (the models may be newer)."""
+    connection.execute(text(
+        "INSERT INTO variant (id, name, description, settings, last_model_version, "
+        "created_at, updated_at) VALUES (1, 'bolt', '', :s, :v, CURRENT_TIMESTAMP, "
+        "CURRENT_TIMESTAMP)"), {"s": json.dumps(settings), "v": last_model_version})
+
+
+def _stored_json(engine: Any, query: str) -> dict[str, Any]:
+    """The one JSON value ``query`` selects (SQLite hands back text, PostgreSQL a dict)."""
+    with engine.connect() as connection:
+        value = connection.execute(text(query)).scalar_one()
+    return json.loads(value) if isinstance(value, str) else value  # type: ignore[no-any-return]
+
+
 def test_variants_keep_their_configuration_across_0005(empty_database_url: str) -> None:
     """0005 records the preset ("fast") in variant settings and model configs; nothing
     resolves differently, and the way down leaves what revision 0004's code reads."""
@@ -133,21 +148,15 @@ def test_variants_keep_their_configuration_across_0005(empty_database_url: str) 
     engine = create_engine(url)
     try:
         with engine.begin() as connection:
-            connection.execute(text(
-                "INSERT INTO variant (id, name, description, settings, last_model_version, "
-                "created_at, updated_at) VALUES (1, 'bolt', '', :s, 1, CURRENT_TIMESTAMP, "
-                "CURRENT_TIMESTAMP)"), {"s": json.dumps(full)})
+            _insert_variant(connection, full, 1)
             connection.execute(text(
                 "INSERT INTO model (variant_id, version, status, progress, seed, activate, "
                 "config, cancel_requested, created_at) VALUES (1, 1, 'ready', 1, 0, true, :c, "
                 "false, CURRENT_TIMESTAMP)"), {"c": json.dumps(full)})
 
         def stored() -> tuple[dict[str, Any], dict[str, Any]]:
-            with engine.connect() as connection:
-                settings = connection.execute(text("SELECT settings FROM variant")).scalar_one()
-                model = connection.execute(text("SELECT config FROM model")).scalar_one()
-            return (json.loads(settings) if isinstance(settings, str) else settings,
-                    json.loads(model) if isinstance(model, str) else model)
+            return (_stored_json(engine, "SELECT settings FROM variant"),
+                    _stored_json(engine, "SELECT config FROM model"))
 
         command.upgrade(config, "0005")
         assert stored() == ({**full, "preset": "fast"}, {**full, "preset": "fast"})
@@ -177,15 +186,10 @@ def test_variants_from_before_0006_keep_activating_every_model(empty_database_ur
     engine = create_engine(url)
     try:
         with engine.begin() as connection:
-            connection.execute(text(
-                "INSERT INTO variant (id, name, description, settings, last_model_version, "
-                "created_at, updated_at) VALUES (1, 'bolt', '', :s, 0, CURRENT_TIMESTAMP, "
-                "CURRENT_TIMESTAMP)"), {"s": json.dumps({"preset": "fast"})})
+            _insert_variant(connection, {"preset": "fast"}, 0)
 
         def settings() -> dict[str, Any]:
-            with engine.connect() as connection:
-                value = connection.execute(text("SELECT settings FROM variant")).scalar_one()
-            return json.loads(value) if isinstance(value, str) else value  # type: ignore[no-any-return]
+            return _stored_json(engine, "SELECT settings FROM variant")
 
         command.upgrade(config, "0006")
         assert settings() == {"preset": "fast", "min_expected_auroc": 0.0}
