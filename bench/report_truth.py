@@ -55,6 +55,17 @@ def spearman(a: list[float], b: list[float]) -> float | None:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def real_results(candidate: str, dataset: str, k: int) -> list[dict[str, Any]]:
+    """The evaluation's per-draw rows of ``candidate`` on ``dataset`` at ``k`` shots, from
+    the screening's run (k = 1, 16) or a run at that shot count alone."""
+    for path in (result_path(candidate, dataset), result_path(candidate, dataset, str(k))):
+        if path.exists():
+            real = [r for r in json.loads(path.read_text())["results"] if r["k"] == k]
+            if real:
+                return real
+    return []
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from app.detector.config import DetectorConfig
     from app.detector.engine import Detector
@@ -69,11 +80,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for dataset in args.sets:
         data = load_dataset(args.data / dataset)
         for candidate, settings in CANDIDATES.items():
-            path = result_path(candidate, dataset)
-            if not path.exists():
-                continue
-            payload = json.loads(path.read_text())
-            real = [r for r in payload["results"] if r["k"] == args.k]
+            real = real_results(candidate, dataset, args.k)
             if not real:
                 continue
             config = DetectorConfig.from_dict(settings)

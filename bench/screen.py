@@ -2,10 +2,12 @@
 on the four shared sets at k = 1 and 16, 3 draws, whole test split, and the screening table.
 
     python -m bench.screen run C6 C7 [--sets magnetic_tile ...] [--threads 2]
+    python -m bench.screen run C0 C1 --shots 4     # other shot counts (the quality report's check)
     python -m bench.screen table
 
 Results go to bench/results/screening/<candidate>.<set>.json; the candidates the baseline
-already measured (same configuration) are read from bench/results/baseline/.
+already measured (same configuration) are read from bench/results/baseline/. Runs at other
+shot counts than the screening's 1 and 16 go to bench/results/screening/k<shots>/.
 """
 
 from __future__ import annotations
@@ -32,22 +34,28 @@ MEASURED = {"C0": "tolerance/E", "C1": "baseline/vit_l6_l9",
             "C4": "baseline/vit_l5"}
 
 
-def result_path(candidate: str, dataset: str) -> Path:
+SCREENING_SHOTS = "1,16"
+
+
+def result_path(candidate: str, dataset: str, shots: str = SCREENING_SHOTS) -> Path:
+    """Where the evaluation of ``candidate`` on ``dataset`` at ``shots`` lies."""
+    if shots != SCREENING_SHOTS:
+        return OUT / f"k{shots.replace(',', '_')}" / f"{candidate}.{dataset}.json"
     if candidate in MEASURED:
         return common.RESULTS_DIR / f"{MEASURED[candidate]}.{dataset}.json"
     return OUT / f"{candidate}.{dataset}.json"
 
 
 def run(args: argparse.Namespace) -> int:
-    OUT.mkdir(parents=True, exist_ok=True)
     for candidate in args.candidates:
         for dataset in args.sets:
-            path = result_path(candidate, dataset)
+            path = result_path(candidate, dataset, args.shots)
+            path.parent.mkdir(parents=True, exist_ok=True)
             if path.exists() and not args.again:
                 print(f"{candidate} {dataset}: done already ({path})", flush=True)
                 continue
             cmd = [sys.executable, "-m", "app.cli", "evaluate", str(args.data / dataset),
-                   "--shots", "1,16", "--seeds", "3", "--threads", str(args.threads),
+                   "--shots", args.shots, "--seeds", "3", "--threads", str(args.threads),
                    "--json", str(path),
                    *evaluate_args(candidate)]
             print(" ".join(cmd), flush=True)
@@ -88,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     runner.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     runner.add_argument("--data", type=Path, default=common.DEFAULT_DATASET.parent)
     runner.add_argument("--threads", type=int, default=2)
+    runner.add_argument("--shots", default=SCREENING_SHOTS,
+                        help="comma-separated shot counts (not 1,16: a k<shots> folder)")
     runner.add_argument("--again", action="store_true", help="rerun what is there already")
     runner.set_defaults(func=run)
     sub.add_parser("table", help="the screening table, image AUROC at k = 1 / 16 (mean)"
