@@ -48,11 +48,12 @@ def report(data: dict[str, Any]) -> str:
                      common.fmt(q.get("expected_image_auroc_large"), 3),
                      common.fmt(q["expected_pixel_auroc"], 3),
                      common.fmt(q["estimated_false_reject_rate"], 3),
+                     common.fmt(q.get("variation_false_reject_rate"), 3),
                      q["smallest_caught_px"] or "-", f"{r['quality_s']:.2f}",
                      f"{100 * r['added']:.0f} %", len(q["warnings"])])
     return common.markdown_table(
         ["set", "k", "expected image AUROC", "the same, large defects", "expected pixel AUROC",
-         "estimated FRR",
+         "estimated FRR", "the same, line variations",
          "smallest caught px", "report s", "added to the fit", "warnings"], rows)
 
 

@@ -364,7 +364,8 @@ class QualityPublic(BaseModel):
     model_config = _examples({
         "expected_image_auroc": 0.729, "expected_image_auroc_large": 0.958,
         "expected_pixel_auroc": 0.975,
-        "estimated_false_reject_rate": 0.0, "smallest_caught_px": 51,
+        "estimated_false_reject_rate": 0.01, "variation_false_reject_rate": 0.0,
+        "smallest_caught_px": 51,
         "recall_by_size": {"4": 0.0, "18": 0.33, "31": 0.67, "51": 1.0}, "n_good": 16,
         "n_defects": 18,
         "warnings": ["synthetic defects under 51 px are not caught 9 times in 10 at the "
@@ -379,8 +380,14 @@ class QualityPublic(BaseModel):
         "larger: what min_expected_auroc gates on")
     expected_pixel_auroc: float | None = Field(description="pixel AUROC of the patch scores "
                                                "against the synthetic defects' masks")
-    estimated_false_reject_rate: float = Field(description="held-out good images above the "
-                                               "threshold")
+    estimated_false_reject_rate: float | None = Field(
+        description="share of new good parts expected above the threshold, by the "
+        "calibration's own model of good scores (with one image the spread between parts is "
+        "unknown and the figure is the prior's: read it as uncertain); null: a report from "
+        "before this estimate")
+    variation_false_reject_rate: float | None = Field(
+        default=None, description="held-out good images above the threshold once shifted, "
+        "turned, re-lit or re-encoded as a line may show them; null with one image")
     smallest_caught_px: int | None = Field(description="the smallest synthetic defect size (px "
                                            "of the image) caught 9 times in 10 at the "
                                            "threshold, every larger size too; null: none")

@@ -18,7 +18,9 @@ from app.detector.calibration import (
     calibrate,
     f1_threshold,
     normalize_score,
+    predicted_false_reject_rate,
     region_holdout_score,
+    student_t_exceedance,
     student_t_quantile,
     threshold_from_good,
 )
@@ -93,6 +95,43 @@ def test_threshold_is_scale_free() -> None:
 )
 def test_student_t_quantile_matches_tables(dof: int, expected: float) -> None:
     assert student_t_quantile(0.99, dof) == pytest.approx(expected, rel=5e-3)
+
+
+@pytest.mark.parametrize("dof", [3, 8, 23])
+@pytest.mark.parametrize("p", [0.6, 0.9, 0.99, 0.999])
+def test_student_t_exceedance_inverts_the_quantile(dof: int, p: float) -> None:
+    x = student_t_quantile(p, dof)
+    assert student_t_exceedance(x, dof) == pytest.approx(1 - p, rel=1e-4)
+    assert student_t_exceedance(-x, dof) == pytest.approx(p, rel=1e-4)
+    assert student_t_exceedance(0.0, dof) == pytest.approx(0.5)
+    assert student_t_exceedance(1e6, dof) == 0.0
+
+
+@pytest.mark.parametrize("n", [2, 4, 16])
+def test_the_predicted_rate_at_the_bound_is_the_target(n: int) -> None:
+    scores = np.exp(np.random.default_rng(n).normal(0.0, 0.1, n))
+    threshold = threshold_from_good(scores, 0.02)
+    assert predicted_false_reject_rate(scores, threshold) == pytest.approx(0.02, rel=1e-3)
+    assert predicted_false_reject_rate(scores, 2 * threshold) < 0.02
+    assert predicted_false_reject_rate(scores, 0.5 * threshold) > 0.02
+
+
+def test_the_predicted_rate_falls_below_the_target_when_the_top_score_sets_it() -> None:
+    scores = np.array([1.0] * 15 + [2.0])  # one part far above the bound of the rest
+    threshold = threshold_from_good(scores, 0.01)
+    assert threshold == 2.0
+    assert predicted_false_reject_rate(scores, threshold) < 0.01
+
+
+def test_one_part_predicts_from_the_prior_alone() -> None:
+    """One image shows no spread between parts: the prior's, twice, around its own score."""
+    threshold = threshold_from_good(np.array([2.0]), 0.01)
+    expected = 1 - NormalDist().cdf(math.log(threshold / 2.0) / (PRIOR_LOG_SPREAD * math.sqrt(2)))
+    rate = predicted_false_reject_rate(np.array([2.0]), threshold)
+    assert rate == pytest.approx(expected, abs=0.02)  # Student's t on PRIOR_WEIGHT dof
+    assert 0.2 < rate < 0.4
+    assert predicted_false_reject_rate(np.array([2.0, 2.1, 1.9]), threshold, n_parts=1) == \
+        pytest.approx(rate, abs=0.01)  # views of the one part: centred on their median
 
 
 def test_threshold_bound_tightens_with_more_shots() -> None:

@@ -10,7 +10,7 @@ import onnx
 
 from app.detector.config import DetectorConfig
 from app.detector.engine import Detector
-from app.detector.quality import ONE_SHOT_VIEWS, QualityReport, size_ladder
+from app.detector.quality import HIGH_FALSE_REJECTS, ONE_SHOT_VIEWS, QualityReport, size_ladder
 from tests.detector.conftest import make_good
 
 CONFIG = DetectorConfig(resolution=64, min_expected_auroc=0.0)
@@ -23,7 +23,10 @@ def test_a_report_from_held_out_images_is_in_range_and_in_the_file(detector: Det
     assert report.n_good == 4 and report.n_defects > 0
     assert report.expected_image_auroc is not None and 0.5 < report.expected_image_auroc <= 1
     assert report.expected_pixel_auroc is not None and 0.5 < report.expected_pixel_auroc <= 1
-    assert 0 <= report.estimated_false_reject_rate <= 1
+    assert report.estimated_false_reject_rate is not None
+    assert 0 <= report.estimated_false_reject_rate <= CONFIG.target_false_reject_rate + 1e-6
+    assert report.variation_false_reject_rate is not None
+    assert 0 <= report.variation_false_reject_rate <= 1
     assert set(report.recall_by_size) <= set(size_ladder(96))
     assert fitted.timings["quality_s"] > 0
     props = {p.key: p.value for p in onnx.load_from_string(fitted.onnx_bytes).metadata_props}
@@ -41,6 +44,25 @@ def test_one_image_is_judged_on_its_own_variation_views(detector: Detector) -> N
     report = detector.fit([make_good(0)], CONFIG, seed=0).quality
     assert report.n_good == ONE_SHOT_VIEWS
     assert report.warnings[0].startswith("one good image: the threshold is uncertain")
+    # One image shows no spread between parts: the prior's figure, and a warning of it.
+    assert report.estimated_false_reject_rate is not None
+    assert report.estimated_false_reject_rate > HIGH_FALSE_REJECTS
+    assert report.warnings[1].startswith(
+        f"about {report.estimated_false_reject_rate:.0%} of good parts are expected above")
+    assert report.variation_false_reject_rate is None
+
+
+def test_a_first_report_reads_its_only_estimate_as_the_variation_one() -> None:
+    """Reports stored before the calibration's estimate counted held-out images' variation
+    views above the threshold, under the estimate's name."""
+    current = QualityReport(expected_image_auroc=0.7, expected_image_auroc_large=0.8,
+                            expected_pixel_auroc=0.9, estimated_false_reject_rate=0.01,
+                            smallest_caught_px=20, recall_by_size={20: 1.0}, n_good=4,
+                            n_defects=12, warnings=(), variation_false_reject_rate=0.25)
+    first = current.to_dict()
+    del first["variation_false_reject_rate"]
+    first["estimated_false_reject_rate"] = 0.25
+    assert QualityReport.from_dict(first) == replace(current, estimated_false_reject_rate=None)
 
 
 def test_the_floor_warns_only_below_it() -> None:
