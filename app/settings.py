@@ -36,7 +36,7 @@ class Settings(BaseSettings):
 
     # Where backbone ONNX files live (built by `nominal build-backbones`).
     models_dir: Path = Path("models")
-    preload_backbones: tuple[str, ...] = ("efficientnet_lite0",)
+    preload_backbones: tuple[str, ...] = ("efficientnet_lite2",)  # the default preset's
 
     # Authentication: on unless turned off explicitly (local development; a warning is logged).
     # Every /v1 request carries a key in X-API-Key; NOMINAL_ADMIN_KEY is an admin key that

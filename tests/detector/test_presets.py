@@ -59,14 +59,15 @@ def test_presets_differ_where_they_say() -> None:
 
 def test_an_unknown_preset_is_refused_by_name() -> None:
     with pytest.raises(InvalidInputError,
-                       match="preset must be fast, accurate or auto, got 'best'"):
+                       match="preset must be fast, balanced, accurate or auto, got 'best'"):
         DetectorConfig.from_dict({"preset": "best"})
 
 
 def test_a_setting_a_preset_sets_documents_every_presets_value() -> None:
     backbone = next(s for s in SETTINGS if s.name == "backbone")
     assert backbone.help.endswith(
-        "default efficientnet_lite0 (accurate: vit_small_l6_l9)"), backbone.help
+        "default efficientnet_lite2 (fast: efficientnet_lite0, accurate: vit_small_l6_l9)"
+    ), backbone.help
 
 
 def test_auto_keeps_the_preset_whose_report_expects_the_most(detector: Detector) -> None:
@@ -77,7 +78,8 @@ def test_auto_keeps_the_preset_whose_report_expects_the_most(detector: Detector)
     fitted = detector.fit(images, config, seed=0)
     choice = fitted.quality.choice
     assert choice is not None
-    assert [c["preset"] for c in choice["candidates"]] == ["fast", "accurate"]  # by cost
+    by_cost = ["fast", "balanced", "accurate"]
+    assert [c["preset"] for c in choice["candidates"]] == by_cost
     best = max(c["expected_image_auroc"] for c in choice["candidates"])
     chosen = next(c for c in choice["candidates"] if c["preset"] == choice["chosen"])
     assert chosen["expected_image_auroc"] == best

@@ -23,8 +23,8 @@ from app.detector.engine import (
 )
 from app.detector.quantize import quantize_backbone
 
-INT8 = DetectorConfig(resolution=96, precision="int8")
 SPEC = get_backbone("efficientnet_lite0")
+INT8 = DetectorConfig(backbone=SPEC.name, resolution=96, precision="int8")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_int8_features_stay_close_to_float32(
     plan = resize_plan(INT8, train_images)
     float_extractor = detector.extractor(INT8, plan)
     inputs = [float_extractor.backbone_input(image) for image in train_images]
-    int8 = quantize_backbone(detector.backbone("efficientnet_lite0"), inputs)
+    int8 = quantize_backbone(detector.backbone(SPEC.name), inputs)
     int8_extractor = FeatureExtractor(SPEC, int8, plan, detector.options)
     a, b = float_extractor(train_images[0]).patches, int8_extractor(train_images[0]).patches
     # Relative error of the patch features as a whole: quantisation noise, not a different map.

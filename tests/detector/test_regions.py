@@ -113,6 +113,9 @@ SIZE = 192
 RADIUS = 24
 CENTRE = (SIZE // 2 - 7, SIZE // 2 + 5)
 NOISE = 12.0  # good parts that differ a little, as real ones do
+# The drawn defects' strengths were sized for Lite0's response (about twice the threshold):
+# these test the regions, not the backbone.
+BACKBONE = "efficientnet_lite0"
 
 
 def _part(seed: int) -> np.ndarray:
@@ -130,7 +133,8 @@ def _with_disc(seed: int, radius: int, delta: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def model_192(detector: Detector) -> CompiledModel:
     """A 16 x 16 patch grid (12 px cells) on 192 px parts."""
-    fitted = detector.fit([_part(s) for s in range(4)], DetectorConfig(resolution=128))
+    fitted = detector.fit([_part(s) for s in range(4)],
+                          DetectorConfig(backbone=BACKBONE, resolution=128))
     return CompiledModel(fitted.onnx_bytes)
 
 
@@ -166,7 +170,7 @@ def test_min_defect_area_suppresses_a_smaller_defect_keeps_a_larger(
     minimum = (small_area + large_area) // 2
     sized = CompiledModel(detector.fit(
         [_part(s) for s in range(4)],
-        DetectorConfig(resolution=128, min_defect_area_px=minimum)).onnx_bytes)
+        DetectorConfig(backbone=BACKBONE, resolution=128, min_defect_area_px=minimum)).onnx_bytes)
     small_verdict, large_verdict = sized.inspect(small), sized.inspect(large)
     assert not small_verdict.is_anomalous and small_verdict.regions == ()
     assert small_verdict.score == model_192.inspect(small).score  # the score is unchanged
@@ -176,7 +180,7 @@ def test_min_defect_area_suppresses_a_smaller_defect_keeps_a_larger(
 def test_the_downloaded_file_gives_the_api_regions(detector: Detector) -> None:
     """The README recipe: plain onnxruntime on the file, then RegionRule from its metadata."""
     fitted = detector.fit([_part(s) for s in range(4)],
-                          DetectorConfig(resolution=128, min_defect_area_px=50))
+                          DetectorConfig(backbone=BACKBONE, resolution=128, min_defect_area_px=50))
     image = _with_disc(13, RADIUS, 40)
     meta = {p.key: p.value for p in onnx.load_from_string(fitted.onnx_bytes).metadata_props}
     rule = RegionRule.from_json(meta.get("nominal.regions"))
