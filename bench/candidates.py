@@ -24,6 +24,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
             "variation_views": 4},
 }
 
+# The candidates each preset is (the configurations auto chooses among); the default's first.
+PRESET_CANDIDATES: dict[str, str] = {"balanced": "C9", "fast": "C0", "accurate": "C1"}
+
 # The reference of the latency budget: the default must cost at most 6x its time per image.
 REFERENCE = "C0"
 LATENCY_BUDGET = 6.0

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bench import common
-from bench.candidates import CANDIDATES
+from bench.candidates import CANDIDATES, PRESET_CANDIDATES
 from bench.screen import SETS, SHORT, result_path
 
 # Declared before measuring (BENCHMARKS.md, "Quality report"): the quality report's synthetic
@@ -64,6 +64,26 @@ def real_results(candidate: str, dataset: str, k: int) -> list[dict[str, Any]]:
             if real:
                 return real
     return []
+
+
+def auto_choice(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per set, the preset ``auto`` keeps by the mean expected image AUROC over the draws
+    (the engine decides per draw), against the default's and the best preset's real image
+    AUROC: the issue's test is chosen >= default and >= best - 0.01."""
+    out = {}
+    for dataset in SETS:
+        by_preset = {preset: r for preset, candidate in PRESET_CANDIDATES.items()
+                     for r in rows if r["set"] == dataset and r["candidate"] == candidate}
+        if len(by_preset) < len(PRESET_CANDIDATES):
+            continue
+        chosen = max(by_preset, key=lambda p: by_preset[p]["expected_image_auroc"])
+        default = next(iter(PRESET_CANDIDATES))
+        real = {p: r["real_image_auroc"] for p, r in by_preset.items()}
+        out[dataset] = {"chosen": chosen, "real": real[chosen], "default_real": real[default],
+                        "best_real": max(real.values()),
+                        "holds": real[chosen] >= real[default] and
+                        real[chosen] >= max(real.values()) - 0.01}
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,6 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "spearman_by_set": by_set,
             "spearman_mean": float(np.mean(known)) if known else None,
             # The issue's bound: the estimate within 5 points of the real rate on test/good.
+            "auto": auto_choice(rows),
             "frr_error_max": max((abs(r["estimated_frr"] - r["real_frr"]) for r in rows),
                                  default=None)}
 
@@ -133,7 +154,11 @@ def report(data: dict[str, Any]) -> str:
     return (f"k = {params['k']}, profile {params['profile']}\n\n{table}\n\n"
             "Spearman (expected vs real image AUROC, "
             f"over candidates): {rho}; mean {'n/a' if mean is None else f'{mean:.2f}'}; "
-            f"largest |estimated - real FRR| {common.fmt(data.get('frr_error_max'), 3)}")
+            f"largest |estimated - real FRR| {common.fmt(data.get('frr_error_max'), 3)}\n\n"
+            + "auto: " + "; ".join(
+                f"{SHORT[d]} {a['chosen']} {a['real']:.3f} (default {a['default_real']:.3f}, "
+                f"best {a['best_real']:.3f}, {'holds' if a['holds'] else 'fails'})"
+                for d, a in data.get("auto", {}).items()))
 
 
 def main(argv: list[str] | None = None) -> int:
