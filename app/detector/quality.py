@@ -40,6 +40,9 @@ GATE_FROM = 1 / 20
 RECALL = 0.9  # "caught": this share of a size's synthetic defects above the threshold
 UNEVEN_GOOD = 0.25  # relative spread of held-out good scores that says "add more images"
 HIGH_FALSE_REJECTS = 0.05
+# Defects pasted together keep this fraction of the shorter side clear of each other (besides
+# their own extent), so one's halo of raised patch scores does not lift another's.
+SPACING = 1 / 12
 
 
 
@@ -50,6 +53,10 @@ class DefectProfile:
     kinds: tuple[DefectKind, ...] = KINDS
     strength: float = 1.0  # share of each defect's change applied (synthetic.synthesize)
     auroc_from: float = 0.0  # smallest size counted, as a fraction of the shorter side
+    # Defects pasted into one image at once, apart from each other (SPACING): above 1, each is
+    # judged by the highest patch score over its own pixels instead of the image's score, so
+    # one extraction judges that many defects.
+    together: int = 1
 
 
 DEFAULT_PROFILE = DefectProfile()
@@ -192,18 +199,30 @@ def quality_report(
             judged = None if cells is None else _on_pixels(cells.reshape(clean.grid) > 0,
                                                            host.shape[:2])
         for _ in range(DEFECTS_PER_IMAGE):
-            kind = profile.kinds[turn % len(profile.kinds)]
-            size = ladder[turn % len(ladder)]
-            turn += 1
-            defect = synthesize(host, kind, size, rng, donor=donor, strength=profile.strength,
-                                within=judged)
-            if defect is None:
+            placed: list[tuple[SyntheticDefect, int]] = []
+            image, free = host, judged
+            for _ in range(profile.together):
+                kind = profile.kinds[turn % len(profile.kinds)]
+                size = ladder[turn % len(ladder)]
+                turn += 1
+                defect = synthesize(image, kind, size, rng, donor=donor,
+                                    strength=profile.strength, within=free)
+                if defect is None:
+                    break
+                placed.append((defect, size))  # the ladder's step (a small image may cut it)
+                image = defect.image
+                free = _apart_from(defect.mask, free, size + int(SPACING * side))
+            if not placed:
                 continue
-            feats = extractor(defect.image)
+            feats = extractor(image)
             cells_scores = patch_scores(feats, rows)
-            scores.append(image_score(cells_scores, feats))
-            sizes.append(size)  # the ladder's step (a small image may cut it to fit)
-            values, labels = _pixels(cells_scores.reshape(feats.grid), defect, judged)
+            grid_scores = cells_scores.reshape(feats.grid)
+            for defect, size in placed:
+                scores.append(image_score(cells_scores, feats) if profile.together == 1
+                              else _highest_over(grid_scores, defect.mask))
+                sizes.append(size)
+            union = np.logical_or.reduce([defect.mask for defect, _ in placed])
+            values, labels = _pixels(grid_scores, union, judged)
             pixel_values.append(values)
             pixel_labels.append(labels)
 
@@ -249,14 +268,34 @@ def _on_pixels(cells: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cells[np.ix_(rows, cols)]
 
 
-def _pixels(grid_scores: np.ndarray, defect: SyntheticDefect,
+def _apart_from(mask: np.ndarray, free: np.ndarray | None, gap: int) -> np.ndarray:
+    """``free`` (None: everywhere) without the box around ``mask`` grown by ``gap`` pixels:
+    where the next defect's centre may fall."""
+    out = np.ones(mask.shape, bool) if free is None else free.copy()
+    ys, xs = np.nonzero(mask)
+    out[max(0, ys.min() - gap):ys.max() + gap + 1, max(0, xs.min() - gap):xs.max() + gap + 1] = \
+        False
+    return out
+
+
+def _highest_over(grid_scores: np.ndarray, mask: np.ndarray) -> float:
+    """The highest patch score over the cells ``mask``'s pixels fall in."""
+    height, width = mask.shape
+    h, w = grid_scores.shape
+    ys, xs = np.nonzero(mask)
+    return float(grid_scores[np.minimum(ys * h // height, h - 1),
+                             np.minimum(xs * w // width, w - 1)].max())
+
+
+def _pixels(grid_scores: np.ndarray, mask: np.ndarray,
             judged: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Each sampled pixel's patch score (the cell it falls in) and whether it is defective;
-    only judged pixels, on a stride that keeps about 128 samples along the shorter side."""
-    height, width = defect.mask.shape
+    """Each sampled pixel's patch score (the cell it falls in) and whether it is defective
+    (``mask``); only judged pixels, on a stride that keeps about 128 samples along the
+    shorter side."""
+    height, width = mask.shape
     stride = max(1, min(height, width) // 128)
     values = _on_pixels(grid_scores, (height, width))[::stride, ::stride].ravel()
-    labels = defect.mask[::stride, ::stride].ravel()
+    labels = mask[::stride, ::stride].ravel()
     if judged is not None:
         keep = judged[::stride, ::stride].ravel()
         values, labels = values[keep], labels[keep]
