@@ -6,11 +6,20 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import onnx
 
 from app.detector.config import DetectorConfig
 from app.detector.engine import Detector
-from app.detector.quality import HIGH_FALSE_REJECTS, ONE_SHOT_VIEWS, QualityReport, size_ladder
+from app.detector.quality import (
+    HIGH_FALSE_REJECTS,
+    ONE_SHOT_VIEWS,
+    DefectProfile,
+    QualityReport,
+    _apart_from,
+    _highest_over,
+    size_ladder,
+)
 from tests.detector.conftest import make_good
 
 CONFIG = DetectorConfig(resolution=64, min_expected_auroc=0.0)
@@ -83,3 +92,25 @@ def test_the_floor_warns_only_below_it() -> None:
 def test_the_size_ladder_runs_from_a_few_pixels_to_a_tenth_of_the_image() -> None:
     assert size_ladder(512) == [4, 7, 11, 18, 31, 51]
     assert size_ladder(30) == [4]
+
+
+def test_defects_pasted_together_are_apart_and_each_counted(detector: Detector) -> None:
+    """Four to an image: four times the defects from the same extractions, none touching
+    another (each is judged over its own pixels)."""
+    images = [make_good(s, 192, 192) for s in range(3)]
+    fitted = detector.fit(images, CONFIG, seed=0)
+    one = detector.fit(images, CONFIG, seed=0, quality_profile=DefectProfile()).quality
+    four = detector.fit(images, CONFIG, seed=0,
+                        quality_profile=DefectProfile(together=4)).quality
+    assert one == fitted.quality
+    assert four.n_defects == 4 * one.n_defects
+    assert four.expected_image_auroc is not None and 0 <= four.expected_image_auroc <= 1
+
+
+def test_the_next_defect_keeps_clear_of_the_last() -> None:
+    mask = np.zeros((100, 100), bool)
+    mask[40:50, 40:50] = True
+    free = _apart_from(mask, None, gap=5)
+    assert not free[35:55, 35:55].any() and free[:35].all() and free[56:].all()
+    grid = np.arange(16, dtype=float).reshape(4, 4)
+    assert _highest_over(grid, mask) == grid[1, 1]  # pixels 40-49 of 100: cell 1 of 4
