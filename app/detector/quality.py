@@ -54,9 +54,11 @@ class DefectProfile:
     strength: float = 1.0  # share of each defect's change applied (synthetic.synthesize)
     auroc_from: float = 0.0  # smallest size counted, as a fraction of the shorter side
     # Defects pasted into one image at once, apart from each other (SPACING): above 1, each is
-    # judged by the highest patch score over its own pixels instead of the image's score, so
-    # one extraction judges that many defects.
+    # judged as the image it would make alone, the higher of its own highest patch score and
+    # the highest away from every defect, so one extraction judges that many defects.
     together: int = 1
+    hosts: int = REPORT_IMAGES  # training images defects go into (a seeded sample beyond)
+    passes: int = DEFECTS_PER_IMAGE  # extractions per host, ``together`` defects each
 
 
 DEFAULT_PROFILE = DefectProfile()
@@ -169,8 +171,8 @@ def quality_report(
         line_views = None
     else:
         chosen = np.arange(len(images))
-        if len(chosen) > REPORT_IMAGES:
-            chosen = np.sort(rng.choice(len(images), REPORT_IMAGES, replace=False))
+        if len(chosen) > profile.hosts:
+            chosen = np.sort(rng.choice(len(images), profile.hosts, replace=False))
         held = [(images[int(i)], int(i)) for i in chosen]
         hosts = list(held)
         good = np.asarray(good_scores, dtype=np.float64)
@@ -198,9 +200,10 @@ def quality_report(
             cells = judged_cells(clean)
             judged = None if cells is None else _on_pixels(cells.reshape(clean.grid) > 0,
                                                            host.shape[:2])
-        for _ in range(DEFECTS_PER_IMAGE):
+        for _ in range(profile.passes):
             placed: list[tuple[SyntheticDefect, int]] = []
             image, free = host, judged
+            near = np.zeros(host.shape[:2], bool)  # the defects' boxes with their spacing
             for _ in range(profile.together):
                 kind = profile.kinds[turn % len(profile.kinds)]
                 size = ladder[turn % len(ladder)]
@@ -211,15 +214,18 @@ def quality_report(
                     break
                 placed.append((defect, size))  # the ladder's step (a small image may cut it)
                 image = defect.image
-                free = _apart_from(defect.mask, free, size + int(SPACING * side))
+                gap = size + int(SPACING * side)
+                free = _apart_from(defect.mask, free, gap)
+                near |= ~_apart_from(defect.mask, None, gap)
             if not placed:
                 continue
             feats = extractor(image)
             cells_scores = patch_scores(feats, rows)
             grid_scores = cells_scores.reshape(feats.grid)
+            rest = _highest_over(grid_scores, ~near) if (~near).any() else 0.0
             for defect, size in placed:
                 scores.append(image_score(cells_scores, feats) if profile.together == 1
-                              else _highest_over(grid_scores, defect.mask))
+                              else max(rest, _highest_over(grid_scores, defect.mask)))
                 sizes.append(size)
             union = np.logical_or.reduce([defect.mask for defect, _ in placed])
             values, labels = _pixels(grid_scores, union, judged)
