@@ -42,7 +42,7 @@ UNEVEN_GOOD = 0.25  # relative spread of held-out good scores that says "add mor
 HIGH_FALSE_REJECTS = 0.05
 # Defects pasted together keep this fraction of the shorter side clear of each other (besides
 # their own extent), so one's halo of raised patch scores does not lift another's.
-SPACING = 1 / 12
+SPACING = 1 / 6
 
 
 
@@ -190,7 +190,7 @@ def quality_report(
     sizes: list[int] = []
     pixel_values: list[np.ndarray] = []
     pixel_labels: list[np.ndarray] = []
-    turn = 0
+    turn = step = 0
     for n, (host, owner) in enumerate(hosts):
         rows = bank if owner is None else _held_out_bank(bank, bank_owner, owner)
         donor = hosts[(n + 1) % len(hosts)][0]
@@ -201,32 +201,42 @@ def quality_report(
             judged = None if cells is None else _on_pixels(cells.reshape(clean.grid) > 0,
                                                            host.shape[:2])
         for _ in range(profile.passes):
-            placed: list[tuple[SyntheticDefect, int]] = []
+            # One size per image (the ladder's next step): a large defect's halo of raised
+            # patch scores would lift a small neighbour's.
+            size = ladder[step % len(ladder)]
+            step += 1
+            placed: list[tuple[SyntheticDefect, np.ndarray]] = []  # each with its grown box
             image, free = host, judged
-            near = np.zeros(host.shape[:2], bool)  # the defects' boxes with their spacing
+            gap = size + int(SPACING * side)
             for _ in range(profile.together):
                 kind = profile.kinds[turn % len(profile.kinds)]
-                size = ladder[turn % len(ladder)]
                 turn += 1
                 defect = synthesize(image, kind, size, rng, donor=donor,
                                     strength=profile.strength, within=free)
                 if defect is None:
                     break
-                placed.append((defect, size))  # the ladder's step (a small image may cut it)
+                placed.append((defect, ~_apart_from(defect.mask, None, gap)))
                 image = defect.image
-                gap = size + int(SPACING * side)
                 free = _apart_from(defect.mask, free, gap)
-                near |= ~_apart_from(defect.mask, None, gap)
             if not placed:
                 continue
             feats = extractor(image)
             cells_scores = patch_scores(feats, rows)
             grid_scores = cells_scores.reshape(feats.grid)
-            rest = _highest_over(grid_scores, ~near) if (~near).any() else 0.0
-            for defect, size in placed:
-                scores.append(image_score(cells_scores, feats) if profile.together == 1
-                              else max(rest, _highest_over(grid_scores, defect.mask)))
-                sizes.append(size)
+            for i, (defect, _) in enumerate(placed):
+                if profile.together == 1:
+                    scores.append(image_score(cells_scores, feats))
+                else:  # the image it would make alone: the model's own image score with
+                    # the cells of the others' grown boxes at 0 (not its own)
+                    others = np.zeros(defect.mask.shape, bool)
+                    for j, (_, box) in enumerate(placed):
+                        if j != i:
+                            others |= box
+                    left_out = (_cells_touching(others, feats.grid)
+                                & ~_cells_touching(defect.mask, feats.grid))
+                    alone = np.where(left_out, 0.0, cells_scores)
+                    scores.append(image_score(alone.astype(cells_scores.dtype), feats))
+                sizes.append(size)  # the ladder's step (a small image may cut it to fit)
             union = np.logical_or.reduce([defect.mask for defect, _ in placed])
             values, labels = _pixels(grid_scores, union, judged)
             pixel_values.append(values)
@@ -284,13 +294,14 @@ def _apart_from(mask: np.ndarray, free: np.ndarray | None, gap: int) -> np.ndarr
     return out
 
 
-def _highest_over(grid_scores: np.ndarray, mask: np.ndarray) -> float:
-    """The highest patch score over the cells ``mask``'s pixels fall in."""
+def _cells_touching(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """``(h * w,)`` bool: the cells of ``grid`` some pixel of ``mask`` falls in."""
     height, width = mask.shape
-    h, w = grid_scores.shape
+    h, w = grid
     ys, xs = np.nonzero(mask)
-    return float(grid_scores[np.minimum(ys * h // height, h - 1),
-                             np.minimum(xs * w // width, w - 1)].max())
+    cells = np.zeros((h, w), bool)
+    cells[np.minimum(ys * h // height, h - 1), np.minimum(xs * w // width, w - 1)] = True
+    return cells.ravel()
 
 
 def _pixels(grid_scores: np.ndarray, mask: np.ndarray,

@@ -17,7 +17,7 @@ from app.detector.quality import (
     DefectProfile,
     QualityReport,
     _apart_from,
-    _highest_over,
+    _cells_touching,
     size_ladder,
 )
 from tests.detector.conftest import make_good
@@ -112,5 +112,6 @@ def test_the_next_defect_keeps_clear_of_the_last() -> None:
     mask[40:50, 40:50] = True
     free = _apart_from(mask, None, gap=5)
     assert not free[35:55, 35:55].any() and free[:35].all() and free[56:].all()
-    grid = np.arange(16, dtype=float).reshape(4, 4)
-    assert _highest_over(grid, mask) == grid[1, 1]  # pixels 40-49 of 100: cell 1 of 4
+    expected = np.zeros((4, 4), bool)
+    expected[1, 1] = True  # pixels 40-49 of 100: cell 1 of 4
+    np.testing.assert_array_equal(_cells_touching(mask, (4, 4)), expected.ravel())
