@@ -24,7 +24,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
             "variation_views": 4},
 }
 
-# The candidates each preset is (the configurations auto chooses among); the default's first.
+# The candidate each preset is (the configurations auto chooses among).
 PRESET_CANDIDATES: dict[str, str] = {"balanced": "C9", "fast": "C0", "accurate": "C1"}
 
 # The reference of the latency budget: the default must cost at most 6x its time per image.

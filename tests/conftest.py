@@ -72,8 +72,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def models_dir() -> Path:
     """The repository's models/ with the default backbone built (once, if set-up has not)."""
     from app.detector.backbones import backbone_path
+    from app.detector.config import DEFAULT_BACKBONE
 
-    backbone_path("efficientnet_lite0", MODELS_DIR)
+    backbone_path(DEFAULT_BACKBONE, MODELS_DIR)
     return MODELS_DIR
 
 

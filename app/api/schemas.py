@@ -26,6 +26,7 @@ from app.detector.layout import (
     Layout,
 )
 from app.detector.presets import DEFAULT_PRESET, Preset, PresetName
+from app.detector.quality import QualityReport
 from app.detector.regions import DefectRegion
 from app.detector.verdict import region_dict, region_of_interest_dict
 from app.services.backbones import BackboneInfo
@@ -382,12 +383,12 @@ class QualityPublic(BaseModel):
                                                "against the synthetic defects' masks")
     estimated_false_reject_rate: float | None = Field(
         description="share of new good parts expected above the threshold, by the "
-        "calibration's own model of good scores (with one image the spread between parts is "
-        "unknown and the figure is the prior's: read it as uncertain); null: a report from "
-        "before this estimate")
+        "calibration's own model of good scores; null with one image (the spread between "
+        "parts is unknown) and in reports from before this estimate")
     variation_false_reject_rate: float | None = Field(
         default=None, description="held-out good images above the threshold once shifted, "
-        "turned, re-lit or re-encoded as a line may show them; null with one image")
+        "turned, re-lit or re-encoded as a line may show them (with one image: fresh views of "
+        "it)")
     smallest_caught_px: int | None = Field(description="the smallest synthetic defect size (px "
                                            "of the image) caught 9 times in 10 at the "
                                            "threshold, every larger size too; null: none")
@@ -447,7 +448,9 @@ class ModelPublic(BaseModel):
             threshold=model.threshold,
             calibration=(CalibrationPublic.model_validate(model.calibration)
                          if model.calibration else None),
-            quality=QualityPublic.model_validate(model.quality) if model.quality else None,
+            # Through the report's reader: reports stored by earlier releases read as it does.
+            quality=(QualityPublic.model_validate(QualityReport.from_dict(model.quality).to_dict())
+                     if model.quality else None),
             bank_size=model.bank_size, n_good_images=model.n_good_images,
             n_defect_images=model.n_defect_images, timings=model.timings,
             onnx_size_bytes=onnx_size_bytes, error=model.error, created_at=model.created_at,

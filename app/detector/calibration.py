@@ -102,36 +102,40 @@ def threshold_from_good(
     p = 1.0 - target_false_reject_rate
     if model.parts == 1:
         return top * (1.0 + NormalDist().inv_cdf(p) * ONE_SHOT_RELATIVE_SPREAD * math.sqrt(2.0))
-    if model.scale == 0.0:  # degenerate (every image matched exactly): no scale to spread by
+    if model.spread == 0.0:  # degenerate (every image matched exactly): no scale to spread by
         return top
-    return max(top, math.exp(model.centre + student_t_quantile(p, model.dof) * model.scale))
+    return max(top, math.exp(model.centre
+                             + student_t_quantile(p, model.dof) * model.spread * model.widen))
 
 
 def predicted_false_reject_rate(
     scores: np.ndarray, threshold: float, n_parts: int | None = None
-) -> float:
+) -> float | None:
     """The share of new good parts expected above ``threshold``, under the model of good
     scores ``threshold_from_good`` bounds (same pooled spread and degrees of freedom).
 
-    One part has no spread between parts to measure: a new part's log score is then centred
-    on the part's own median with the prior's spread alone (``PRIOR_LOG_SPREAD`` for the new
-    part and as much again for where the one image lies among good parts). Measured on
-    training images, one image's held-out score misses new parts' by up to 0.44 log units
-    either way (BENCHMARKS.md, "Tolerance"): the figure says "uncertain", not a rate to plan by.
+    None for one part: nothing in one image tells how much good parts differ from each other
+    (its held-out score misses new parts' by up to 0.44 log units either way, measured on
+    training images; BENCHMARKS.md, "Tolerance"), so there is no rate to state.
     """
     values = np.asarray(scores, dtype=np.float64)
     model = _predictive(values, n_parts)
-    if model.scale == 0.0 or threshold <= 0.0:
+    if model.parts == 1:
+        return None
+    scale = model.spread * model.widen
+    if scale == 0.0 or threshold <= 0.0:
         return 0.0 if threshold >= float(np.max(values)) else 1.0
-    return student_t_exceedance((math.log(threshold) - model.centre) / model.scale, model.dof)
+    return student_t_exceedance((math.log(threshold) - model.centre) / scale, model.dof)
 
 
 @dataclass(frozen=True)
 class _GoodScoreModel:
-    """New good log scores ~ centre + scale * t(dof); ``parts`` the evidence it rests on."""
+    """New good log scores ~ centre + spread * widen * t(dof) (``widen``: the predictive's
+    sqrt(1 + 1/n)); ``parts`` the evidence it rests on."""
 
     centre: float
-    scale: float
+    spread: float
+    widen: float
     dof: int
     parts: int
 
@@ -144,16 +148,13 @@ def _predictive(values: np.ndarray, n_parts: int | None) -> _GoodScoreModel:
     if not 1 <= n <= len(values):
         raise ValueError(f"{len(values)} scores cannot come from {n} parts")
     median = float(np.median(values))
-    if median <= 0.0:
-        return _GoodScoreModel(centre=0.0, scale=0.0, dof=PRIOR_WEIGHT, parts=n)
-    if n == 1:
-        return _GoodScoreModel(centre=math.log(median), scale=PRIOR_LOG_SPREAD * math.sqrt(2.0),
-                               dof=PRIOR_WEIGHT, parts=1)
+    if median <= 0.0 or n == 1:  # no scale, or no spread between parts (the linear bound)
+        return _GoodScoreModel(centre=0.0, spread=0.0, widen=1.0, dof=PRIOR_WEIGHT, parts=n)
     logs = np.log(np.maximum(values, LOW_SCORE_FLOOR * median))
     dof = PRIOR_WEIGHT + n - 1
     pooled = math.sqrt((PRIOR_WEIGHT * PRIOR_LOG_SPREAD**2 + (n - 1) * np.var(logs, ddof=1)) / dof)
-    return _GoodScoreModel(centre=float(np.mean(logs)), scale=pooled * math.sqrt(1.0 + 1.0 / n),
-                           dof=dof, parts=n)
+    return _GoodScoreModel(centre=float(np.mean(logs)), spread=pooled,
+                           widen=math.sqrt(1.0 + 1.0 / n), dof=dof, parts=n)
 
 
 def student_t_exceedance(x: float, dof: int) -> float:

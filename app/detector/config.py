@@ -178,7 +178,7 @@ class DetectorConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> DetectorConfig:
         """The configuration of ``data``: the field defaults, then the settings of its preset
         (the default preset when it names none), then ``data`` itself. (The constructor takes
-        its fields as given: ``DetectorConfig(preset="accurate")`` keeps Lite0.)"""
+        its fields as given: ``DetectorConfig(preset="accurate")`` keeps the default backbone.)"""
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
@@ -218,7 +218,7 @@ class DeclaredSetting:
     @property
     def help(self) -> str:
         """The description with the default quoted: "...; default 0.1", and what each preset
-        that sets it gives: "...; default efficientnet_lite0 (accurate: vit_small_l6_l9)"."""
+        that sets it gives: "...; default efficientnet_lite2 (fast: efficientnet_lite0, ...)"."""
         if self.default is None:
             text = f"{self.setting.description}; default (null): {self.setting.null}"
         else:

@@ -347,7 +347,7 @@ class Detector:
             images, extractor=extractor, patch_scores=judge.patch_scores,
             image_score=judge.image_score, bank=bank, bank_owner=bank_owner,
             good_scores=good_scores, threshold=calibration.threshold, seed=seed,
-            n_parts=n_parts,
+            n_parts=n_parts, target_false_reject_rate=config.target_false_reject_rate,
             judged_cells=judge.judged_cells if judge.masks_cells else None,
             profile=quality_profile,
         ).with_floor(config.min_expected_auroc)

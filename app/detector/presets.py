@@ -49,8 +49,9 @@ PRESETS: Mapping[PresetName, Preset] = MappingProxyType({
         "balanced",
         "EfficientNet-Lite2: the default; the best mean over the four shared data sets of "
         "the declared candidates within 6x fast's time (0.799 against fast's 0.790), better "
-        "on textures (magnetic tile 0.78 / 0.79 from 1 / 16 images against 0.74 / 0.78), "
-        "level elsewhere, about 1.7x fast's time per image",
+        "on textures (magnetic tile 0.78 / 0.79 from 1 / 16 images against 0.74 / 0.78) "
+        "and screw, level on bottle, a little below fast on the bsdata spindles at 16 images "
+        "(0.875 against 0.891), about 1.7x fast's time per image",
         MappingProxyType({"backbone": "efficientnet_lite2"}), 1.65),
     "accurate": Preset(
         "accurate",

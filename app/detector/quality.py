@@ -77,7 +77,8 @@ class QualityReport:
     expected_image_auroc_large: float | None  # the same over defects from GATE_FROM up
     expected_pixel_auroc: float | None  # the patch scores against the defects' masks
     # New good parts expected above the threshold, by the calibration's own model of good
-    # scores (None: a report from before this estimate, whose only figure is the next one's).
+    # scores (None: one image, whose spread between parts is unknown; or a report from before
+    # this estimate, whose only figure is the next one's).
     estimated_false_reject_rate: float | None
     smallest_caught_px: int | None  # the smallest size caught RECALL of the time (and larger)
     recall_by_size: dict[int, float]  # at the threshold, by defect size in px
@@ -87,7 +88,7 @@ class QualityReport:
     # With preset auto: which preset was kept, by what rule, and every candidate's figures.
     choice: dict[str, Any] | None = None
     # Held-out good images above the threshold once shifted, turned, re-lit or re-encoded as
-    # a line may show them (None with one image: its views set the threshold).
+    # a line may show them (with one image, fresh views of it).
     variation_false_reject_rate: float | None = None
 
     def reaches(self, floor: float) -> bool:
@@ -151,12 +152,14 @@ def quality_report(
     threshold: float,
     seed: int,
     n_parts: int | None = None,
+    target_false_reject_rate: float = 0.0,
     judged_cells: JudgedCells | None = None,
     profile: DefectProfile = DEFAULT_PROFILE,
 ) -> QualityReport:
     """The report of a model fitted on ``images`` (``bank_owner[j]``: the image bank row j
     came from), whose held-out ``good_scores`` (from ``n_parts`` parts, as in
-    ``calibration.threshold_from_good``) set ``threshold``. ``patch_scores`` and
+    ``calibration.threshold_from_good``) set ``threshold`` for ``target_false_reject_rate``
+    (no warning of false rejects at or under it). ``patch_scores`` and
     ``image_score`` are the model's own rules (edge weights, layout, top fraction);
     ``judged_cells``: the cells the model judges in an image (layout, background), where
     defects are pasted and pixels counted (None: every cell)."""
@@ -165,10 +168,11 @@ def quality_report(
         views = list(variation_views(images[0], ONE_SHOT_VIEWS, seed=seed, stream=7919))
         hosts: list[tuple[np.ndarray, int | None]] = [(v, None) for v in views] or \
             [(images[0], None)]
-        # The clean views, scored as the defective ones are, stand in for held-out images.
+        # The clean views, scored as the defective ones are, stand in for held-out images; drawn
+        # apart from any the calibration held out, they also say how its threshold holds.
         good = np.array([image_score(patch_scores(feats, bank), feats)
                          for feats in (extractor(view) for view, _ in hosts)])
-        line_views = None
+        line_views = good
     else:
         chosen = np.arange(len(images))
         if len(chosen) > profile.hosts:
@@ -262,10 +266,11 @@ def quality_report(
     return QualityReport(
         expected_image_auroc=image_auroc, expected_image_auroc_large=image_auroc_large,
         expected_pixel_auroc=pixel_auroc,
-        estimated_false_reject_rate=round(false_rejects, 4), smallest_caught_px=smallest,
+        estimated_false_reject_rate=None if false_rejects is None else round(false_rejects, 4),
+        smallest_caught_px=smallest,
         recall_by_size=recall, n_good=len(good), n_defects=len(defect_scores),
         warnings=tuple(_warnings(len(images), good, false_rejects, varied_rejects, recall,
-                                 smallest)),
+                                 smallest, max(HIGH_FALSE_REJECTS, target_false_reject_rate))),
         variation_false_reject_rate=varied_rejects)
 
 
@@ -334,19 +339,19 @@ def _smallest_caught(recall: dict[int, float]) -> int | None:
     return smallest
 
 
-def _warnings(n_images: int, good: np.ndarray, false_rejects: float,
+def _warnings(n_images: int, good: np.ndarray, false_rejects: float | None,
               varied_rejects: float | None, recall: dict[int, float],
-              smallest: int | None) -> list[str]:
+              smallest: int | None, high: float) -> list[str]:
     said = []
     if n_images == 1:
         said.append("one good image: the threshold is uncertain; add good images of other "
                     "parts")
     elif len(good) >= 2 and float(np.std(good) / max(np.mean(good), 1e-12)) > UNEVEN_GOOD:
         said.append("the good images differ a lot from each other: add more good images")
-    if false_rejects > HIGH_FALSE_REJECTS:
+    if false_rejects is not None and false_rejects > high:
         said.append(f"about {false_rejects:.0%} of good parts are expected above the "
                     "threshold: add more good images")
-    if varied_rejects is not None and varied_rejects > HIGH_FALSE_REJECTS:
+    if varied_rejects is not None and varied_rejects > high:
         said.append(f"{varied_rejects:.0%} of the held-out good images score above the "
                     "threshold once shifted, turned, re-lit or re-encoded: if the line varies "
                     "so, add good images that show it or set variation_views")

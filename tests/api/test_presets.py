@@ -108,7 +108,9 @@ def test_a_variant_on_auto_gets_the_preset_its_reports_favour(api: Any, client: 
     choice = model["quality"]["choice"]
     assert model["config"]["preset"] == choice["chosen"] in PRESET_NAMES
     assert {c["preset"] for c in choice["candidates"]} == set(PRESET_NAMES)
-    assert client.get("/v1/variants/bolt").json()["settings"]["preset"] == "auto"  # chooses again
+    variant = client.get("/v1/variants/bolt").json()
+    assert variant["settings"]["preset"] == "auto"  # chooses again
+    assert variant["overrides"] == ["resolution", "min_expected_auroc"]  # not what auto shows
     costs = {p["name"]: p["cost"] for p in client.get("/v1/presets").json()}
     assert costs["fast"] == 1.0 and costs["accurate"] > 1.0
 

@@ -9,7 +9,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
+from app.db.models import Model
+from app.db.session import Database
 from tests.conftest import encode, good_png
 
 
@@ -30,6 +33,25 @@ def test_every_model_shows_its_report_as_its_file_does(api: Any, client: TestCli
     assert quality["n_good"] == 4 and quality["n_defects"] > 0
     assert set(quality["recall_by_size"]) and isinstance(quality["warnings"], list)
     assert model["is_active"] is True  # the test variant's floor is 0
+
+
+def test_a_report_stored_by_an_earlier_release_reads_as_its_reader_says(
+        api: Any, client: TestClient, database_url: str) -> None:
+    """The first reports' only false-reject figure (variation views) is that one's now."""
+    api.create_variant("bolt")
+    assert api.upload("bolt", [good_png(s) for s in range(2)]).status_code == 201
+    stored = api.train("bolt", seed=0)["quality"]
+    first = {k: v for k, v in stored.items() if k != "variation_false_reject_rate"}
+    first["estimated_false_reject_rate"] = 0.25
+    database = Database(database_url)
+    try:
+        with database.writing() as session:
+            session.execute(update(Model).values(quality=first))
+    finally:
+        database.dispose()
+    quality = client.get("/v1/variants/bolt/models/1").json()["quality"]
+    assert quality["estimated_false_reject_rate"] is None
+    assert quality["variation_false_reject_rate"] == 0.25
 
 
 def _unlike_each_other() -> list[bytes]:

@@ -59,7 +59,7 @@ def make_defect(
 @pytest.fixture(scope="session")
 def detector() -> Detector:
     """One detector for the whole session (it caches backbones and feature extractors);
-    builds ``models/efficientnet_lite0.onnx`` on first use if set-up has not."""
+    builds a backbone file under ``models/`` on first use if set-up has not."""
     return Detector(MODELS_DIR)
 
 

@@ -56,8 +56,9 @@ def problem_shape(ctx: Any, response: Any, case: Any) -> bool | None:
 def _fuzz_app() -> Any:
     """The app under test, on a fresh SQLite file (no training worker: queued jobs stay queued)."""
     from app.detector.backbones import backbone_path
+    from app.detector.config import DEFAULT_BACKBONE
 
-    backbone_path("efficientnet_lite0", MODELS_DIR)
+    backbone_path(DEFAULT_BACKBONE, MODELS_DIR)
     tmp = Path(tempfile.mkdtemp(prefix="nominal-fuzz-"))
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     url = f"sqlite:///{tmp / 'nominal.db'}"
