@@ -209,38 +209,20 @@ def quality_report(
             # patch scores would lift a small neighbour's.
             size = ladder[step % len(ladder)]
             step += 1
-            placed: list[tuple[SyntheticDefect, np.ndarray]] = []  # each with its grown box
-            image, free = host, judged
-            gap = size + int(SPACING * side)
-            for _ in range(profile.together):
-                kind = profile.kinds[turn % len(profile.kinds)]
-                turn += 1
-                defect = synthesize(image, kind, size, rng, donor=donor,
-                                    strength=profile.strength, within=free)
-                if defect is None:
-                    break
-                placed.append((defect, ~_apart_from(defect.mask, None, gap)))
-                image = defect.image
-                free = _apart_from(defect.mask, free, gap)
+            kinds = [profile.kinds[(turn + i) % len(profile.kinds)]
+                     for i in range(profile.together)]
+            placed = paste_apart(host, kinds, size, rng, donor=donor,
+                                 strength=profile.strength, within=judged,
+                                 gap=size + int(SPACING * side))
+            turn += min(profile.together, len(placed) + 1)  # the kinds tried
             if not placed:
                 continue
-            feats = extractor(image)
+            feats = extractor(placed[-1][0].image)
             cells_scores = patch_scores(feats, rows)
             grid_scores = cells_scores.reshape(feats.grid)
-            for i, (defect, _) in enumerate(placed):
-                if profile.together == 1:
-                    scores.append(image_score(cells_scores, feats))
-                else:  # the image it would make alone: the model's own image score with
-                    # the cells of the others' grown boxes at 0 (not its own)
-                    others = np.zeros(defect.mask.shape, bool)
-                    for j, (_, box) in enumerate(placed):
-                        if j != i:
-                            others |= box
-                    left_out = (_cells_touching(others, feats.grid)
-                                & ~_cells_touching(defect.mask, feats.grid))
-                    alone = np.where(left_out, 0.0, cells_scores)
-                    scores.append(image_score(alone.astype(cells_scores.dtype), feats))
-                sizes.append(size)  # the ladder's step (a small image may cut it to fit)
+            scores.extend([image_score(cells_scores, feats)] if profile.together == 1 else
+                          judge_apart(placed, cells_scores, feats, image_score))
+            sizes.extend([size] * len(placed))  # the ladder's step (a small image may cut it)
             union = np.logical_or.reduce([defect.mask for defect, _ in placed])
             values, labels = _pixels(grid_scores, union, judged)
             pixel_values.append(values)
@@ -287,6 +269,45 @@ def _on_pixels(cells: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     rows = np.minimum(np.arange(height) * h // height, h - 1)
     cols = np.minimum(np.arange(width) * w // width, w - 1)
     return cells[np.ix_(rows, cols)]
+
+
+Placed = list[tuple[SyntheticDefect, np.ndarray]]  # each defect with its grown box
+
+
+def paste_apart(host: np.ndarray, kinds: Sequence[DefectKind], size: int,
+                rng: np.random.Generator, *, donor: np.ndarray, strength: float,
+                within: np.ndarray | None, gap: int) -> Placed:
+    """Defects of ``kinds`` (one size) pasted one after another into ``host``, each outside
+    the others' boxes grown by ``gap`` px; the last one's image holds them all. Fewer when
+    there is no room left."""
+    placed: Placed = []
+    image, free = host, within
+    for kind in kinds:
+        defect = synthesize(image, kind, size, rng, donor=donor, strength=strength,
+                            within=free)
+        if defect is None:
+            break
+        placed.append((defect, ~_apart_from(defect.mask, None, gap)))
+        image = defect.image
+        free = _apart_from(defect.mask, free, gap)
+    return placed
+
+
+def judge_apart(placed: Placed, cells_scores: np.ndarray, feats: PatchFeatures,
+                image_score: ImageScore) -> list[float]:
+    """Each defect of ``placed`` judged as the image it would make alone: the model's own
+    image score with the cells of the others' grown boxes at 0 (not its own cells)."""
+    scores = []
+    for i, (defect, _) in enumerate(placed):
+        others = np.zeros(defect.mask.shape, bool)
+        for j, (_, box) in enumerate(placed):
+            if j != i:
+                others |= box
+        left_out = (_cells_touching(others, feats.grid)
+                    & ~_cells_touching(defect.mask, feats.grid))
+        alone = np.where(left_out, 0.0, cells_scores).astype(cells_scores.dtype)
+        scores.append(image_score(alone, feats))
+    return scores
 
 
 def _apart_from(mask: np.ndarray, free: np.ndarray | None, gap: int) -> np.ndarray:

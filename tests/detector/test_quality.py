@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import onnx
+import pytest
 
+from app.detector import engine
 from app.detector.config import DetectorConfig
 from app.detector.engine import Detector
 from app.detector.quality import (
@@ -18,6 +21,9 @@ from app.detector.quality import (
     QualityReport,
     _apart_from,
     _cells_touching,
+    judge_apart,
+    paste_apart,
+    quality_report,
     size_ladder,
 )
 from tests.detector.conftest import make_good
@@ -123,3 +129,31 @@ def test_the_next_defect_keeps_clear_of_the_last() -> None:
     expected = np.zeros((4, 4), bool)
     expected[1, 1] = True  # pixels 40-49 of 100: cell 1 of 4
     np.testing.assert_array_equal(_cells_touching(mask, (4, 4)), expected.ravel())
+
+
+def test_defects_pasted_together_score_as_each_would_alone(
+        detector: Detector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of four defects in one image, judged apart, scores about what the image with that
+    defect alone scores (the model's own extractor, bank and image score)."""
+    given: dict[str, Any] = {}
+
+    def spy(images: Any, **rules: Any) -> QualityReport:
+        given.update(rules)
+        return quality_report(images, **rules)
+
+    monkeypatch.setattr(engine, "quality_report", spy)
+    images = [make_good(s, 256, 256) for s in range(3)]
+    detector.fit(images, replace(CONFIG, resolution=128), seed=0)
+    extract, scores, image_score = given["extractor"], given["patch_scores"], given["image_score"]
+    host = make_good(9, 256, 256)
+    placed = paste_apart(host, ["blob", "scratch", "noise", "blob"], 12,
+                         np.random.default_rng(1), donor=images[0], strength=1.0,
+                         within=None, gap=12 + 256 // 6)
+    assert len(placed) >= 3
+    together_image = placed[-1][0].image
+    feats = extract(together_image)
+    together = judge_apart(placed, scores(feats, given["bank"]), feats, image_score)
+    for (defect, _), score in zip(placed, together, strict=True):
+        alone = extract(np.where(defect.mask[..., None], together_image, host))
+        assert score == pytest.approx(image_score(scores(alone, given["bank"]), alone),
+                                      rel=0.15)
