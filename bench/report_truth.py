@@ -6,7 +6,7 @@ images (the evaluation's seeded draw) and read its quality report. Per set: the 
 correlation over configurations between the expected and the real image AUROC; and the
 estimated against the real false-reject rate on test/good.
 
-    python -m bench.report_truth [--k 16] [--profile E0] [--draws 3] [--sets ...]
+    python -m bench.report_truth [--k 16] [--profile E0] [--draws 3] [--sets ...] [--candidates ...]
 """
 
 from __future__ import annotations
@@ -106,6 +106,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for dataset in args.sets:
         data = load_dataset(args.data / dataset)
         for candidate, settings in CANDIDATES.items():
+            if args.candidates and candidate not in args.candidates:
+                continue
             real = real_results(candidate, dataset, args.k)
             if not real:
                 continue
@@ -175,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=3,
                         help="fit on the first this many of the evaluation's draws")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES),
+                        help="only these (default: every one with real figures at k)")
     parser.add_argument("--data", type=Path, default=common.DEFAULT_DATASET.parent)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
