@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from app.detector.presets import DEFAULT_PRESET, PRESETS
+from app.detector.presets import DEFAULT_PRESET, auto_pick
 from bench import common
 from bench.candidates import CANDIDATES, PRESET_CANDIDATES
 from bench.screen import SETS, SHORT, result_path
@@ -81,8 +81,7 @@ def auto_choice(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                      for r in rows if r["set"] == dataset and r["candidate"] == candidate}
         if len(by_preset) < len(PRESET_CANDIDATES):
             continue
-        chosen = max(by_preset, key=lambda p: (by_preset[p]["expected_image_auroc"],
-                                               -PRESETS[p].cost))  # as the engine: the cheaper
+        chosen = auto_pick({p: r["expected_image_auroc"] for p, r in by_preset.items()})
         default = DEFAULT_PRESET
         real = {p: r["real_image_auroc"] for p, r in by_preset.items()}
         out[dataset] = {"chosen": chosen, "real": real[chosen], "default_real": real[default],

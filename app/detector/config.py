@@ -15,13 +15,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from app.detector.presets import (
-    AUTO,
-    AUTO_STANDS_IN,
     DEFAULT_PRESET,
     PRESET_FIELDS,
     PRESETS,
     PresetChoice,
     preset_values,
+    shown_preset,
 )
 from app.errors import InvalidInputError
 
@@ -185,7 +184,8 @@ class DetectorConfig:
             raise InvalidInputError(f"unknown detector settings: {sorted(unknown)}")
         name = data.get("preset", DEFAULT_PRESET)
         _PRESET_SETTING.check(name)
-        preset = PRESETS[AUTO_STANDS_IN if name == AUTO else name]
+        preset = shown_preset(name)
+        assert preset is not None  # checked above
         return cls(**{**preset.settings, **data})
 
 

@@ -33,7 +33,7 @@ from app.detector.memory import (
     image_score,
     nearest_distances,
 )
-from app.detector.presets import AUTO, PRESETS, Preset
+from app.detector.presets import AUTO, PRESETS, Preset, auto_pick
 from app.detector.quality import DEFAULT_PROFILE, DefectProfile, QualityReport, quality_report
 from app.detector.quantize import MAX_CALIBRATION_INPUTS, quantize_backbone
 from app.detector.regions import RegionRule
@@ -442,8 +442,8 @@ class Detector:
 
             fitted = fit_candidate(replace(config, preset=preset.name, **preset.settings), share)
             fits.append((preset, fitted))
-        chosen, best = max(fits, key=lambda pf: (pf[1].quality.expected_image_auroc or 0.0,
-                                                 -pf[0].cost))
+        kept = auto_pick({p.name: f.quality.expected_image_auroc for p, f in fits})
+        chosen, best = next((p, f) for p, f in fits if p.name == kept)
         choice = {
             "chosen": chosen.name,
             "rule": f"the highest expected image AUROC among the presets costing at most "

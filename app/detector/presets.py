@@ -74,6 +74,18 @@ LEGACY_PRESET: PresetName = "fast"
 PRESET_FIELDS: frozenset[str] = frozenset(k for p in PRESETS.values() for k in p.settings)
 
 
+def shown_preset(name: str) -> Preset | None:
+    """The preset whose settings a configuration on ``name`` takes: ``name``'s own, or for
+    auto its stand-in until it has chosen (None: not a preset)."""
+    return PRESETS.get(AUTO_STANDS_IN if name == AUTO else name)  # type: ignore[call-overload]
+
+
+def auto_pick(expected: Mapping[PresetName, float | None]) -> PresetName:
+    """What auto keeps among presets by their quality reports' expected image AUROC: the
+    highest (one without an estimate last), a tie going to the cheaper."""
+    return max(expected, key=lambda name: (expected[name] or 0.0, -PRESETS[name].cost))
+
+
 def preset_values(name: str) -> dict[str, Any]:
     """The values each preset gives setting ``name``, for the setting's description."""
     return {p.name: p.settings[name] for p in PRESETS.values() if name in p.settings}

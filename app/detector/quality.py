@@ -54,8 +54,8 @@ class DefectProfile:
     strength: float = 1.0  # share of each defect's change applied (synthetic.synthesize)
     auroc_from: float = 0.0  # smallest size counted, as a fraction of the shorter side
     # Defects pasted into one image at once, apart from each other (SPACING): above 1, each is
-    # judged as the image it would make alone, the higher of its own highest patch score and
-    # the highest away from every defect, so one extraction judges that many defects.
+    # judged as the image it would make alone (judge_apart), so one extraction judges that
+    # many defects.
     together: int = 1
     hosts: int = REPORT_IMAGES  # training images defects go into (a seeded sample beyond)
     passes: int = DEFECTS_PER_IMAGE  # extractions per host, ``together`` defects each

@@ -14,7 +14,12 @@ from app.db.models import Image, ImageLabel, Model, Variant, utcnow
 from app.detector.backbones import get_backbone
 from app.detector.config import DetectorConfig
 from app.detector.layout import Layout
-from app.detector.presets import AUTO, AUTO_STANDS_IN, LEGACY_PRESET, PRESET_FIELDS, PRESETS
+from app.detector.presets import (
+    AUTO,
+    LEGACY_PRESET,
+    PRESET_FIELDS,
+    shown_preset,
+)
 from app.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from app.services.records import RecordPolicy, enforce_retention
 
@@ -81,7 +86,7 @@ def effective_settings(stored: dict[str, Any]) -> dict[str, Any]:
     was stored its preset's or the detector's defaults. Read without checks, so a variant stays
     readable when a later release refuses one of its values (training then says why)."""
     name = stored.get("preset", LEGACY_PRESET)
-    preset = PRESETS.get(AUTO_STANDS_IN if name == AUTO else name)
+    preset = shown_preset(name)
     return {**DetectorConfig().to_dict(), "preset": name,
             **(preset.settings if preset else {}),
             **{k: v for k, v in stored.items() if k in SETTING_KEYS}}
