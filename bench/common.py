@@ -266,10 +266,15 @@ def decode_bytes(data: bytes) -> Any:
 # --------------------------------------------------------------------------- fitting
 
 
-def detector_config(resolution: int | None, precision: str = "float32") -> Any:
+def detector_config(resolution: int | None, precision: str = "float32",
+                    preset: str | None = None) -> Any:
+    """The default configuration (or ``preset``'s) at ``resolution`` and ``precision``."""
     from app.detector.config import DetectorConfig
 
-    return DetectorConfig(resolution=resolution, precision=precision)  # type: ignore[arg-type]
+    data: dict[str, Any] = {"resolution": resolution, "precision": precision}
+    if preset is not None:
+        data["preset"] = preset
+    return DetectorConfig.from_dict(data)
 
 
 def _source_digest() -> str:
@@ -280,9 +285,10 @@ def _source_digest() -> str:
 
 
 def model_cache_path(dataset: Path, k: int, resolution: int | None, seed: int,
-                     precision: str = "float32") -> Path:
+                     precision: str = "float32", preset: str | None = None) -> Path:
     key = json.dumps([str(dataset.resolve()), k, resolution, seed, _source_digest()]
-                     + ([precision] if precision != "float32" else []))
+                     + ([precision] if precision != "float32" else [])
+                     + ([preset] if preset is not None else []))
     return CACHE_DIR / f"model-k{k}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
 
 
@@ -301,7 +307,7 @@ def fit_worker(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     images = [decode(p) for p in train_paths(args.dataset, args.k)]
     decode_s = time.perf_counter() - t0
-    config = detector_config(args.resolution, args.precision)
+    config = detector_config(args.resolution, args.precision, args.preset)
     detector = Detector(MODELS_DIR, RuntimeOptions(threads=args.threads))
     t0 = time.perf_counter()
     detector.extractor(config, resize_plan(config, images))
@@ -319,6 +325,7 @@ def fit_worker(args: argparse.Namespace) -> dict[str, Any]:
     status = proc_status()
     return {
         "k": args.k,
+        "backbone": config.backbone,
         "resolution": config.resolution,
         "precision": config.precision,
         "threads": args.threads,
@@ -363,9 +370,11 @@ def run_json(cmd: Sequence[str], timeout_s: float) -> dict[str, Any]:
 
 def fit_in_subprocess(dataset: Path, k: int, resolution: int | None, threads: int, seed: int,
                       save: Path | None = None, timeout_s: float = 1800,
-                      precision: str = "float32") -> dict[str, Any]:
+                      precision: str = "float32", preset: str | None = None) -> dict[str, Any]:
     cmd = python_cmd("bench.common", "fit", "--dataset", str(dataset), "--k", str(k),
                      "--threads", str(threads), "--seed", str(seed), "--precision", precision)
+    if preset is not None:
+        cmd += ["--preset", preset]
     if resolution is not None:
         cmd += ["--resolution", str(resolution)]
     if save is not None:
@@ -374,15 +383,16 @@ def fit_in_subprocess(dataset: Path, k: int, resolution: int | None, threads: in
 
 
 def cached_model(dataset: Path, k: int, resolution: int | None, threads: int, seed: int,
-                 precision: str = "float32") -> tuple[Path, dict[str, Any] | None]:
-    """The fitted model's ONNX file for (dataset, k, resolution, seed, precision), fitted in a
-    subprocess unless an earlier bench run left it in ``CACHE_DIR``. Returns (path, fit report
-    or None)."""
-    path = model_cache_path(dataset, k, resolution, seed, precision)
+                 precision: str = "float32", preset: str | None = None,
+                 ) -> tuple[Path, dict[str, Any] | None]:
+    """The fitted model's ONNX file for (dataset, k, resolution, seed, precision, preset; the
+    default preset when None), fitted in a subprocess unless an earlier bench run left it in
+    ``CACHE_DIR``. Returns (path, fit report or None)."""
+    path = model_cache_path(dataset, k, resolution, seed, precision, preset)
     if path.exists():
         return path, None
     return path, fit_in_subprocess(dataset, k, resolution, threads, seed, save=path,
-                                   precision=precision)
+                                   precision=precision, preset=preset)
 
 
 # --------------------------------------------------------------------------- a real server
@@ -554,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--threads", type=int, default=2)
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--precision", choices=["float32", "int8"], default="float32")
+    fit.add_argument("--preset", default=None, help="a preset's configuration (default: the "
+                     "default preset)")
     fit.add_argument("--save", type=Path, default=None, help="write the ONNX file here")
     args = parser.parse_args(argv)
     print(json.dumps(fit_worker(args)), flush=True)

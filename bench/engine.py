@@ -6,9 +6,11 @@
     python -m bench.engine --quick              # smoke test
 
 ONNX side: ``CompiledModel`` (the service's object) on the model fitted on the first 16
-training images at resolution 256 (default settings), fed a decoded 512 x 512 test image;
-``map`` = score + anomaly map (``CompiledModel.run``), ``score`` = score only (the service's
-path without ``?heatmap``; ``CompiledModel`` then skips the map part of the graph).
+training images at resolution 256 (the ``fast`` preset's settings, EfficientNet-Lite0, the
+backbone the PyTorch reference implements; ``--preset`` times another, without it), fed a
+decoded 512 x 512 test image; ``map`` = score + anomaly map (``CompiledModel.run``),
+``score`` = score only (the service's path without ``?heatmap``; ``CompiledModel`` then skips
+the map part of the graph).
 Batch 8 = 8 sequential calls (the model takes one image).
 
 PyTorch side, what anomalib's PatchCore torch model does, on the same input and bank:
@@ -354,15 +356,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     images = common.test_paths(args.dataset, batch)
 
     print(f"fitting the model on {shots} images at resolution {resolution} ...", flush=True)
-    model_path, fit = common.cached_model(args.dataset, shots, resolution, args.threads, args.seed)
+    model_path, fit = common.cached_model(args.dataset, shots, resolution, args.threads, args.seed,
+                                          preset=args.preset)
     model_bytes = model_path.stat().st_size
     # The same model with an 8-bit backbone (precision=int8), measured in the same rounds.
     int8_path, int8_fit = common.cached_model(args.dataset, shots, resolution, args.threads,
-                                              args.seed, precision="int8")
+                                              args.seed, precision="int8", preset=args.preset)
     from app.detector.engine import bank_from_model
 
     bank_shape = list(bank_from_model(model_path.read_bytes()).shape)
+    backbone = common.detector_config(resolution, preset=args.preset).backbone
     reason = None if not args.no_torch else "--no-torch given"
+    if reason is None and backbone != "efficientnet_lite0":
+        reason = (f"the PyTorch reference is EfficientNet-Lite0 only (preset {args.preset}: "
+                  f"{backbone})")
     reason = reason or torch_missing()
     if reason:
         print(f"NOTE: {reason}", flush=True)
@@ -437,7 +444,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "per_round": per_round, "batch": batch, "quick": args.quick,
                    "test_images": [p.name for p in images],
                    "image_hw": list(common.decode(images[0]).shape[:2])},
-        "model": {"onnx_bytes": model_bytes, "onnx_mib": round(model_bytes / common.MiB, 2),
+        "model": {"preset": args.preset, "backbone": backbone,
+                  "onnx_bytes": model_bytes, "onnx_mib": round(model_bytes / common.MiB, 2),
                   "bank_shape": bank_shape, "fit": fit,
                   "int8_onnx_bytes": int8_path.stat().st_size, "int8_fit": int8_fit},
         "torch_skipped": reason,
@@ -499,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (8)")
     parser.add_argument("--per-round", type=int, default=None,
                         help="batch-1 calls per side per round (5); batch-8 calls: a quarter")
+    parser.add_argument("--preset", default="fast",
+                        help="the preset whose settings the model takes (fast; the PyTorch "
+                             "reference runs for EfficientNet-Lite0 models only)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--omp-passive", action="store_true",
                         help="run the torch side with OMP_WAIT_POLICY=PASSIVE (its idle OpenMP "
