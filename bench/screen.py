@@ -4,6 +4,7 @@ on the four shared sets at k = 1 and 16, 3 draws, whole test split, and the scre
     python -m bench.screen run C6 C7 [--sets magnetic_tile ...] [--threads 2]
     python -m bench.screen run C0 C1 --shots 4     # other shot counts (the quality report's check)
     python -m bench.screen table
+    python -m bench.screen full C9 C0                # finalists: k = 1, 2, 4, 8, 16
 
 Results go to bench/results/screening/<candidate>.<set>.json; the candidates the baseline
 already measured (same configuration) are read from bench/results/baseline/. Runs at other
@@ -88,6 +89,35 @@ def table(args: argparse.Namespace) -> int:
     return 0
 
 
+FULL_SHOTS = ("1,16", "2,8", "4")  # the runs a finalist's full table is read from
+FULL_METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("pro", "PRO"),
+                ("false_reject_rate", "FRR"), ("defect_recall", "recall"))
+
+
+def full(args: argparse.Namespace) -> int:
+    """Each finalist's table over k = 1, 2, 4, 8, 16 on the four sets (from the runs of
+    ``FULL_SHOTS``), with its time per image and ratio to C0 from ``bench.presets``."""
+    latency: dict[str, Any] = json.loads(
+        (common.RESULTS_DIR / "bench_presets.json").read_text())["results"]
+    for candidate in args.candidates:
+        timing = latency.get(candidate)
+        cost = ("" if timing is None else f", {timing['ms']['median']:.1f} ms per 512 x 512 "
+                f"image, {timing['ratio_of_medians']:.2f}x C0 (bench.presets)")
+        print(f"\n{candidate}{cost}\n")
+        print("| data | k | " + " | ".join(name for _, name in FULL_METRICS) + " |")
+        print("|---|---|" + "---|" * len(FULL_METRICS))
+        for dataset in SETS:
+            rows: dict[int, dict[str, Any]] = {}
+            for shots in FULL_SHOTS:
+                path = result_path(candidate, dataset, shots)
+                if path.exists():
+                    rows.update({row["k"]: row for row in json.loads(path.read_text())["summary"]})
+            for k in sorted(rows):
+                cells = [common.fmt(rows[k].get(key), 3) for key, _ in FULL_METRICS]
+                print(f"| {SHORT[dataset]} | {k} | " + " | ".join(cells) + " |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     runner.set_defaults(func=run)
     sub.add_parser("table", help="the screening table, image AUROC at k = 1 / 16 (mean)"
                    ).set_defaults(func=table)
+    finals = sub.add_parser("full", help="finalists' tables over k = 1, 2, 4, 8, 16")
+    finals.add_argument("candidates", nargs="+", choices=list(CANDIDATES))
+    finals.set_defaults(func=full)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
