@@ -60,6 +60,19 @@ class DefectProfile:
     hosts: int = REPORT_IMAGES  # training images defects go into (a seeded sample beyond)
     passes: int = DEFECTS_PER_IMAGE  # extractions per host, ``together`` defects each
 
+    def __post_init__(self) -> None:
+        """``ValueError`` for a profile that would paste nothing or judge nonsense."""
+        unknown = [kind for kind in self.kinds if kind not in KINDS]
+        if not self.kinds or unknown:
+            raise ValueError(f"kinds must be a non-empty choice of {KINDS}, got {self.kinds}")
+        if not 0 < self.strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+        if not 0 <= self.auroc_from < 1:
+            raise ValueError(f"auroc_from must be in [0, 1), got {self.auroc_from}")
+        for name in ("together", "hosts", "passes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
 
 DEFAULT_PROFILE = DefectProfile()
 

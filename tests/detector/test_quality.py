@@ -103,6 +103,15 @@ def test_the_floor_warns_only_below_it() -> None:
     assert replace(report, expected_image_auroc_large=None).reaches(1.0)  # no estimate
 
 
+@pytest.mark.parametrize("fields", [
+    {"hosts": 0}, {"passes": 0}, {"together": 0}, {"kinds": ()}, {"kinds": ("dent",)},
+    {"strength": 0.0}, {"strength": 1.5}, {"auroc_from": 1.0}, {"auroc_from": -0.1},
+])
+def test_a_profile_that_would_paste_nothing_is_refused(fields: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        DefectProfile(**fields)
+
+
 def test_the_size_ladder_runs_from_a_few_pixels_to_a_tenth_of_the_image() -> None:
     assert size_ladder(512) == [4, 7, 11, 18, 31, 51]
     assert size_ladder(30) == [4]
