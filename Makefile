@@ -37,6 +37,7 @@ test-torch: backbones
 lint: install
 	$(VENV)/bin/ruff check app tests bench
 	$(VENV)/bin/mypy app
+	$(VENV)/bin/mypy -p bench
 
 # Known vulnerabilities in the hash-pinned lock (needs PyPI's advisory data; see RELIABILITY.md).
 audit:

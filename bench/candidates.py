@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.detector.presets import PresetName
+
 CANDIDATES: dict[str, dict[str, Any]] = {
     "C0": {"preset": "fast"},
     "C1": {"preset": "accurate"},
@@ -25,7 +27,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 
 # The candidate each preset is (the configurations auto chooses among).
-PRESET_CANDIDATES: dict[str, str] = {"balanced": "C9", "fast": "C0", "accurate": "C1"}
+PRESET_CANDIDATES: dict[PresetName, str] = {"balanced": "C9", "fast": "C0", "accurate": "C1"}
 
 # The reference of the latency budget: the default must cost at most 6x its time per image.
 REFERENCE = "C0"

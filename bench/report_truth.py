@@ -22,7 +22,7 @@ import numpy as np
 from app.detector.presets import DEFAULT_PRESET, auto_pick
 from bench import common
 from bench.candidates import CANDIDATES, PRESET_CANDIDATES
-from bench.screen import SETS, SHORT, result_path
+from bench.screen import FULL_SHOTS, SETS, SHORT, result_path
 
 # Declared before measuring (BENCHMARKS.md, "Quality report"): the quality report's synthetic
 # defects, as the default (E0) and the alternatives compared with it.
@@ -62,8 +62,9 @@ def spearman(a: list[float], b: list[float]) -> float | None:
 
 def real_results(candidate: str, dataset: str, k: int) -> list[dict[str, Any]]:
     """The evaluation's per-draw rows of ``candidate`` on ``dataset`` at ``k`` shots, from
-    the screening's run (k = 1, 16) or a run at that shot count alone."""
-    for path in (result_path(candidate, dataset), result_path(candidate, dataset, str(k))):
+    any of the screening's runs (k = 1, 16; 2, 8; 4) or a run at that shot count alone."""
+    runs = dict.fromkeys([*FULL_SHOTS, str(k)])
+    for path in (result_path(candidate, dataset, shots) for shots in runs):
         if path.exists():
             real = [r for r in json.loads(path.read_text())["results"] if r["k"] == k]
             if real:

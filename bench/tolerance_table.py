@@ -58,7 +58,9 @@ def main(arguments: list[str]) -> int:
     for name, prefix in candidates:
         for data in SETS:
             payload = _load(prefix, data)
-            for row in (payload or {}).get("summary", []):
+            if payload is None:
+                continue
+            for row in payload.get("summary", []):
                 print(summary_row(name, payload, row))
     return 0
 
