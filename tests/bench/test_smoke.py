@@ -128,3 +128,10 @@ def test_quality_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
     data = run_quick("quality", tmp_path, bench_env)
     (result,) = data["results"]
     assert result["k"] == 2 and result["quality"]["n_defects"] > 0 and result["quality_s"] > 0
+
+
+def test_auto_cost_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
+    data = run_quick("auto_cost", tmp_path, bench_env)
+    (result,) = data["results"]
+    assert result["chosen"] in result["candidates"] and len(result["candidates"]) >= 2
+    assert result["median_s"]["auto"] > 0 and result["sum_of_candidates_s"] > 0
