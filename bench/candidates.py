@@ -13,21 +13,21 @@ from app.detector.presets import PresetName
 
 CANDIDATES: dict[str, dict[str, Any]] = {
     "C0": {"preset": "fast"},
-    "C1": {"preset": "accurate"},
+    "C1": {"backbone": "vit_small_l6_l9"},  # the accurate preset of the screening
     "C2": {"backbone": "vit_small_l6_l9", "resolution": 336, "resize": "square"},
     "C3": {"backbone": "vit_small_l8"},
     "C4": {"backbone": "vit_small_l5"},
     "C5": {"backbone": "vit_small_l6_l9", "resolution": 336, "resize": "fixed_scale"},
-    "C6": {"preset": "accurate", "score_top_fraction": 0.01},
-    "C7": {"preset": "accurate", "distance": "cosine"},
-    "C8": {"preset": "accurate", "background": "auto"},
+    "C6": {"backbone": "vit_small_l6_l9", "score_top_fraction": 0.01},
+    "C7": {"backbone": "vit_small_l6_l9", "distance": "cosine"},
+    "C8": {"backbone": "vit_small_l6_l9", "background": "auto"},
     "C9": {"backbone": "efficientnet_lite2"},
     "C10": {"backbone": "vit_small_l6_l9", "resolution": 336, "resize": "square",
             "variation_views": 4},
 }
 
 # The candidate each preset is (the configurations auto chooses among).
-PRESET_CANDIDATES: dict[PresetName, str] = {"balanced": "C9", "fast": "C0", "accurate": "C1"}
+PRESET_CANDIDATES: dict[PresetName, str] = {"accurate": "C9", "fast": "C0"}
 
 # The reference of the latency budget: the default must cost at most 6x its time per image.
 REFERENCE = "C0"

