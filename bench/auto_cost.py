@@ -12,15 +12,12 @@ no more: the ratio ``auto / sum of the candidates`` says what the choosing itsel
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import common
-
-SETS = ("mvtec_bottle_512", "magnetic_tile", "mvtec_screw_512", "bsdata_pitting")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -33,10 +30,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sets = [common.DEFAULT_DATASET.name] if args.quick else args.sets
     k = 2 if args.quick else args.shots
     rounds = 1 if args.quick else args.rounds
+    auto = DetectorConfig.from_dict({"preset": "auto"})
     results = []
     for name in sets:
         images = [common.decode(p) for p in common.train_paths(args.dataset.parent / name, k)]
-        auto = DetectorConfig.from_dict({"preset": "auto"})
         first = detector.fit(images[:1], auto, seed=0)  # every session built, not counted
         assert first.quality.choice is not None
         presets = [c["preset"] for c in first.quality.choice["candidates"]]
@@ -51,7 +48,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 times[label].append(time.perf_counter() - t0)
                 if label == "auto" and fitted.quality.choice is not None:
                     chosen = fitted.quality.choice["chosen"]
-        median = {label: statistics.median(values) for label, values in times.items()}
+        median = {label: common.median(values) for label, values in times.items()}
         total = sum(median[p] for p in presets)
         results.append({"set": name, "k": k, "chosen": chosen, "candidates": presets,
                         "median_s": median, "sum_of_candidates_s": total,
@@ -75,7 +72,7 @@ def report(data: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(parser)
-    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    parser.add_argument("--sets", nargs="+", default=list(common.SETS), choices=common.SETS)
     parser.add_argument("--shots", type=int, default=16, help="training images per fit")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     args = parser.parse_args(argv)

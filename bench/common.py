@@ -228,6 +228,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 # --------------------------------------------------------------------------- data
 
+# The four shared evaluation sets (../shared/datasets), in the order the tables list them.
+SETS = ("mvtec_bottle_512", "magnetic_tile", "mvtec_screw_512", "bsdata_pitting")
+
 
 def images_in(folder: Path) -> list[Path]:
     if not folder.is_dir():

@@ -14,14 +14,11 @@ more than the coreset's arithmetic, so record it on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 from bench import common
-
-SETS = ("mvtec_bottle_512", "magnetic_tile", "mvtec_screw_512", "bsdata_pitting")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -46,7 +43,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 t = dict(fitted.timings)
                 t["added"] = t["quality_s"] / (t["total_s"] - t["quality_s"])
                 runs.append(t)
-            median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+            median = {key: common.median([r[key] for r in runs]) for key in runs[0]}
             results.append({"set": name, "k": k, "quality": fitted.quality.to_dict(),
                             "quality_s": median["quality_s"], "fit_s": median["total_s"],
                             "added": median["added"],
@@ -84,7 +81,7 @@ def _share(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(parser)
-    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    parser.add_argument("--sets", nargs="+", default=list(common.SETS), choices=common.SETS)
     parser.add_argument("--shots", default="1,16", help="comma-separated k values")
     parser.add_argument("--repeats", type=int, default=3,
                         help="fits per set and k; the report's share is their median")

@@ -22,7 +22,7 @@ import numpy as np
 from app.detector.presets import DEFAULT_PRESET, auto_pick
 from bench import common
 from bench.candidates import CANDIDATES, PRESET_CANDIDATES
-from bench.screen import FULL_SHOTS, SETS, SHORT, result_path
+from bench.screen import FULL_SHOTS, SHORT, result_path
 
 # Declared before measuring (BENCHMARKS.md, "Quality report"): the quality report's synthetic
 # defects, as the default (E0) and the alternatives compared with it.
@@ -77,7 +77,7 @@ def auto_choice(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     (the engine decides per draw), against the default's and the best preset's real image
     AUROC: the issue's test is chosen >= default and >= best - 0.01."""
     out = {}
-    for dataset in SETS:
+    for dataset in common.SETS:
         by_preset = {preset: r for preset, candidate in PRESET_CANDIDATES.items()
                      for r in rows if r["set"] == dataset and r["candidate"] == candidate}
         if len(by_preset) < len(PRESET_CANDIDATES):
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the synthetic defects (PROFILES)")
     parser.add_argument("--draws", type=int, default=3,
                         help="fit on the first this many of the evaluation's draws")
-    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    parser.add_argument("--sets", nargs="+", default=list(common.SETS), choices=common.SETS)
     parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES),
                         help="only these (default: every one with real figures at k)")
     parser.add_argument("--data", type=Path, default=common.DEFAULT_DATASET.parent)

@@ -23,7 +23,6 @@ from typing import Any
 from bench import common
 from bench.candidates import CANDIDATES, evaluate_args
 
-SETS = ("mvtec_bottle_512", "magnetic_tile", "mvtec_screw_512", "bsdata_pitting")
 SHORT = {"mvtec_bottle_512": "bottle", "magnetic_tile": "tile", "mvtec_screw_512": "screw",
          "bsdata_pitting": "bsdata"}
 OUT = common.RESULTS_DIR / "screening"
@@ -70,11 +69,11 @@ def auroc_by_k(path: Path) -> dict[int, float]:
 
 
 def table(args: argparse.Namespace) -> int:
-    print("| candidate | " + " | ".join(SHORT[s] for s in SETS) + " | four-set mean |")
-    print("|---|" + "---|" * (len(SETS) + 1))
+    print("| candidate | " + " | ".join(SHORT[s] for s in common.SETS) + " | four-set mean |")
+    print("|---|" + "---|" * (len(common.SETS) + 1))
     for candidate in CANDIDATES:
         cells, means = [], []
-        for dataset in SETS:
+        for dataset in common.SETS:
             path = result_path(candidate, dataset)
             if not path.exists():
                 cells.append("")
@@ -83,7 +82,7 @@ def table(args: argparse.Namespace) -> int:
             mean = (by_k[1] + by_k[16]) / 2
             means.append(mean)
             cells.append(f"{by_k[1]:.3f} / {by_k[16]:.3f} ({mean:.3f})")
-        overall = f"{sum(means) / len(means):.3f}" if len(means) == len(SETS) else ""
+        overall = f"{sum(means) / len(means):.3f}" if len(means) == len(common.SETS) else ""
         if means:
             print(f"| {candidate} | " + " | ".join(cells) + f" | {overall} |")
     return 0
@@ -106,7 +105,7 @@ def full(args: argparse.Namespace) -> int:
         print(f"\n{candidate}{cost}\n")
         print("| data | k | " + " | ".join(name for _, name in FULL_METRICS) + " |")
         print("|---|---|" + "---|" * len(FULL_METRICS))
-        for dataset in SETS:
+        for dataset in common.SETS:
             rows: dict[int, dict[str, Any]] = {}
             for shots in FULL_SHOTS:
                 path = result_path(candidate, dataset, shots)
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     runner = sub.add_parser("run", help="evaluate candidates on the shared sets")
     runner.add_argument("candidates", nargs="+", choices=list(CANDIDATES))
-    runner.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    runner.add_argument("--sets", nargs="+", default=list(common.SETS), choices=common.SETS)
     runner.add_argument("--data", type=Path, default=common.DEFAULT_DATASET.parent)
     runner.add_argument("--threads", type=int, default=2)
     runner.add_argument("--shots", default=SCREENING_SHOTS,
