@@ -87,6 +87,20 @@ def image_score(patch_scores: np.ndarray, top_fraction: float,
     return float(np.mean(np.partition(patch_scores, len(patch_scores) - k)[-k:]))
 
 
+# A step of the pruned coreset computes distances only for the points the triangle inequality
+# cannot rule out; when more than this fraction remain it computes them all, which is cheaper
+# than gathering most rows (textures, where every patch is near every other).
+_PRUNED_STEP_MAX_FRACTION = 0.25
+# Relative slack on the pruning bound, far above float32 rounding of the squared distances
+# (about 1e-6 of the squared norms), so a pruned point is one the full step would not have
+# moved: the selection is the same as without pruning.
+_PRUNE_SLACK = 1e-3
+_PRUNE_ABS_SLACK = 1e-4
+_REACH_FACTOR = np.float32(4.0 * (1.0 + _PRUNE_SLACK))
+# The most steps a coreset waits before trying to prune again.
+_MAX_BACKOFF = 32
+
+
 def greedy_coreset(
     features: np.ndarray,
     size: int,
@@ -94,13 +108,20 @@ def greedy_coreset(
     seed: int,
     projection_dim: int = 128,
     should_stop: Callable[[float], None] | None = None,
+    prune: bool = True,
 ) -> np.ndarray:
     """Indices of a greedy k-center coreset of ``features (N, C)`` (PatchCore, Alg. 1).
 
     Each step adds the point farthest from the current selection, so the bank covers every
     mode of normality, rare ones included. Distances are taken in a seeded Gaussian random
     projection to ``projection_dim`` (Johnson-Lindenstrauss) for speed. Memory is ``O(N)``
-    besides the projected copy; time is ``O(N * size * projection_dim)``.
+    besides the projected copy; time is at most ``O(N * size * projection_dim)``.
+
+    A step skips the points the new centre cannot come closer to: a point whose nearest
+    centre ``a`` lies at ``d(x, a)`` gets no nearer to ``c`` unless ``d(a, c) < 2 d(x, a)``
+    (triangle inequality). Late steps, when each point sits close to its centre, touch a small
+    fraction of the points; the chosen indices are those of the unpruned algorithm
+    (``prune=False``, kept to measure against: BENCHMARKS.md, "Training").
 
     ``should_stop(progress)`` is called now and then with the fraction done; it may raise to
     abort (training cancellation).
@@ -116,16 +137,52 @@ def greedy_coreset(
         proj = rng.standard_normal((x.shape[1], projection_dim)).astype(np.float32)
         x = x @ (proj / np.float32(np.sqrt(projection_dim)))  # stay float32
     x_sq = np.einsum("ij,ij->i", x, x)
+    # Absolute slack for squared distances near 0, where rounding is relative to the norms
+    # (a float32 dot of 128 terms errs by up to about 1e-5 of them).
+    slack = np.float32(_PRUNE_ABS_SLACK * float(x_sq.max(initial=0.0)))
+    centre_x = np.empty((size, x.shape[1]), dtype=np.float32)  # the chosen rows, contiguous
+    centre_sq = np.empty(size, dtype=np.float32)
     selected = np.empty(size, dtype=np.int64)
     selected[0] = int(rng.integers(n))
     min_d2 = np.full(n, np.inf, dtype=np.float32)
+    # Per point: its centre's position in ``selected``, and the squared centre distance from
+    # which a new centre cannot move it (4 d(x, a)^2, with slack against rounding).
+    nearest = np.zeros(n, dtype=np.intp)
+    reach = np.full(n, np.inf, dtype=np.float32)
+    centre_gap = np.empty(n, dtype=np.float32)
+    maybe = np.empty(n, dtype=bool)
+    # Steps to wait before trying to prune again: doubles while pruning leaves most points.
+    wait, backoff = 0, 1
     report_every = max(1, size // 50)
     for i in range(1, size + 1):
         c = selected[i - 1]
-        # einsum, not ``x @ x[c]``: a multi-threaded BLAS call per step spends more time
-        # waking threads than computing (measured 3-7x slower on 2 busy cores).
-        d2 = x_sq - 2.0 * np.einsum("ij,j->i", x, x[c]) + x_sq[c]
-        np.minimum(min_d2, d2, out=min_d2)
+        centre_x[i - 1], centre_sq[i - 1] = x[c], x_sq[c]
+        candidates = None
+        if wait > 0:
+            wait -= 1
+        elif prune and i > 1:
+            cc2 = (centre_sq[: i - 1] - 2.0 * np.einsum("ij,j->i", centre_x[: i - 1], x[c])
+                   + x_sq[c])
+            np.take(cc2, nearest, out=centre_gap)
+            np.less(centre_gap, reach, out=maybe)
+            candidates = np.flatnonzero(maybe)
+            if len(candidates) > _PRUNED_STEP_MAX_FRACTION * n:
+                candidates, wait, backoff = None, backoff, min(2 * backoff, _MAX_BACKOFF)
+            else:
+                backoff = 1
+        if candidates is None:
+            # einsum, not ``x @ x[c]``: a multi-threaded BLAS call per step spends more time
+            # waking threads than computing (measured 3-7x slower on 2 busy cores).
+            d2 = x_sq - 2.0 * np.einsum("ij,j->i", x, x[c]) + x_sq[c]
+            closer = np.flatnonzero(d2 < min_d2)
+            d2_closer = d2[closer]
+        else:
+            d2 = x_sq[candidates] - 2.0 * np.einsum("ij,j->i", x[candidates], x[c]) + x_sq[c]
+            moved = d2 < min_d2[candidates]
+            closer, d2_closer = candidates[moved], d2[moved]
+        min_d2[closer] = d2_closer
+        reach[closer] = _REACH_FACTOR * d2_closer + slack
+        nearest[closer] = i - 1
         if i == size:
             break
         selected[i] = int(np.argmax(min_d2))

@@ -135,3 +135,10 @@ def test_auto_cost_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
     (result,) = data["results"]
     assert result["chosen"] in result["candidates"] and len(result["candidates"]) >= 2
     assert result["median_s"]["auto"] > 0 and result["sum_of_candidates_s"] > 0
+
+
+def test_coreset_quick(tmp_path: Path, bench_env: dict[str, str]) -> None:
+    data = run_quick("coreset", tmp_path, bench_env)
+    (result,) = data["results"]
+    assert result["same_selection"] and result["bank"] <= result["patches"]
+    assert result["median_s"]["pruned"] > 0 and result["median_s"]["unpruned"] > 0

@@ -142,6 +142,24 @@ def test_coreset_covers_the_data_better_than_random_subsets(dim: int) -> None:
     assert coreset < 0.5 * np.sqrt(dim) * 3.0
 
 
+@pytest.mark.parametrize("kind", ["clustered", "uniform", "duplicates", "far_from_origin"])
+def test_pruning_keeps_the_unpruned_selection(kind: str) -> None:
+    # Clusters (most steps pruned), isotropic noise (most steps fall back to every distance),
+    # repeated rows (zero distances) and an offset (rounding relative to large norms).
+    rng = np.random.default_rng(3)
+    x = {
+        "clustered": lambda: _clustered([900, 700] + [10] * 20, 32, seed=4),
+        "uniform": lambda: rng.standard_normal((2000, 32)).astype(np.float32),
+        "duplicates": lambda: np.repeat(rng.standard_normal((300, 16)), 5, axis=0)
+        .astype(np.float32),
+        "far_from_origin": lambda: (_clustered([800, 800, 50], 16, seed=5) + 300.0)
+        .astype(np.float32),
+    }[kind]()
+    size = 400
+    np.testing.assert_array_equal(greedy_coreset(x, size, seed=9),
+                                  greedy_coreset(x, size, seed=9, prune=False))
+
+
 def test_coreset_reports_progress_and_can_be_cancelled() -> None:
     x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
     seen: list[float] = []
