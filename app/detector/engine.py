@@ -242,17 +242,19 @@ class Detector:
             timings["quantize_s"] = time.perf_counter() - tq
             report(0.0, "features")
         # Per image, where its judged views lie in all_patches: the photo itself, then its
-        # allowed-variation views (held out, they calibrate). Mirror views only fill the bank.
+        # allowed-variation views (held out, they calibrate; the threshold views do nothing
+        # else). Mirror views only fill the bank.
         spans: list[list[tuple[int, int, tuple[int, int], np.ndarray | None]]] = []
         chunks: list[np.ndarray] = []
         owners: list[np.ndarray] = []
-        bankable: list[np.ndarray] = []  # per patch: not under an ignore mask
+        bankable: list[np.ndarray] = []  # per patch: may enter the bank
         foregrounds: list[np.ndarray | None] = []  # per view, with background auto
         photos: list[PatchFeatures] = []  # each image as it is, for the background decision
         start = 0
         for i, image in enumerate(images):
-            # (features, judged, ignored cells): a mirrored or turned copy's ignored cells are
-            # the photo's, mirrored or turned alike; a variation view's are its own frame's.
+            # (features, judged, cells kept out of the bank): a mirrored or turned copy's
+            # ignored cells are the photo's, mirrored or turned alike; a variation view's are
+            # its own frame's; a threshold view keeps every cell out.
             views: list[tuple[PatchFeatures, bool, np.ndarray]] = []
             photo_ignored: np.ndarray | None = None
             for j, transform in enumerate(view_transforms(config.augment)):
@@ -263,17 +265,23 @@ class Detector:
                 if ignored.shape != feats.grid:
                     ignored = layout.ignored_cells(feats.grid)
                 views.append((feats, j == 0, ignored))
-            for view in variation_views(image, config.variation_views, seed=seed, stream=i + 1):
+            # Bank views first, then the threshold's, so that a view is the same whichever of
+            # the two counts grows.
+            drawn = variation_views(image, config.variation_views + config.threshold_views,
+                                    seed=seed, stream=i + 1)
+            for n, view in enumerate(drawn):
                 feats = extractor(view)
-                views.append((feats, True, layout.ignored_cells(feats.grid)))
+                kept_out = (layout.ignored_cells(feats.grid) if n < config.variation_views
+                            else np.ones(feats.grid, dtype=bool))
+                views.append((feats, True, kept_out))
             own = []
-            for feats, judged, ignored in views:
+            for feats, judged, kept_out in views:
                 if judged:
                     own.append((start, start + len(feats.patches), feats.grid, feats.foreground))
                 start += len(feats.patches)
                 chunks.append(feats.patches)
                 owners.append(np.full(len(feats.patches), i, dtype=np.int32))
-                bankable.append(~ignored.ravel())
+                bankable.append(~kept_out.ravel())
                 foregrounds.append(feats.foreground)
             photos.append(views[0][0])
             spans.append(own)
@@ -322,7 +330,7 @@ class Detector:
         held_out = (
             [extractor(view) for view in variation_views(
                 images[0], ONE_SHOT_HELD_OUT_VIEWS, seed=seed, stream=0)]
-            if len(images) == 1 and config.variation_views else []
+            if len(images) == 1 and (config.variation_views or config.threshold_views) else []
         )
         judge = Judge.of(config, spec, plan, layout, mask_background=mask_background)
         good_scores, n_parts, method = holdout_scores(

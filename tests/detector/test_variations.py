@@ -144,3 +144,38 @@ def test_one_image_is_calibrated_on_its_held_out_views(
     assert calibration.n_parts == 1 and len(calibration.good_scores) == 1 + 8
     # None of the image's own allowed variations is rejected.
     assert max(calibration.good_scores) <= model.threshold
+
+
+def test_threshold_views_only_calibrate(
+    detector: Detector, train_images: list[np.ndarray],
+    good_image: Callable[..., np.ndarray],
+) -> None:
+    plain = detector.fit(train_images, DetectorConfig(resolution=64))
+    held = detector.fit(train_images, DetectorConfig(resolution=64, threshold_views=2))
+    # The same bank, so the same score for any image; only the threshold sees the views.
+    np.testing.assert_array_equal(bank_from_model(held.onnx_bytes),
+                                  bank_from_model(plain.onnx_bytes))
+    image = good_image(31, 80, 112)
+    assert _onnx_score(held.onnx_bytes, image) == _onnx_score(plain.onnx_bytes, image)
+    assert held.calibration.n_parts == 3 and len(held.calibration.good_scores) == 9
+    assert set(plain.calibration.good_scores) <= set(held.calibration.good_scores)
+    assert max(held.calibration.good_scores) <= held.threshold
+
+
+def test_bank_views_are_the_same_with_threshold_views_added(
+    detector: Detector, train_images: list[np.ndarray],
+) -> None:
+    banked = detector.fit(train_images, DetectorConfig(resolution=64, variation_views=1))
+    both = detector.fit(train_images,
+                        DetectorConfig(resolution=64, variation_views=1, threshold_views=1))
+    np.testing.assert_array_equal(bank_from_model(both.onnx_bytes),
+                                  bank_from_model(banked.onnx_bytes))
+    assert len(both.calibration.good_scores) == 9 and len(banked.calibration.good_scores) == 6
+
+
+def test_one_image_with_threshold_views_is_calibrated_on_fresh_views(
+    detector: Detector, train_images: list[np.ndarray],
+) -> None:
+    model = detector.fit(train_images[:1], DetectorConfig(resolution=64, threshold_views=2))
+    assert model.calibration.method == "region-holdout+views"
+    assert len(model.calibration.good_scores) == 1 + 8
