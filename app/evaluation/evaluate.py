@@ -40,9 +40,21 @@ from app.detector.views import (
 )
 from app.errors import InvalidInputError
 from app.evaluation.dataset import Dataset, TestImage, load_dataset, load_image, load_mask
-from app.evaluation.metrics import PRO_FPR_LIMIT, PixelMetrics, ScoreBins, auroc
+from app.evaluation.metrics import (
+    PRO_FPR_LIMIT,
+    PixelMetrics,
+    ScoreBins,
+    auroc,
+    recall_at_false_reject_rate,
+)
 from app.evaluation.regions import RegionTally
 from app.evaluation.report import DrawScores, Example, ReportInput, write_report
+
+
+def line_false_reject_rate(k: int) -> float:
+    """The false-reject rate a line tolerates from a model of k good images: 10 % from one
+    (nothing in one photo says how much parts differ), 5 % from more."""
+    return 0.10 if k == 1 else 0.05
 
 
 @dataclass
@@ -70,6 +82,11 @@ class DrawResult:
     expected_image_auroc: float | None = None
     expected_pixel_auroc: float | None = None
     estimated_false_reject_rate: float | None = None
+    # The recall a threshold set on the test split itself reaches at the false-reject rate a
+    # line tolerates (line_false_reject_rate), and the calibrated threshold's recall as a
+    # share of it: what calibrating without test labels costs.
+    recall_at_line_frr: float | None = None
+    recall_share: float | None = None
 
 
 def _nan_to_none(value: float) -> float | None:
@@ -139,13 +156,15 @@ def evaluate_draw(
         for label in sorted(set(kinds[y].tolist()))
     }
     flagged = s > fitted.threshold
+    recall = float(flagged[y].mean()) if y.any() else float("nan")
+    yardstick = _nan_to_none(recall_at_false_reject_rate(s, y, line_false_reject_rate(k_eff)))
     result = DrawResult(
         k=k_eff,
         seed=seed,
         image_auroc=auroc(s, y),
         pixel_auroc=None if pixels is None else _nan_to_none(pixels.auroc()),
         false_reject_rate=float(flagged[~y].mean()) if (~y).any() else float("nan"),
-        defect_recall=float(flagged[y].mean()) if y.any() else float("nan"),
+        defect_recall=recall,
         threshold=fitted.threshold,
         fit_s=fit_s,
         ms_per_image=1000.0 * statistics.median(times),
@@ -158,6 +177,8 @@ def evaluate_draw(
         expected_image_auroc=fitted.quality.expected_image_auroc,
         expected_pixel_auroc=fitted.quality.expected_pixel_auroc,
         estimated_false_reject_rate=fitted.quality.estimated_false_reject_rate,
+        recall_at_line_frr=yardstick,
+        recall_share=(recall / yardstick if yardstick else None),
     )
     examples = _worst_cases(model, test_items, s, y, worst) if worst else []
     return Draw(result, DrawScores(k_eff, seed, fitted.threshold, s, y), examples)
@@ -274,6 +295,8 @@ SUMMARY_FIELDS = (
     "expected_image_auroc",
     "expected_pixel_auroc",
     "estimated_false_reject_rate",
+    "recall_at_line_frr",
+    "recall_share",
 )
 
 
@@ -346,6 +369,21 @@ def format_quality(rows: list[dict[str, Any]]) -> str:
             f"{_fmt(r.get('expected_pixel_auroc'))} | {_fmt(r['pixel_auroc'])} | "
             f"{_fmt(r.get('estimated_false_reject_rate'))} | {_fmt(r['false_reject_rate'])} |")
     return "\n".join(lines)
+
+
+def format_recall_cost(rows: list[dict[str, Any]]) -> str:
+    """Per k: the calibrated threshold's FRR and recall against the recall of a threshold set
+    on the test split at the false-reject rate a line tolerates (empty for older rows)."""
+    lines = ["| k | FRR (test good) | line FRR | recall | recall at line FRR, test threshold "
+             "| share |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("recall_at_line_frr") is None:
+            continue
+        lines.append(
+            f"| {r['k']} | {_fmt(r['false_reject_rate'])} | "
+            f"{_fmt(line_false_reject_rate(r['k']), 2)} | {_fmt(r['defect_recall'])} | "
+            f"{_fmt(r['recall_at_line_frr'])} | {_fmt(r.get('recall_share'), 2)} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def format_per_defect(rows: list[dict[str, Any]]) -> str:
@@ -456,6 +494,11 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
     print(format_table(rows))
     print("\nThe models' quality reports (from their training images) against the test split:"
           "\n\n" + format_quality(rows))
+    recall_cost = format_recall_cost(rows)
+    if recall_cost:
+        print("\nWhat calibrating without test labels costs (recall as a share of a threshold "
+              "set on the test split at the FRR a line tolerates; mean of the draws' shares):"
+              "\n\n" + recall_cost)
     per_defect = format_per_defect(rows)
     if per_defect:
         print("\n" + per_defect)

@@ -36,7 +36,22 @@ from scipy import ndimage
 
 from app.detector.roc import auroc
 
-__all__ = ["PRO_FPR_LIMIT", "PixelMetrics", "PixelRoc", "ProCurve", "ScoreBins", "auroc"]
+__all__ = ["PRO_FPR_LIMIT", "PixelMetrics", "PixelRoc", "ProCurve", "ScoreBins", "auroc",
+           "recall_at_false_reject_rate"]
+
+
+def recall_at_false_reject_rate(scores: np.ndarray, is_defect: np.ndarray,
+                                rate: float) -> float:
+    """Defect recall at the lowest threshold that rejects at most ``rate`` of the good
+    ``scores`` (anomalous: score > threshold): what a threshold set on the test split itself
+    would catch at that false-reject rate, the yardstick for one calibrated without it."""
+    good = np.sort(np.asarray(scores)[~is_defect])[::-1]
+    defects = np.asarray(scores)[is_defect]
+    if len(good) == 0 or len(defects) == 0:
+        return float("nan")
+    allowed = int(np.floor(rate * len(good) + 1e-9))  # good images it may reject
+    threshold = good[allowed] if allowed < len(good) else -np.inf
+    return float(np.mean(defects > threshold))
 
 PRO_FPR_LIMIT = 0.3
 # 8-connectivity: diagonal neighbours belong to the same region.

@@ -17,6 +17,7 @@ from app.evaluation.metrics import (
     ScoreBins,
     auroc,
     normalised_area,
+    recall_at_false_reject_rate,
 )
 
 
@@ -208,3 +209,16 @@ def _peak_adding(n_images: int) -> int:
 def test_accumulator_memory_does_not_grow_with_the_number_of_images() -> None:
     small, large = _peak_adding(10), _peak_adding(40)
     assert large < 1.2 * small + 64 * 1024
+
+
+def test_recall_at_a_false_reject_rate_uses_the_test_splits_own_threshold() -> None:
+    good = np.arange(1.0, 21.0)  # 20 good scores 1..20
+    defects = np.array([0.5, 10.5, 18.5, 19.5, 25.0])
+    scores = np.concatenate([good, defects])
+    is_defect = np.r_[np.zeros(20, bool), np.ones(5, bool)]
+    # 5 % of 20 goods: one may be rejected, so the threshold is the second highest (19).
+    assert recall_at_false_reject_rate(scores, is_defect, 0.05) == pytest.approx(2 / 5)
+    # Under one good image's worth: none rejected, the threshold is the highest good (20).
+    assert recall_at_false_reject_rate(scores, is_defect, 0.01) == pytest.approx(1 / 5)
+    assert recall_at_false_reject_rate(scores, is_defect, 1.0) == 1.0
+    assert np.isnan(recall_at_false_reject_rate(good, np.zeros(20, bool), 0.05))
