@@ -2,27 +2,31 @@
 # The candidates of BENCHMARKS.md "Tolerance of allowed variations": each on the four shared
 # sets, k = 1 and 16, 3 draws, with the allowed-variation table at 16 shots on bottle, screw
 # and bsdata (as bench/baseline.sh does for today's default, candidate A). JSON and console
-# output go to bench/results/tolerance/. Usage: [SETS="..."] bench/tolerance.sh CANDIDATE...
-#   CANDIDATE: B | C | D
+# output go to bench/results/tolerance/. Usage: [SETS="..."] [SHOTS=1,16] bench/tolerance.sh
+# CANDIDATE...
+#   CANDIDATE: B | C | D (Lite0) | T2 | T4 (the default with threshold views)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/datasets}
 OUT=bench/results/tolerance
 THREADS=${THREADS:-1}
 SETS=${SETS:-mvtec_bottle_512 mvtec_screw_512 magnetic_tile bsdata_pitting}
+SHOTS=${SHOTS:-1,16}
 mkdir -p "$OUT"
 
 for candidate in "$@"; do
   case $candidate in
-    B) settings=(--set variation_views=0 --set edge_weight=0.5) ;;
-    C) settings=(--set variation_views=4 --set edge_weight=0.5) ;;
-    D) settings=(--set variation_views=4 --set edge_weight=0) ;;
+    B) settings=(--set preset=fast --set variation_views=0 --set edge_weight=0.5) ;;
+    C) settings=(--set preset=fast --set variation_views=4 --set edge_weight=0.5) ;;
+    D) settings=(--set preset=fast --set variation_views=4 --set edge_weight=0) ;;
+    T2) settings=(--set threshold_views=2) ;;
+    T4) settings=(--set threshold_views=4) ;;
     *) echo "unknown candidate $candidate" >&2; exit 2 ;;
   esac
   for set in $SETS; do
     perturb=(--perturb)
     [[ $set == magnetic_tile ]] && perturb=()  # crops too small for displaced windows
-    .venv/bin/nominal evaluate "$DATA/$set" --shots 1,16 --seeds 3 --threads "$THREADS" \
+    .venv/bin/nominal evaluate "$DATA/$set" --shots "$SHOTS" --seeds 3 --threads "$THREADS" \
       "${settings[@]}" "${perturb[@]}" --json "$OUT/$candidate.$set.json" \
       | tee "$OUT/$candidate.$set.txt"
   done
