@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from bench import common
@@ -70,17 +69,12 @@ def report(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_common_args(parser)
+    parser = common.bench_parser(__doc__)
     parser.add_argument("--sets", nargs="+", default=list(common.SETS), choices=common.SETS)
     parser.add_argument("--shots", type=int, default=16, help="training images per fit")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     args = parser.parse_args(argv)
-    args.dataset = Path(args.dataset)
-    data = run(args)
-    print(report(data), flush=True)
-    common.write_results(args.out or common.default_out("auto_cost", args.quick), data)
-    return 0
+    return common.run_and_record("auto_cost", args, run, report)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,23 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="tiny counts, for the smoke test; writes to a temp file")
     parser.add_argument("--out", type=Path, default=None,
                         help="results JSON (default bench/results/bench_<name>.json)")
+
+
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A bench script's parser: the first paragraph of its docstring, the common arguments."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    add_common_args(parser)
+    return parser
+
+
+def run_and_record(name: str, args: argparse.Namespace,
+                   run: Callable[[argparse.Namespace], dict[str, Any]],
+                   report: Callable[[dict[str, Any]], str]) -> int:
+    """The end of a bench script's main: run it, print its table, write its results JSON."""
+    data = run(args)
+    print(report(data), flush=True)
+    write_results(args.out or default_out(name, args.quick), data)
+    return 0
 
 
 # --------------------------------------------------------------------------- data

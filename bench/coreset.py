@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,19 +75,14 @@ def report(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_common_args(parser)
+    parser = common.bench_parser(__doc__)
     parser.add_argument("--sets", nargs="+", default=list(common.SETS), choices=common.SETS)
     parser.add_argument("--shots", type=int, default=16, help="training images")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a detector setting (repeatable), e.g. variation_views=2")
     args = parser.parse_args(argv)
-    args.dataset = Path(args.dataset)
-    data = run(args)
-    print(report(data), flush=True)
-    common.write_results(args.out or common.default_out("coreset", args.quick), data)
-    return 0
+    return common.run_and_record("coreset", args, run, report)
 
 
 if __name__ == "__main__":

@@ -143,10 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.candidates) - set(CANDIDATES))
     if unknown:
         parser.error(f"unknown candidates {unknown}; declared: {', '.join(CANDIDATES)}")
-    data = run(args)
-    print(report(data), flush=True)
-    common.write_results(args.out or common.default_out("presets", args.quick), data)
-    return 0
+    return common.run_and_record("presets", args, run, report)
 
 
 if __name__ == "__main__":

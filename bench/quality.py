@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from bench import common
@@ -79,18 +78,13 @@ def _share(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_common_args(parser)
+    parser = common.bench_parser(__doc__)
     parser.add_argument("--sets", nargs="+", default=list(common.SETS), choices=common.SETS)
     parser.add_argument("--shots", default="1,16", help="comma-separated k values")
     parser.add_argument("--repeats", type=int, default=3,
                         help="fits per set and k; the report's share is their median")
     args = parser.parse_args(argv)
-    args.dataset = Path(args.dataset)
-    data = run(args)
-    print(report(data), flush=True)
-    common.write_results(args.out or common.default_out("quality", args.quick), data)
-    return 0
+    return common.run_and_record("quality", args, run, report)
 
 
 if __name__ == "__main__":

@@ -112,10 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    data = run(args)
-    print(report(data), flush=True)
-    common.write_results(args.out or common.default_out("vit_optimisations", args.quick), data)
-    return 0
+    return common.run_and_record("vit_optimisations", args, run, report)
 
 
 if __name__ == "__main__":
