@@ -7,9 +7,10 @@ Each PREFIX names files ``PREFIX.<set>.json``; a name may be given several times
 16 in one folder, k = 2 in another). Per draw: the calibrated threshold's FRR on test/good
 and its recall, against the recall of a threshold set on the test split at the FRR a line
 tolerates (``recall_at_line_frr``, 10 % from one image, 5 % from more); the share is their
-ratio, averaged over the draws. Files written before evaluate reported that yardstick take it
-from ``--yardstick``'s file of the same set, k and seed: right only where both models score
-every image alike (threshold views change the threshold alone).
+ratio, averaged over the draws (a draw whose yardstick is 0 has none). Files written
+before evaluate reported that yardstick take it from ``--yardstick``'s file of the same set,
+k and seed: right only where both models score every image alike (threshold views change
+the threshold alone, for a fixed preset).
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from typing import Any
 
 from bench import common
 from bench.tolerance_table import SETS
-
-MIN_SHARE = 0.8
 
 
 def _draws(prefix: str, data: str) -> list[dict[str, Any]]:

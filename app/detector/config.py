@@ -133,12 +133,14 @@ class DetectorConfig:
         "training views per image drawn from the allowed variations of a good part (window "
         "displaced by up to 4 %, turned up to 3 degrees, light x0.8-1.2, contrast x0.8-1, JPEG "
         "60-95): fitted into the memory bank, and held out to set the threshold", ge=0, le=16))
-    # The same views, held out only: the bank and every score stay as without them, and the
-    # threshold covers how far a good part's allowed variations move its score.
+    # The same views, held out only: the bank, every score and the quality report's
+    # comparison stay as without them, and the threshold covers how far a good part's allowed
+    # variations move its score. One image is calibrated on fresh views whatever the count.
     threshold_views: int = field(default=0, metadata=setting(
         "training views per image drawn from the allowed variations, as variation_views, but "
-        "only held out to set the threshold (the memory bank, the scores and the inspection "
-        "cost are those without them)", ge=0, le=16))
+        "only held out to set the threshold (the memory bank, the scores, the quality report's "
+        "expected AUROC and the inspection cost are those without them; with one image, 8 "
+        "fresh views whatever the count)", ge=0, le=16))
     # 0: image score = max patch score (PatchCore); > 0: mean of that top fraction of patches.
     score_top_fraction: float = field(default=0.0, metadata=setting(
         "image score: 0 = the largest patch score, > 0 = the mean of that top fraction of patch "

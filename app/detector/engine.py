@@ -251,6 +251,8 @@ class Detector:
         foregrounds: list[np.ndarray | None] = []  # per view, with background auto
         photos: list[PatchFeatures] = []  # each image as it is, for the background decision
         start = 0
+        # One image has no other bank to be held out from: fresh views stand in (held_out).
+        threshold_views = config.threshold_views if len(images) > 1 else 0
         for i, image in enumerate(images):
             # (features, judged, cells kept out of the bank): a mirrored or turned copy's
             # ignored cells are the photo's, mirrored or turned alike; a variation view's are
@@ -267,7 +269,7 @@ class Detector:
                 views.append((feats, j == 0, ignored))
             # Bank views first, then the threshold's, so that a view is the same whichever of
             # the two counts grows.
-            drawn = variation_views(image, config.variation_views + config.threshold_views,
+            drawn = variation_views(image, config.variation_views + threshold_views,
                                     seed=seed, stream=i + 1)
             for n, view in enumerate(drawn):
                 feats = extractor(view)
@@ -358,6 +360,7 @@ class Detector:
             n_parts=n_parts, target_false_reject_rate=config.target_false_reject_rate,
             judged_cells=judge.judged_cells if judge.masks_cells else None,
             profile=quality_profile,
+            compared_good=_without_threshold_views(good_scores, config, threshold_views),
         ).with_floor(config.min_expected_auroc)
         timings["quality_s"] = time.perf_counter() - tq
 
@@ -619,6 +622,17 @@ def holdout_scores(
             # against the rest of itself, as with one shot.
             scores.append(judge.score(view, others) if len(others) else judge.region_holdout(view))
     return np.asarray(scores), len(images), "leave-one-out"
+
+
+def _without_threshold_views(good_scores: np.ndarray, config: DetectorConfig,
+                             threshold_views: int) -> np.ndarray:
+    """The leave-one-out scores of ``holdout_scores`` less those of the threshold views (the
+    last ``threshold_views`` of each image's 1 + variation_views + threshold_views): what the
+    quality report compares with, so that the views move the threshold and nothing else."""
+    if not threshold_views:
+        return good_scores
+    per_image = 1 + config.variation_views + threshold_views
+    return good_scores.reshape(-1, per_image)[:, : per_image - threshold_views].ravel()
 
 
 def resize_plan(config: DetectorConfig, images: Sequence[np.ndarray]) -> ResizePlan:

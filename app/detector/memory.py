@@ -91,9 +91,10 @@ def image_score(patch_scores: np.ndarray, top_fraction: float,
 # cannot rule out; when more than this fraction remain it computes them all, which is cheaper
 # than gathering most rows (textures, where every patch is near every other).
 _PRUNED_STEP_MAX_FRACTION = 0.25
-# Relative slack on the pruning bound, far above float32 rounding of the squared distances
-# (about 1e-6 of the squared norms), so a pruned point is one the full step would not have
-# moved: the selection is the same as without pruning.
+# Slack on the pruning bound, so that a pruned point is one the full step would not have
+# moved and the selection is the same as without pruning: relative to the bound, and absolute
+# in units of the largest squared norm, since float32 rounding of ``|x|^2 - 2 x.c + |c|^2``
+# grows with the norms (a 128-term dot errs by about 1e-6 of them, 1e-5 at worst).
 _PRUNE_SLACK = 1e-3
 _PRUNE_ABS_SLACK = 1e-4
 _REACH_FACTOR = np.float32(4.0 * (1.0 + _PRUNE_SLACK))
@@ -114,8 +115,9 @@ def greedy_coreset(
 
     Each step adds the point farthest from the current selection, so the bank covers every
     mode of normality, rare ones included. Distances are taken in a seeded Gaussian random
-    projection to ``projection_dim`` (Johnson-Lindenstrauss) for speed. Memory is ``O(N)``
-    besides the projected copy; time is at most ``O(N * size * projection_dim)``.
+    projection to ``projection_dim`` (Johnson-Lindenstrauss) for speed. Memory is the
+    projected copy, a few ``(N,)`` arrays and the chosen rows; time is at most
+    ``O(N * size * projection_dim)``.
 
     A step skips the points the new centre cannot come closer to: a point whose nearest
     centre ``a`` lies at ``d(x, a)`` gets no nearer to ``c`` unless ``d(a, c) < 2 d(x, a)``
@@ -137,8 +139,6 @@ def greedy_coreset(
         proj = rng.standard_normal((x.shape[1], projection_dim)).astype(np.float32)
         x = x @ (proj / np.float32(np.sqrt(projection_dim)))  # stay float32
     x_sq = np.einsum("ij,ij->i", x, x)
-    # Absolute slack for squared distances near 0, where rounding is relative to the norms
-    # (a float32 dot of 128 terms errs by up to about 1e-5 of them).
     slack = np.float32(_PRUNE_ABS_SLACK * float(x_sq.max(initial=0.0)))
     centre_x = np.empty((size, x.shape[1]), dtype=np.float32)  # the chosen rows, contiguous
     centre_sq = np.empty(size, dtype=np.float32)
@@ -151,7 +151,8 @@ def greedy_coreset(
     reach = np.full(n, np.inf, dtype=np.float32)
     centre_gap = np.empty(n, dtype=np.float32)
     maybe = np.empty(n, dtype=bool)
-    # Steps to wait before trying to prune again: doubles while pruning leaves most points.
+    # Steps to wait before trying to prune again: doubles while a check leaves more than
+    # _PRUNED_STEP_MAX_FRACTION of the points to compute.
     wait, backoff = 0, 1
     report_every = max(1, size // 50)
     for i in range(1, size + 1):

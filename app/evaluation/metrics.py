@@ -45,6 +45,8 @@ def recall_at_false_reject_rate(scores: np.ndarray, is_defect: np.ndarray,
     """Defect recall at the lowest threshold that rejects at most ``rate`` of the good
     ``scores`` (anomalous: score > threshold): what a threshold set on the test split itself
     would catch at that false-reject rate, the yardstick for one calibrated without it."""
+    if not 0 <= rate <= 1:
+        raise ValueError(f"false-reject rate must be in [0, 1], got {rate}")
     good = np.sort(np.asarray(scores)[~is_defect])[::-1]
     defects = np.asarray(scores)[is_defect]
     if len(good) == 0 or len(defects) == 0:

@@ -142,10 +142,12 @@ def test_coreset_covers_the_data_better_than_random_subsets(dim: int) -> None:
     assert coreset < 0.5 * np.sqrt(dim) * 3.0
 
 
-@pytest.mark.parametrize("kind", ["clustered", "uniform", "duplicates", "far_from_origin"])
+@pytest.mark.parametrize("kind", ["clustered", "uniform", "duplicates", "far_from_origin",
+                                  "projected"])
 def test_pruning_keeps_the_unpruned_selection(kind: str) -> None:
     # Clusters (most steps pruned), isotropic noise (most steps fall back to every distance),
-    # repeated rows (zero distances) and an offset (rounding relative to large norms).
+    # repeated rows (zero distances), an offset (rounding relative to large norms) and
+    # features wider than the random projection.
     rng = np.random.default_rng(3)
     x = {
         "clustered": lambda: _clustered([900, 700] + [10] * 20, 32, seed=4),
@@ -154,6 +156,7 @@ def test_pruning_keeps_the_unpruned_selection(kind: str) -> None:
         .astype(np.float32),
         "far_from_origin": lambda: (_clustered([800, 800, 50], 16, seed=5) + 300.0)
         .astype(np.float32),
+        "projected": lambda: _clustered([700, 500] + [20] * 10, 300, seed=6),  # > 128 dims
     }[kind]()
     size = 400
     np.testing.assert_array_equal(greedy_coreset(x, size, seed=9),

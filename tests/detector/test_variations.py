@@ -160,6 +160,9 @@ def test_threshold_views_only_calibrate(
     assert held.calibration.n_parts == 3 and len(held.calibration.good_scores) == 9
     assert set(plain.calibration.good_scores) <= set(held.calibration.good_scores)
     assert max(held.calibration.good_scores) <= held.threshold
+    # The report compares its synthetic defects with the photos' scores, as without views.
+    assert held.quality.expected_image_auroc == plain.quality.expected_image_auroc
+    assert held.quality.n_good == plain.quality.n_good == 3
 
 
 def test_bank_views_are_the_same_with_threshold_views_added(

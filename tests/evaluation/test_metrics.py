@@ -222,3 +222,14 @@ def test_recall_at_a_false_reject_rate_uses_the_test_splits_own_threshold() -> N
     assert recall_at_false_reject_rate(scores, is_defect, 0.01) == pytest.approx(1 / 5)
     assert recall_at_false_reject_rate(scores, is_defect, 1.0) == 1.0
     assert np.isnan(recall_at_false_reject_rate(good, np.zeros(20, bool), 0.05))
+    with pytest.raises(ValueError, match="-0.1"):
+        recall_at_false_reject_rate(scores, is_defect, -0.1)
+
+
+def test_recall_at_a_false_reject_rate_counts_tied_good_scores_as_rejected_together() -> None:
+    # Two goods tie at the top: a threshold rejecting one must reject both, so at 5 % of 20
+    # it sits at the tie (rejects neither) and a defect at the tie is not caught.
+    good = np.r_[np.arange(1.0, 19.0), 19.0, 19.0]
+    scores = np.r_[good, 19.0, 19.5]
+    is_defect = np.r_[np.zeros(20, bool), np.ones(2, bool)]
+    assert recall_at_false_reject_rate(scores, is_defect, 0.05) == pytest.approx(0.5)
