@@ -242,3 +242,34 @@ def test_balanced_becomes_accurate_across_0007(empty_database_url: str) -> None:
     finally:
         engine.dispose()
     upgrade_to_head(url)
+
+
+def test_configurations_record_no_threshold_views_across_0008(empty_database_url: str) -> None:
+    """0008 writes threshold_views 0 into variants and model configurations that predate it
+    (what they resolved and trained with); the way down drops it again."""
+    url = empty_database_url
+    config = alembic_config(url)
+    command.upgrade(config, "0007")
+    before = {k: v for k, v in DetectorConfig().to_dict().items() if k != "threshold_views"}
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            _insert_variant(connection, before, 1)
+            connection.execute(text(
+                "INSERT INTO model (variant_id, version, status, progress, seed, activate, "
+                "config, cancel_requested, created_at) VALUES (1, 1, 'ready', 1, 0, true, :c, "
+                "false, CURRENT_TIMESTAMP)"), {"c": json.dumps(before)})
+
+        def stored() -> tuple[dict[str, Any], dict[str, Any]]:
+            return (_stored_json(engine, "SELECT settings FROM variant"),
+                    _stored_json(engine, "SELECT config FROM model"))
+
+        command.upgrade(config, "0008")
+        after = {**before, "threshold_views": 0}
+        assert stored() == (after, after)
+        assert effective_settings(stored()[0])["threshold_views"] == 0
+        command.downgrade(config, "0007")
+        assert stored() == (before, before)
+    finally:
+        engine.dispose()
+    upgrade_to_head(url)
