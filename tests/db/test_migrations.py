@@ -130,6 +130,14 @@ def _insert_variant(connection: Any, settings: dict[str, Any], last_model_versio
         "CURRENT_TIMESTAMP)"), {"s": json.dumps(settings), "v": last_model_version})
 
 
+def _insert_model(connection: Any, version: int, config: dict[str, Any]) -> None:
+    """A ready model of variant 1 with this stored configuration, in raw SQL."""
+    connection.execute(text(
+        "INSERT INTO model (variant_id, version, status, progress, seed, activate, config, "
+        "cancel_requested, created_at) VALUES (1, :v, 'ready', 1, 0, true, :c, false, "
+        "CURRENT_TIMESTAMP)"), {"v": version, "c": json.dumps(config)})
+
+
 def _stored_json(engine: Any, query: str) -> dict[str, Any]:
     """The one JSON value ``query`` selects (SQLite hands back text, PostgreSQL a dict)."""
     with engine.connect() as connection:
@@ -149,10 +157,7 @@ def test_variants_keep_their_configuration_across_0005(empty_database_url: str) 
     try:
         with engine.begin() as connection:
             _insert_variant(connection, full, 1)
-            connection.execute(text(
-                "INSERT INTO model (variant_id, version, status, progress, seed, activate, "
-                "config, cancel_requested, created_at) VALUES (1, 1, 'ready', 1, 0, true, :c, "
-                "false, CURRENT_TIMESTAMP)"), {"c": json.dumps(full)})
+            _insert_model(connection, 1, full)
 
         def stored() -> tuple[dict[str, Any], dict[str, Any]]:
             return (_stored_json(engine, "SELECT settings FROM variant"),
@@ -219,11 +224,7 @@ def test_balanced_becomes_accurate_across_0007(empty_database_url: str) -> None:
         with engine.begin() as connection:
             _insert_variant(connection, lite2, 2)
             for version, stored in ((1, lite2), (2, vit)):
-                connection.execute(text(
-                    "INSERT INTO model (variant_id, version, status, progress, seed, "
-                    "activate, config, cancel_requested, created_at) VALUES (1, :v, 'ready', "
-                    "1, 0, true, :c, false, CURRENT_TIMESTAMP)"),
-                    {"v": version, "c": json.dumps(stored)})
+                _insert_model(connection, version, stored)
 
         def stored() -> tuple[dict[str, Any], list[dict[str, Any]]]:
             with engine.connect() as connection:
@@ -255,10 +256,7 @@ def test_configurations_record_no_threshold_views_across_0008(empty_database_url
     try:
         with engine.begin() as connection:
             _insert_variant(connection, before, 1)
-            connection.execute(text(
-                "INSERT INTO model (variant_id, version, status, progress, seed, activate, "
-                "config, cancel_requested, created_at) VALUES (1, 1, 'ready', 1, 0, true, :c, "
-                "false, CURRENT_TIMESTAMP)"), {"c": json.dumps(before)})
+            _insert_model(connection, 1, before)
 
         def stored() -> tuple[dict[str, Any], dict[str, Any]]:
             return (_stored_json(engine, "SELECT settings FROM variant"),
