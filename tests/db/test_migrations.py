@@ -138,6 +138,12 @@ def _insert_model(connection: Any, version: int, config: dict[str, Any]) -> None
         "CURRENT_TIMESTAMP)"), {"v": version, "c": json.dumps(config)})
 
 
+def _variant_and_model(engine: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Variant 1's stored settings and its one model's stored configuration."""
+    return (_stored_json(engine, "SELECT settings FROM variant"),
+            _stored_json(engine, "SELECT config FROM model"))
+
+
 def _stored_json(engine: Any, query: str) -> dict[str, Any]:
     """The one JSON value ``query`` selects (SQLite hands back text, PostgreSQL a dict)."""
     with engine.connect() as connection:
@@ -159,24 +165,21 @@ def test_variants_keep_their_configuration_across_0005(empty_database_url: str) 
             _insert_variant(connection, full, 1)
             _insert_model(connection, 1, full)
 
-        def stored() -> tuple[dict[str, Any], dict[str, Any]]:
-            return (_stored_json(engine, "SELECT settings FROM variant"),
-                    _stored_json(engine, "SELECT config FROM model"))
-
         command.upgrade(config, "0005")
-        assert stored() == ({**full, "preset": "fast"}, {**full, "preset": "fast"})
+        settings, stored_config = _variant_and_model(engine)
+        assert settings == stored_config == {**full, "preset": "fast"}
         # Resolved as before (settings added since take their defaults, as they did then).
         later = DetectorConfig().to_dict()
-        assert effective_settings(stored()[0]) == {**later, **full, "preset": "fast"}
-        assert DetectorConfig.from_dict(stored()[1]).to_dict() == {**later, **full,
-                                                                   "preset": "fast"}
+        assert effective_settings(settings) == {**later, **full, "preset": "fast"}
+        assert DetectorConfig.from_dict(stored_config).to_dict() == {**later, **full,
+                                                                      "preset": "fast"}
 
         with engine.begin() as connection:  # what a newer model may hold
             connection.execute(text("UPDATE model SET config = :c"),
                                {"c": json.dumps({**full, "preset": "fast",
                                                  "distance": "euclidean"})})
         command.downgrade(config, "0004")
-        assert stored() == (full, full)
+        assert _variant_and_model(engine) == (full, full)
     finally:
         engine.dispose()
     upgrade_to_head(url)
@@ -223,8 +226,8 @@ def test_balanced_becomes_accurate_across_0007(empty_database_url: str) -> None:
     try:
         with engine.begin() as connection:
             _insert_variant(connection, lite2, 2)
-            for version, stored in ((1, lite2), (2, vit)):
-                _insert_model(connection, version, stored)
+            for version, model_config in ((1, lite2), (2, vit)):
+                _insert_model(connection, version, model_config)
 
         def stored() -> tuple[dict[str, Any], list[dict[str, Any]]]:
             with engine.connect() as connection:
@@ -258,16 +261,12 @@ def test_configurations_record_no_threshold_views_across_0008(empty_database_url
             _insert_variant(connection, before, 1)
             _insert_model(connection, 1, before)
 
-        def stored() -> tuple[dict[str, Any], dict[str, Any]]:
-            return (_stored_json(engine, "SELECT settings FROM variant"),
-                    _stored_json(engine, "SELECT config FROM model"))
-
         command.upgrade(config, "0008")
         after = {**before, "threshold_views": 0}
-        assert stored() == (after, after)
-        assert effective_settings(stored()[0])["threshold_views"] == 0
+        assert _variant_and_model(engine) == (after, after)
+        assert effective_settings(_variant_and_model(engine)[0])["threshold_views"] == 0
         command.downgrade(config, "0007")
-        assert stored() == (before, before)
+        assert _variant_and_model(engine) == (before, before)
     finally:
         engine.dispose()
     upgrade_to_head(url)
