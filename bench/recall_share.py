@@ -16,18 +16,16 @@ the threshold alone, for a fixed preset).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.tolerance_table import SETS
+from bench.tolerance_table import SETS, load
 
 
 def _draws(prefix: str, data: str) -> list[dict[str, Any]]:
-    path = Path(f"{prefix}.{data}.json")
-    return json.loads(path.read_text())["results"] if path.exists() else []
+    payload = load(prefix, data)
+    return payload["results"] if payload else []
 
 
 def rows(candidates: list[tuple[str, str]], yardstick: str | None) -> list[list[Any]]:

@@ -23,7 +23,8 @@ MAX_FRR = 0.05
 MAX_RECALL_DROP = 0.05
 
 
-def _load(prefix: str, data: str) -> dict[str, Any] | None:
+def load(prefix: str, data: str) -> dict[str, Any] | None:
+    """The ``nominal evaluate --json`` file ``<prefix>.<data>.json``, None where it is missing."""
     path = Path(f"{prefix}.{data}.json")
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -42,7 +43,7 @@ def main(arguments: list[str]) -> int:
     names = None
     for name, prefix in candidates:
         for data in SETS:
-            payload = _load(prefix, data)
+            payload = load(prefix, data)
             if payload is None or not payload.get("perturbations"):
                 continue
             rows = payload["perturbations"]
@@ -57,7 +58,7 @@ def main(arguments: list[str]) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for name, prefix in candidates:
         for data in SETS:
-            payload = _load(prefix, data)
+            payload = load(prefix, data)
             if payload is None:
                 continue
             for row in payload.get("summary", []):
