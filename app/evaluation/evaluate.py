@@ -28,6 +28,7 @@ from typing import Any, overload
 import numpy as np
 import onnxruntime as ort
 
+from app.detector.calibration import Calibration
 from app.detector.config import SETTINGS, DetectorConfig
 from app.detector.engine import Detector
 from app.detector.heatmap import render_heatmap_png
@@ -100,6 +101,24 @@ class Draw:
     result: DrawResult
     scores: DrawScores
     examples: list[Example]
+    calibration: Calibration
+
+    def evidence(self) -> dict[str, Any]:
+        """What a threshold rule needs to be replayed on this draw without refitting: the
+        good scores it was calibrated from and every test image's score and label."""
+        return {
+            "k": self.result.k,
+            "seed": self.result.seed,
+            "threshold": self.calibration.threshold,
+            "calibration": {
+                "method": self.calibration.method,
+                "good_scores": self.calibration.good_scores,
+                "n_parts": self.calibration.n_parts,
+                "target_false_reject_rate": self.calibration.target_false_reject_rate,
+            },
+            "test_scores": [round(float(v), 6) for v in self.scores.scores],
+            "test_is_defect": [bool(v) for v in self.scores.is_defect],
+        }
 
 
 def training_draw(dataset: Dataset, k: int, seed: int) -> list[np.ndarray]:
@@ -181,7 +200,8 @@ def evaluate_draw(
         recall_share=(recall / yardstick if yardstick else None),
     )
     examples = _worst_cases(model, test_items, s, y, worst) if worst else []
-    return Draw(result, DrawScores(k_eff, seed, fitted.threshold, s, y), examples)
+    return Draw(result, DrawScores(k_eff, seed, fitted.threshold, s, y), examples,
+                fitted.calibration)
 
 
 def _worst_cases(model: CompiledModel, items: list[TestImage], scores: np.ndarray,
@@ -530,6 +550,9 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
             # Each draw's own rows (seed order), so one draw can be compared with another run's.
             "perturbation_draws": [[row.to_dict() for row in draw] for draw in perturbations]
             or None,
+            # Per draw, in run order: the evidence to replay a threshold rule on
+            # (bench/calibration_rules.py).
+            "draw_evidence": [draw.evidence() for draw in draws],
             "pixel_metrics": {
                 "method": "histograms over fixed log-spaced bins around each draw's threshold",
                 "bins": bins.count,

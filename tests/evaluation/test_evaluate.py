@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from app.cli import main
+from app.detector.calibration import threshold_from_good
 from tests.conftest import textured_part
 
 SIZE = 64
@@ -98,6 +99,29 @@ def test_evaluate_reports_pixel_auroc_pro_and_per_defect_auroc(
         assert 0.0 <= result["estimated_false_reject_rate"] <= 1.0
     assert row["expected_image_auroc"] == pytest.approx(
         np.mean([r["expected_image_auroc"] for r in data["results"]]))
+
+
+def test_each_draws_evidence_replays_its_threshold_and_figures(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """The stored good scores give back the draw's threshold through the calibration rule,
+    and the stored test scores its false-reject rate and recall: a rule can be replayed."""
+    data = _evaluate(_dataset(tmp_path / "parts"), tmp_path / "out.json", models_dir)
+    assert len(data["draw_evidence"]) == len(data["results"])
+    for evidence, result in zip(data["draw_evidence"], data["results"], strict=True):
+        assert (evidence["k"], evidence["seed"]) == (result["k"], result["seed"])
+        calibration = evidence["calibration"]
+        replayed = threshold_from_good(np.asarray(calibration["good_scores"]),
+                                       calibration["target_false_reject_rate"],
+                                       calibration["n_parts"])
+        assert replayed == pytest.approx(evidence["threshold"], rel=1e-5)
+        assert evidence["threshold"] == pytest.approx(result["threshold"])
+        scores = np.asarray(evidence["test_scores"])
+        defect = np.asarray(evidence["test_is_defect"])
+        assert len(scores) == data["test_images"] and defect.any() and not defect.all()
+        flagged = scores > evidence["threshold"]
+        assert flagged[~defect].mean() == pytest.approx(result["false_reject_rate"])
+        assert flagged[defect].mean() == pytest.approx(result["defect_recall"])
 
 
 def test_without_masks_the_pixel_metrics_are_null(tmp_path: Path, models_dir: Path) -> None:
