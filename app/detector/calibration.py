@@ -36,6 +36,23 @@ LOW_SCORE_FLOOR = 0.5
 
 
 @dataclass(frozen=True)
+class ScorePrior:
+    """What the threshold assumes about good parts before it sees any: their log scores'
+    spread, worth ``weight`` images. A parameter so that a rule can be replayed on stored
+    scores (bench/calibration_rules.py); models are calibrated with ``DEFAULT_PRIOR``."""
+
+    log_spread: float = PRIOR_LOG_SPREAD
+    weight: int = PRIOR_WEIGHT
+
+    def __post_init__(self) -> None:
+        if self.log_spread < 0.0 or self.weight < 0:
+            raise ValueError(f"a prior needs a spread >= 0 and a weight >= 0, got {self}")
+
+
+DEFAULT_PRIOR = ScorePrior()
+
+
+@dataclass(frozen=True)
 class Calibration:
     """A model's threshold and the evidence it was chosen from."""
 
@@ -74,7 +91,10 @@ def normalize_score(score: float, threshold: float) -> float:
 
 
 def threshold_from_good(
-    scores: np.ndarray, target_false_reject_rate: float, n_parts: int | None = None
+    scores: np.ndarray,
+    target_false_reject_rate: float,
+    n_parts: int | None = None,
+    prior: ScorePrior = DEFAULT_PRIOR,
 ) -> float:
     """Upper one-sided prediction bound for the score of a *new* good image.
 
@@ -83,10 +103,10 @@ def threshold_from_good(
     degrees of freedom count parts.
 
     Log scores are modelled as normal with a spread pooled from the sample and the prior
-    (``PRIOR_LOG_SPREAD`` worth ``PRIOR_WEIGHT`` images: the conjugate normal model's
+    (``prior.log_spread`` worth ``prior.weight`` images: the conjugate normal model's
     posterior predictive). The next good score stays below
     ``exp(m + t(nu, 1 - target) * s * sqrt(1 + 1/n))`` with probability ``1 - target``, where
-    ``nu = PRIOR_WEIGHT + n - 1``. Few shots lean on the prior, many on the data. Only the
+    ``nu = prior.weight + n - 1``. Few shots lean on the prior, many on the data. Only the
     upper tail matters: a training image with a near-duplicate among the others scores near
     zero, which says nothing about how far a new part can be and in log units would blow the
     spread up, so scores count as at least ``LOW_SCORE_FLOOR`` times the median.
@@ -98,7 +118,7 @@ def threshold_from_good(
     """
     values = np.asarray(scores, dtype=np.float64)
     top = float(np.max(values)) if len(values) else 0.0
-    model = _predictive(values, n_parts)
+    model = _predictive(values, n_parts, prior)
     p = 1.0 - target_false_reject_rate
     if model.parts == 1:
         return top * (1.0 + NormalDist().inv_cdf(p) * ONE_SHOT_RELATIVE_SPREAD * math.sqrt(2.0))
@@ -109,7 +129,10 @@ def threshold_from_good(
 
 
 def predicted_false_reject_rate(
-    scores: np.ndarray, threshold: float, n_parts: int | None = None
+    scores: np.ndarray,
+    threshold: float,
+    n_parts: int | None = None,
+    prior: ScorePrior = DEFAULT_PRIOR,
 ) -> float | None:
     """The share of new good parts expected above ``threshold``, under the model of good
     scores ``threshold_from_good`` bounds (same pooled spread and degrees of freedom).
@@ -119,7 +142,7 @@ def predicted_false_reject_rate(
     training images; BENCHMARKS.md, "Tolerance"), so there is no rate to state.
     """
     values = np.asarray(scores, dtype=np.float64)
-    model = _predictive(values, n_parts)
+    model = _predictive(values, n_parts, prior)
     if model.parts == 1:
         return None
     scale = model.spread * model.widen
@@ -140,7 +163,7 @@ class _GoodScoreModel:
     parts: int
 
 
-def _predictive(values: np.ndarray, n_parts: int | None) -> _GoodScoreModel:
+def _predictive(values: np.ndarray, n_parts: int | None, prior: ScorePrior) -> _GoodScoreModel:
     """The posterior predictive of a new good part's log score (``threshold_from_good``)."""
     if len(values) == 0:
         raise ValueError("need at least one good score to calibrate")
@@ -149,10 +172,11 @@ def _predictive(values: np.ndarray, n_parts: int | None) -> _GoodScoreModel:
         raise ValueError(f"{len(values)} scores cannot come from {n} parts")
     median = float(np.median(values))
     if median <= 0.0 or n == 1:  # no scale, or no spread between parts (the linear bound)
-        return _GoodScoreModel(centre=0.0, spread=0.0, widen=1.0, dof=PRIOR_WEIGHT, parts=n)
+        return _GoodScoreModel(centre=0.0, spread=0.0, widen=1.0, dof=prior.weight, parts=n)
     logs = np.log(np.maximum(values, LOW_SCORE_FLOOR * median))
-    dof = PRIOR_WEIGHT + n - 1
-    pooled = math.sqrt((PRIOR_WEIGHT * PRIOR_LOG_SPREAD**2 + (n - 1) * np.var(logs, ddof=1)) / dof)
+    dof = prior.weight + n - 1
+    pooled = math.sqrt((prior.weight * prior.log_spread**2 + (n - 1) * np.var(logs, ddof=1))
+                       / dof)
     return _GoodScoreModel(centre=float(np.mean(logs)), spread=pooled,
                            widen=math.sqrt(1.0 + 1.0 / n), dof=dof, parts=n)
 

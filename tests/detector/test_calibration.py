@@ -15,6 +15,7 @@ from app.detector.calibration import (
     PRIOR_LOG_SPREAD,
     PRIOR_WEIGHT,
     Calibration,
+    ScorePrior,
     calibrate,
     f1_threshold,
     normalize_score,
@@ -114,6 +115,30 @@ def test_the_predicted_rate_at_the_bound_is_the_target(n: int) -> None:
     assert predicted_false_reject_rate(scores, threshold) == pytest.approx(0.02, rel=1e-3)
     assert predicted_false_reject_rate(scores, 2 * threshold) < 0.02
     assert predicted_false_reject_rate(scores, 0.5 * threshold) > 0.02
+
+
+def test_a_narrower_prior_lowers_the_bound_most_where_images_are_few() -> None:
+    """The prior is worth a fixed number of images: with two shots it sets most of the
+    spread, with forty it hardly matters; the predicted rate uses the same prior."""
+    narrow = ScorePrior(log_spread=0.1, weight=PRIOR_WEIGHT)
+    drops = []
+    for n in (2, 40):  # log scores at the normal quantiles: spread 0.1, no outlier on top
+        scores = np.exp([0.1 * NormalDist().inv_cdf((i + 0.5) / n) for i in range(n)])
+        wide_bound = threshold_from_good(scores, 0.01)
+        narrow_bound = threshold_from_good(scores, 0.01, prior=narrow)
+        assert narrow_bound < wide_bound
+        assert predicted_false_reject_rate(scores, narrow_bound, prior=narrow) == pytest.approx(
+            0.01, rel=1e-3)
+        drops.append(math.log(wide_bound / narrow_bound))
+    assert drops[0] > 2 * drops[1]
+    assert threshold_from_good(scores, 0.01, prior=ScorePrior()) == threshold_from_good(
+        scores, 0.01)
+
+
+@pytest.mark.parametrize("spread, weight", [(-0.1, 8), (0.2, -1)])
+def test_a_prior_cannot_be_negative(spread: float, weight: int) -> None:
+    with pytest.raises(ValueError, match="prior"):
+        ScorePrior(log_spread=spread, weight=weight)
 
 
 def test_the_predicted_rate_falls_below_the_target_when_the_top_score_sets_it() -> None:
