@@ -1,0 +1,177 @@
+"""Threshold rules replayed on the scores of real draws, without refitting (BENCHMARKS.md,
+"Calibration rules"):
+
+    python -m bench.calibration_rules PREFIX [--out FILE]
+
+PREFIX names ``nominal evaluate --json`` files ``PREFIX.<set>.json`` whose ``draw_evidence``
+holds, per draw, the good scores the model was calibrated from and every test image's score.
+A rule (prior spread and weight, target false-reject rate) changes the threshold alone, so
+each declared candidate's threshold is recomputed from the same good scores and judged on the
+same test scores: its false-reject rate on test/good, its recall, and that recall's share of
+the recall of a threshold set on the test split at the FRR a line tolerates (10 % from one
+image, 5 % from more). The rule today is replayed first and must give back every stored
+threshold, or the script stops.
+
+Choice, declared before measuring: over the four sets and k = 2, 4, 8, 16, a cell (set, k)
+passes when its mean FRR is at most 5 % and its mean share at least 0.8 (a cell whose every
+yardstick is 0 passes on share: nothing is caught at that FRR). The rule with the most
+passing cells wins; ties go to fewer cells above 5 % FRR, then to the higher mean share
+(each cell's capped at 1), then to today's rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+import numpy as np
+
+from app.detector.calibration import DEFAULT_PRIOR, ScorePrior, threshold_from_good
+from app.detector.config import DetectorConfig
+from app.evaluation.evaluate import line_false_reject_rate
+from app.evaluation.metrics import recall_at_false_reject_rate
+from bench import common
+from bench.tolerance_table import SETS, load
+
+MAX_FRR = 0.05
+MIN_SHARE = 0.8
+CHOSEN_FROM_K = 2  # one image: no rule can hold (BENCHMARKS.md, "Tolerance"); reported only
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A candidate threshold rule: the prior on good-score spread and the target FRR."""
+
+    prior: ScorePrior
+    target_false_reject_rate: float
+
+    @property
+    def name(self) -> str:
+        return (f"spread {self.prior.log_spread:.2f}, weight {self.prior.weight}, "
+                f"target {100 * self.target_false_reject_rate:.0f} %")
+
+
+TODAY = Rule(DEFAULT_PRIOR, DetectorConfig().target_false_reject_rate)
+CANDIDATES = [TODAY] + [
+    rule for rule in (Rule(ScorePrior(spread, weight), target)
+                      for spread in (0.2, 0.15, 0.1) for weight in (8, 4)
+                      for target in (0.01, 0.02, 0.03))
+    if rule != TODAY
+]
+
+
+def _threshold(evidence: dict[str, Any], rule: Rule) -> float:
+    calibration = evidence["calibration"]
+    return threshold_from_good(np.asarray(calibration["good_scores"]),
+                               rule.target_false_reject_rate, calibration["n_parts"], rule.prior)
+
+
+@dataclass(frozen=True)
+class Replay:
+    """One draw under one rule: FRR on test/good, recall, the test-split yardstick, share."""
+
+    frr: float
+    recall: float
+    yardstick: float
+    share: float | None  # None where the yardstick is 0
+
+
+def replay(evidence: dict[str, Any], rule: Rule) -> Replay:
+    scores = np.asarray(evidence["test_scores"], dtype=np.float64)
+    defect = np.asarray(evidence["test_is_defect"], dtype=bool)
+    flagged = scores > _threshold(evidence, rule)
+    recall = float(flagged[defect].mean())
+    stick = recall_at_false_reject_rate(scores, defect, line_false_reject_rate(evidence["k"]))
+    return Replay(float(flagged[~defect].mean()), recall, stick,
+                  recall / stick if stick > 0 else None)
+
+
+def _check_today(evidence: dict[str, Any], data: str) -> None:
+    replayed = _threshold(evidence, TODAY)
+    if not np.isclose(replayed, evidence["threshold"], rtol=1e-5):
+        raise SystemExit(f"{data} k={evidence['k']} seed={evidence['seed']}: today's rule gives "
+                         f"{replayed:.6g}, the draw stored {evidence['threshold']:.6g}")
+
+
+def cells(prefix: str) -> list[dict[str, Any]]:
+    """Every (rule, set, k) cell: means over the draws."""
+    out = []
+    for data in SETS:
+        payload = load(prefix, data)
+        if payload is None:
+            continue
+        draws = payload.get("draw_evidence") or []
+        for evidence in draws:
+            _check_today(evidence, data)
+        for rule in CANDIDATES:
+            for k in sorted({d["k"] for d in draws}):
+                replays = [replay(d, rule) for d in draws if d["k"] == k]
+                shares = [r.share for r in replays if r.share is not None]
+                out.append({
+                    "rule": rule.name, "data": data, "k": k, "draws": len(replays),
+                    "frr": fmean([r.frr for r in replays]),
+                    "recall": fmean([r.recall for r in replays]),
+                    "yardstick": fmean([r.yardstick for r in replays]),
+                    "share": fmean(shares) if shares else None,
+                })
+    return out
+
+
+def _passes(cell: dict[str, Any]) -> bool:
+    return cell["frr"] <= MAX_FRR and (cell["share"] is None or cell["share"] >= MIN_SHARE)
+
+
+def standings(all_cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per rule, the declared choice's keys, best first (today's rule wins full ties)."""
+    out = []
+    for order, rule in enumerate(CANDIDATES):
+        judged = [c for c in all_cells if c["rule"] == rule.name and c["k"] >= CHOSEN_FROM_K]
+        out.append({
+            "rule": rule.name,
+            "cells": len(judged),
+            "passing": sum(_passes(c) for c in judged),
+            "over_frr": sum(c["frr"] > MAX_FRR for c in judged),
+            "mean_capped_share": fmean(
+                [1.0 if c["share"] is None else min(1.0, c["share"]) for c in judged]),
+            "order": order,
+        })
+    return sorted(out, key=lambda s: (-s["passing"], s["over_frr"], -s["mean_capped_share"],
+                                      s["order"]))
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("prefix", help="evaluate files PREFIX.<set>.json with draw_evidence")
+    parser.add_argument("--out", type=Path, default=None, help="JSON of every cell and standing")
+    args = parser.parse_args(argv)
+    all_cells = cells(args.prefix)
+    if not all_cells:
+        raise SystemExit(f"no evaluate file with draw_evidence at {args.prefix}.<set>.json")
+    ranked = standings(all_cells)
+    print(common.markdown_table(
+        ["rule", f"cells passing (k >= {CHOSEN_FROM_K})", "cells above 5 % FRR",
+         "mean share (capped at 1)"],
+        [[s["rule"], f"{s['passing']}/{s['cells']}", s["over_frr"],
+          f"{s['mean_capped_share']:.3f}"] for s in ranked]))
+    print(f"\nchosen: {ranked[0]['rule']}\n")
+    print(common.markdown_table(
+        ["rule", "data", "k", "draws", "FRR (test good)", "recall",
+         "recall at line FRR, test threshold", "share"],
+        [[c["rule"], c["data"], c["k"], c["draws"], _fmt(c["frr"], 3), _fmt(c["recall"], 3),
+          _fmt(c["yardstick"], 3), _fmt(c["share"], 2)] for c in all_cells]))
+    if args.out:
+        common.write_results(args.out, {"prefix": args.prefix, "standings": ranked,
+                                        "cells": all_cells})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

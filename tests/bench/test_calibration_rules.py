@@ -1,0 +1,66 @@
+"""bench.calibration_rules on a hand-made evaluate file: today's rule gives back the stored
+threshold (or the script stops), and a narrower prior lowers a two-image threshold."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from app.detector.calibration import threshold_from_good
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = [10.0, 10.6]
+
+
+def _write(prefix: Path, stored_threshold: float) -> None:
+    good = [8.0 + 0.5 * i for i in range(20)]  # test/good 8.0 .. 17.5
+    defects = [11.0 + i for i in range(10)]  # 11 .. 20
+    evidence = {"k": 2, "seed": 0, "threshold": stored_threshold,
+                "calibration": {"method": "leave-one-out", "good_scores": GOOD, "n_parts": 2,
+                                "target_false_reject_rate": 0.01},
+                "test_scores": good + defects,
+                "test_is_defect": [False] * len(good) + [True] * len(defects)}
+    Path(f"{prefix}.mvtec_bottle_512.json").write_text(json.dumps({"draw_evidence": [evidence]}))
+
+
+def _run(prefix: Path) -> subprocess.CompletedProcess[str]:
+    # As a person runs it (tests/bench shadows the bench package inside pytest).
+    return subprocess.run(
+        [sys.executable, "-m", "bench.calibration_rules", str(prefix)], cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+
+
+def _rows(stdout: str) -> dict[str, list[str]]:
+    table = stdout.split("\nchosen: ")[1].split("\n\n", 1)[1]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    return {row[0]: row for row in cells}
+
+
+def test_rules_are_replayed_on_the_stored_scores(tmp_path: Path) -> None:
+    today = threshold_from_good(np.asarray(GOOD), 0.01, 2)
+    _write(tmp_path / "run", today)
+    proc = _run(tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    rows = _rows(proc.stdout)
+    good = np.array([8.0 + 0.5 * i for i in range(20)])
+    defects = np.array([11.0 + i for i in range(10)])
+    expected_frr = float(np.mean(good > today))
+    assert rows["spread 0.20, weight 8, target 1 %"][4] == f"{expected_frr:.3f}"
+    assert rows["spread 0.20, weight 8, target 1 %"][5] == f"{np.mean(defects > today):.3f}"
+    # The test split's own threshold at 5 % FRR sits at its second-highest good score (17.0).
+    assert rows["spread 0.20, weight 8, target 1 %"][6] == f"{np.mean(defects > 17.0):.3f}"
+    frr_wide = float(rows["spread 0.20, weight 8, target 1 %"][4])
+    frr_narrow = float(rows["spread 0.10, weight 4, target 3 %"][4])
+    assert frr_narrow > frr_wide  # a narrower prior and a higher target: a lower threshold
+
+
+def test_a_stored_threshold_the_rule_does_not_give_back_stops_the_script(tmp_path: Path) -> None:
+    _write(tmp_path / "run", 1.5 * threshold_from_good(np.asarray(GOOD), 0.01, 2))
+    proc = _run(tmp_path / "run")
+    assert proc.returncode != 0
+    assert "today's rule gives" in proc.stderr
