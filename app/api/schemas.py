@@ -18,6 +18,7 @@ from app.db.models import (
     Model,
     ModelStatus,
 )
+from app.detector.calibration import DEFAULT_PRIOR
 from app.detector.config import SETTINGS, DetectorConfig
 from app.detector.layout import (
     MAX_IGNORE_MASKS,
@@ -339,6 +340,11 @@ class CalibrationPublic(BaseModel):
     n_parts: int | None = Field(default=None, description=(
         "good parts the good scores come from: a part's allowed-variation views count once; "
         "null for models calibrated before such views existed"))
+    prior_log_spread: float | None = Field(default=None, description=(
+        "the bound's prior on how much good parts' scores differ (relative spread), worth "
+        "prior_weight images: few images lean on it, many on their own spread; null for "
+        "models calibrated before it was recorded"))
+    prior_weight: int | None = None
 
 
 _MODEL_EXAMPLE = {
@@ -348,7 +354,8 @@ _MODEL_EXAMPLE = {
     "threshold": 5.052,
     "calibration": {"threshold": 5.052, "method": "leave-one-out", "target_false_reject_rate": 0.01,
                     "good_scores": [2.71, 2.88, 2.95], "defect_scores": [], "good_mean": 2.85,
-                    "good_std": 0.12},
+                    "good_std": 0.12, "n_parts": 3, "prior_log_spread": DEFAULT_PRIOR.log_spread,
+                    "prior_weight": DEFAULT_PRIOR.weight},
     "bank_size": _DEFAULTS.min_bank_size, "n_good_images": 12, "n_defect_images": 0,
     "timings": {"features_s": 0.9, "coreset_s": 0.0, "calibration_s": 0.1, "export_s": 0.2,
                 "total_s": 1.2},

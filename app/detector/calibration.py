@@ -68,6 +68,9 @@ class Calibration:
     # Parts the good scores come from (a part's variation views count once); None: models
     # calibrated before views existed, one score per part.
     n_parts: int | None = None
+    # The prior of the bound (threshold_from_good); None: calibrated before it was recorded.
+    prior_log_spread: float | None = None
+    prior_weight: int | None = None
 
     def normalize(self, score: float) -> float:
         return normalize_score(score, self.threshold)
@@ -241,11 +244,12 @@ def calibrate(
     method: str,
     defect_scores: np.ndarray | None = None,
     n_parts: int | None = None,
+    prior: ScorePrior = DEFAULT_PRIOR,
 ) -> Calibration:
     """Build the ``Calibration`` of a model from held-out good scores (and optional defects);
-    ``n_parts`` as in ``threshold_from_good``."""
+    ``n_parts`` and ``prior`` as in ``threshold_from_good``."""
     good = np.asarray(good_scores, dtype=np.float64)
-    threshold = threshold_from_good(good, target_false_reject_rate, n_parts)
+    threshold = threshold_from_good(good, target_false_reject_rate, n_parts, prior)
     defects = np.asarray(defect_scores if defect_scores is not None else [], dtype=np.float64)
     if len(defects):
         threshold = f1_threshold(good, defects)
@@ -260,6 +264,8 @@ def calibrate(
         good_mean=float(np.mean(good)),
         good_std=std if math.isfinite(std) else 0.0,
         n_parts=len(good) if n_parts is None else n_parts,
+        prior_log_spread=prior.log_spread,
+        prior_weight=prior.weight,
     )
 
 

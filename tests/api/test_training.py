@@ -34,6 +34,7 @@ def test_training_lifecycle(api: Any, images: Any, client: TestClient) -> None:
     calibration = model["calibration"]
     assert calibration["threshold"] == model["threshold"]
     assert len(calibration["good_scores"]) == 3
+    assert calibration["prior_log_spread"] > 0 and calibration["prior_weight"] > 0
     assert model["n_good_images"] == 3 and model["bank_size"] > 0
     assert model["onnx_size_bytes"] > 0
     assert model["config"]["resolution"] == 64 and model["seed"] == 3

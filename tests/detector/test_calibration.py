@@ -337,3 +337,13 @@ def test_calibration_records_the_parts() -> None:
     assert cal.n_parts == 2
     assert Calibration.from_dict(cal.to_dict()) == cal
     assert calibrate(np.array([1.0, 1.2]), 0.01, method="leave-one-out").n_parts == 2
+
+
+def test_calibration_states_the_prior_it_used() -> None:
+    narrow = ScorePrior(log_spread=0.1, weight=4)
+    cal = calibrate(np.array([1.0, 1.2]), 0.01, method="leave-one-out", prior=narrow)
+    assert (cal.prior_log_spread, cal.prior_weight) == (0.1, 4)
+    assert cal.threshold == threshold_from_good(np.array([1.0, 1.2]), 0.01, prior=narrow)
+    # A calibration stored before the prior was recorded reads back without one.
+    stored = {k: v for k, v in cal.to_dict().items() if not k.startswith("prior_")}
+    assert Calibration.from_dict(stored).prior_log_spread is None
