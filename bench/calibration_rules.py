@@ -9,14 +9,14 @@ A rule (prior spread and weight, target false-reject rate) changes the threshold
 each declared candidate's threshold is recomputed from the same good scores and judged on the
 same test scores: its false-reject rate on test/good, its recall, and that recall's share of
 the recall of a threshold set on the test split at the FRR a line tolerates (10 % from one
-image, 5 % from more). The rule today is replayed first and must give back every stored
-threshold, or the script stops.
+image, 5 % from more). Each draw's own rule (recorded with its calibration) is replayed
+first and must give back its stored threshold, or the script stops.
 
 Choice, declared before measuring: over the four sets and k = 2, 4, 8, 16, a cell (set, k)
 passes when its mean FRR is at most 5 % and its mean share at least 0.8 (a cell whose every
 yardstick is 0 passes on share: nothing is caught at that FRR). The rule with the most
 passing cells wins; ties go to fewer cells above 5 % FRR, then to the higher mean share
-(each cell's capped at 1), then to today's rule.
+(each cell's capped at 1), then to the rule at the declaration (``DECLARED_BASELINE``).
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from app.detector.calibration import DEFAULT_PRIOR, ScorePrior, threshold_from_good
-from app.detector.config import DetectorConfig
+from app.detector.calibration import ScorePrior, threshold_from_good
 from app.evaluation.evaluate import line_false_reject_rate
 from app.evaluation.metrics import recall_at_false_reject_rate
 from bench import common
@@ -55,12 +54,13 @@ class Rule:
                 f"target {100 * self.target_false_reject_rate:.0f} %")
 
 
-TODAY = Rule(DEFAULT_PRIOR, DetectorConfig().target_false_reject_rate)
-CANDIDATES = [TODAY] + [
+# The rule when the candidates were declared (2026-12-02): first, so that it wins full ties.
+DECLARED_BASELINE = Rule(ScorePrior(0.2, 8), 0.01)
+CANDIDATES = [DECLARED_BASELINE] + [
     rule for rule in (Rule(ScorePrior(spread, weight), target)
                       for spread in (0.2, 0.15, 0.1) for weight in (8, 4)
                       for target in (0.01, 0.02, 0.03))
-    if rule != TODAY
+    if rule != DECLARED_BASELINE
 ]
 
 
@@ -68,6 +68,16 @@ def _threshold(evidence: dict[str, Any], rule: Rule) -> float:
     calibration = evidence["calibration"]
     return threshold_from_good(np.asarray(calibration["good_scores"]),
                                rule.target_false_reject_rate, calibration["n_parts"], rule.prior)
+
+
+def rule_of(evidence: dict[str, Any]) -> Rule:
+    """The rule the draw was calibrated with: as recorded, or (evidence from before the prior
+    was recorded) the declared baseline's prior."""
+    calibration = evidence["calibration"]
+    recorded = calibration.get("prior_log_spread")
+    prior = (DECLARED_BASELINE.prior if recorded is None
+             else ScorePrior(recorded, calibration["prior_weight"]))
+    return Rule(prior, calibration["target_false_reject_rate"])
 
 
 @dataclass(frozen=True)
@@ -90,10 +100,10 @@ def replay(evidence: dict[str, Any], rule: Rule) -> Replay:
                   recall / stick if stick > 0 else None)
 
 
-def _check_today(evidence: dict[str, Any], data: str) -> None:
-    replayed = _threshold(evidence, TODAY)
+def _check_replay(evidence: dict[str, Any], data: str) -> None:
+    replayed = _threshold(evidence, rule_of(evidence))
     if not np.isclose(replayed, evidence["threshold"], rtol=1e-5):
-        raise SystemExit(f"{data} k={evidence['k']} seed={evidence['seed']}: today's rule gives "
+        raise SystemExit(f"{data} k={evidence['k']} seed={evidence['seed']}: its own rule gives "
                          f"{replayed:.6g}, the draw stored {evidence['threshold']:.6g}")
 
 
@@ -106,7 +116,7 @@ def cells(prefix: str) -> list[dict[str, Any]]:
             continue
         draws = payload.get("draw_evidence") or []
         for evidence in draws:
-            _check_today(evidence, data)
+            _check_replay(evidence, data)
         for rule in CANDIDATES:
             for k in sorted({d["k"] for d in draws}):
                 replays = [replay(d, rule) for d in draws if d["k"] == k]
@@ -126,7 +136,7 @@ def _passes(cell: dict[str, Any]) -> bool:
 
 
 def standings(all_cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per rule, the declared choice's keys, best first (today's rule wins full ties)."""
+    """Per rule, the declared choice's keys, best first (the baseline wins full ties)."""
     out = []
     for order, rule in enumerate(CANDIDATES):
         judged = [c for c in all_cells if c["rule"] == rule.name and c["k"] >= CHOSEN_FROM_K]

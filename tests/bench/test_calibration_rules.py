@@ -1,4 +1,4 @@
-"""bench.calibration_rules on a hand-made evaluate file: today's rule gives back the stored
+"""bench.calibration_rules on a hand-made evaluate file: a draw's own rule gives back its stored
 threshold (or the script stops), and a narrower prior lowers a two-image threshold."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.detector.calibration import threshold_from_good
+from app.detector.calibration import ScorePrior, threshold_from_good
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = [10.0, 10.6]
@@ -22,7 +22,8 @@ def _write(prefix: Path, stored_threshold: float) -> None:
     defects = [11.0 + i for i in range(10)]  # 11 .. 20
     evidence = {"k": 2, "seed": 0, "threshold": stored_threshold,
                 "calibration": {"method": "leave-one-out", "good_scores": GOOD, "n_parts": 2,
-                                "target_false_reject_rate": 0.01},
+                                "target_false_reject_rate": 0.01, "prior_log_spread": 0.2,
+                                "prior_weight": 8},
                 "test_scores": good + defects,
                 "test_is_defect": [False] * len(good) + [True] * len(defects)}
     Path(f"{prefix}.mvtec_bottle_512.json").write_text(json.dumps({"draw_evidence": [evidence]}))
@@ -42,7 +43,7 @@ def _rows(stdout: str) -> dict[str, list[str]]:
 
 
 def test_rules_are_replayed_on_the_stored_scores(tmp_path: Path) -> None:
-    today = threshold_from_good(np.asarray(GOOD), 0.01, 2)
+    today = threshold_from_good(np.asarray(GOOD), 0.01, 2, ScorePrior(0.2, 8))
     _write(tmp_path / "run", today)
     proc = _run(tmp_path / "run")
     assert proc.returncode == 0, proc.stderr
@@ -60,7 +61,8 @@ def test_rules_are_replayed_on_the_stored_scores(tmp_path: Path) -> None:
 
 
 def test_a_stored_threshold_the_rule_does_not_give_back_stops_the_script(tmp_path: Path) -> None:
-    _write(tmp_path / "run", 1.5 * threshold_from_good(np.asarray(GOOD), 0.01, 2))
+    _write(tmp_path / "run", 1.5 * threshold_from_good(np.asarray(GOOD), 0.01, 2,
+                                                       ScorePrior(0.2, 8)))
     proc = _run(tmp_path / "run")
     assert proc.returncode != 0
-    assert "today's rule gives" in proc.stderr
+    assert "its own rule gives" in proc.stderr
