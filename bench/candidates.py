@@ -24,6 +24,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "C9": {"backbone": "efficientnet_lite2"},
     "C10": {"backbone": "vit_small_l6_l9", "resolution": 336, "resize": "square",
             "variation_views": 4},
+    "C11": {"backbone": "efficientnet_lite2", "augment": "auto"},  # turns for parts at any angle
 }
 
 # The candidate each preset is (the configurations auto chooses among).

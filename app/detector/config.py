@@ -24,7 +24,7 @@ from app.detector.presets import (
 )
 from app.errors import InvalidInputError
 
-Augmentation = Literal["none", "flip", "rot90"]
+Augmentation = Literal["none", "flip", "rot90", "turns", "auto"]
 ResizePolicy = Literal["fixed_scale", "shorter_side", "square"]
 Precision = Literal["float32", "int8"]
 Distance = Literal["euclidean", "cosine"]
@@ -126,7 +126,10 @@ class DetectorConfig:
     target_false_reject_rate: float = field(default=0.01, metadata=setting(
         "good parts the calibrated threshold may reject", gt=0, lt=0.5))
     augment: Augmentation = field(default="none", metadata=setting(
-        "training-time views: none, flip, rot90"))
+        "training-time views: none, flip (mirror images), rot90 (quarter turns and mirrors), "
+        "turns (turns by every 45 degrees, for parts placed at any angle), auto (turns when "
+        "the training images show the part at varying angles, from two images on; a model "
+        "records what was used)"))
     # Views of each training image drawn from a good part's allowed variations (displaced,
     # turned, re-lit, JPEG; app/detector/variations.py): in the bank, and held out to calibrate.
     variation_views: int = field(default=0, metadata=setting(

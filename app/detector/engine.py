@@ -33,6 +33,7 @@ from app.detector.memory import (
     image_score,
     nearest_distances,
 )
+from app.detector.orientation import placed_at_varying_angles, turn, turn_angles
 from app.detector.presets import AUTO, PRESETS, Preset, auto_pick
 from app.detector.quality import DEFAULT_PROFILE, DefectProfile, QualityReport, quality_report
 from app.detector.quantize import MAX_CALIBRATION_INPUTS, quantize_backbone
@@ -142,12 +143,18 @@ def view_transforms(mode: str) -> list[Callable[[np.ndarray], np.ndarray]]:
     """The label-preserving copies of an image as array operations on its first two axes
     (so they apply to an image and to its patch-grid masks alike): the identity first;
     ``flip`` adds the two mirror images, ``rot90`` every symmetry of a square (quarter turns
-    and their mirrors, eight views in all) for parts that appear in any orientation."""
+    and their mirrors, eight views in all) for parts that appear in any orientation, ``turns``
+    the turns by every 45 degrees without mirrors (``orientation``). ``auto`` is decided
+    before (``Detector.fit``)."""
     def identity(a: np.ndarray) -> np.ndarray:
         return a
 
     if mode == "none":
         return [identity]
+    if mode == "turns":
+        return [identity, *(partial(turn, degrees=angle) for angle in turn_angles())]
+    if mode not in ("flip", "rot90"):
+        raise ValueError(f"no views for augment {mode!r}")
     transforms: list[Callable[[np.ndarray], np.ndarray]] = [
         identity, lambda a: a[:, ::-1], lambda a: a[::-1, :]]
     if mode == "rot90":
@@ -228,6 +235,9 @@ class Detector:
 
         report(0.0, "features")
         images = [check_image_array(image) for image in good_images]
+        if config.augment == "auto":  # decided from the photos; the model records the choice
+            config = replace(config, augment="turns" if placed_at_varying_angles(images)
+                             else "none")
         plan = resize_plan(config, images)
         backbone = self.backbone(spec.name)
         extractor = self.extractor(config, plan)

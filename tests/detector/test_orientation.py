@@ -1,0 +1,107 @@
+"""Parts placed at any angle: turned views, and the decision from the photos themselves."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+
+from app.detector.config import DetectorConfig
+from app.detector.engine import Detector, augment
+from app.detector.orientation import (
+    direction_resultant,
+    dominant_direction,
+    placed_at_varying_angles,
+    turn,
+)
+from app.detector.runtime import METADATA_PREFIX
+
+SIDE = 64
+
+
+def _bar(degrees: float, seed: int = 0, side: int = SIDE) -> np.ndarray:
+    """A dark bar (40 x 10 px) on a noisy grey tray, its long side at ``degrees``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float64) - (side - 1) / 2
+    theta = math.radians(degrees)
+    along = xx * math.cos(theta) - yy * math.sin(theta)  # image y points down
+    across = xx * math.sin(theta) + yy * math.cos(theta)
+    grey = np.where((np.abs(along) < 20) & (np.abs(across) < 5), 40.0, 170.0)
+    grey = grey + rng.normal(0.0, 4.0, grey.shape)
+    return np.clip(np.repeat(grey[..., None], 3, axis=2), 0, 255).astype(np.uint8)
+
+
+def _direction(image: np.ndarray) -> float:
+    return math.degrees(dominant_direction(image)[0])
+
+
+def _degrees_apart(a: float, b: float) -> float:
+    """Distance of two directions modulo 180 degrees."""
+    d = (a - b) % 180
+    return min(d, 180 - d)
+
+
+def test_a_quarter_turn_of_an_image_and_of_a_grid_is_rot90() -> None:
+    image = np.random.default_rng(1).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    assert np.array_equal(turn(image, 90), np.rot90(image))
+    mask = np.zeros((5, 5), dtype=bool)
+    mask[0, 1:3] = True
+    assert np.array_equal(turn(mask, 90), np.rot90(mask))
+    assert turn(image, 360) is image
+
+
+def test_turns_keep_shape_and_type_and_fill_the_corners_from_the_image() -> None:
+    image = _bar(0)
+    turned = turn(image, 45)
+    assert turned.shape == image.shape and turned.dtype == np.uint8
+    # The corners come from the tray, mirrored: no black wedges.
+    assert turned[0, 0].min() > 120 and turned[-1, -1].min() > 120
+    # The bar now lies along the diagonal: the centre stays dark.
+    assert turned[SIDE // 2, SIDE // 2].max() < 80
+
+
+def test_turns_are_the_photo_and_seven_turns_without_mirrors() -> None:
+    image = _bar(10)
+    views = augment(image, "turns")
+    assert len(views) == 8 and np.array_equal(views[0], image)
+    # View n lies as the bar drawn n x 45 degrees on (counter-clockwise) does.
+    for n, view in enumerate(views):
+        assert _degrees_apart(_direction(view), _direction(_bar(10 + 45 * n))) < 6, n
+
+
+def test_an_elongated_part_has_a_direction_and_a_flat_image_none() -> None:
+    angle, coherence = dominant_direction(_bar(30))
+    # Gradients cross the bar: the tensor's direction is the bar's normal, 90 - 30 degrees
+    # in image coordinates (y down).
+    assert _degrees_apart(math.degrees(angle), 60) < 5
+    assert coherence > 0.3
+    assert dominant_direction(np.full((32, 32, 3), 90, dtype=np.uint8)) == (0.0, 0.0)
+
+
+def test_varying_angles_are_told_from_one_angle() -> None:
+    any_angle = [_bar(a, seed=i) for i, a in enumerate((0, 50, 100, 140, 20, 75))]
+    one_angle = [_bar(30 + i, seed=i) for i in range(6)]
+    assert placed_at_varying_angles(any_angle)
+    assert not placed_at_varying_angles(one_angle)
+    resultant = direction_resultant(one_angle)
+    assert resultant is not None and resultant > 0.95
+    # One photo shows one angle: nothing to compare, never turned.
+    assert direction_resultant(any_angle[:1]) is None
+    assert not placed_at_varying_angles(any_angle[:1])
+
+
+@pytest.mark.parametrize(("angles", "used", "views"),
+                         [((0, 60, 120, 30), "turns", 8), ((30, 31, 29, 30), "none", 1)])
+def test_augment_auto_turns_only_parts_at_varying_angles(
+    detector: Detector, angles: tuple[int, ...], used: str, views: int
+) -> None:
+    """The model records what auto chose, in its configuration and in the ONNX file."""
+    images = [_bar(a, seed=i) for i, a in enumerate(angles)]
+    fitted = detector.fit(images, DetectorConfig(resolution=64, augment="auto"))
+    assert fitted.config.augment == used
+    assert fitted.bank_size == views * len(images) * 64  # below 2048 patches all are kept
+    metadata = {p.key: p.value for p in onnx.load_from_string(fitted.onnx_bytes).metadata_props}
+    assert json.loads(metadata[METADATA_PREFIX + "config"])["augment"] == used
