@@ -350,7 +350,7 @@ class CalibrationPublic(BaseModel):
 _MODEL_EXAMPLE = {
     "version": 3, "status": "ready", "progress": 1.0, "stage": "done", "is_active": True,
     "activate": True, "seed": 7, "cancel_requested": False,
-    "config": {**_DEFAULTS.to_dict(), "resolution": 256},
+    "config": {**_DEFAULTS.to_dict(), "resolution": 256, "augment": "none"},  # auto as chosen
     "threshold": 5.052,
     "calibration": {"threshold": 5.052, "method": "leave-one-out", "target_false_reject_rate": 0.01,
                     "good_scores": [2.71, 2.88, 2.95], "defect_scores": [], "good_mean": 2.85,

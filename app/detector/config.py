@@ -125,7 +125,7 @@ class DetectorConfig:
         "the bank keeps at most this many patches", ge=1))
     target_false_reject_rate: float = field(default=0.01, metadata=setting(
         "good parts the calibrated threshold may reject", gt=0, lt=0.5))
-    augment: Augmentation = field(default="none", metadata=setting(
+    augment: Augmentation = field(default="auto", metadata=setting(
         "training-time views: none, flip (mirror images), rot90 (quarter turns and mirrors), "
         "turns (turns by every 45 degrees, for parts placed at any angle), auto (turns when "
         "the training images show the part at varying angles, from two images on; a model "

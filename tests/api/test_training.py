@@ -95,7 +95,7 @@ def test_versions_and_activation_roll_back_and_forward(trained: Any, images: Any
 def test_override_settings_for_one_model(trained: Any, client: TestClient, problem: Any) -> None:
     model = trained.train("bolt", seed=0, settings={"augment": "flip"}, activate=False)
     assert model["config"]["augment"] == "flip"
-    assert client.get("/v1/variants/bolt").json()["settings"]["augment"] == "none"
+    assert client.get("/v1/variants/bolt").json()["settings"]["augment"] == "auto"
     problem(client.post("/v1/variants/bolt/models", json={"settings": {"resolution": 5}}), 422)
     problem(client.post("/v1/variants/bolt/models", json={"seed": -1}), 422)
     problem(client.post("/v1/variants/bolt/models", json={"bogus": 1}), 422)
