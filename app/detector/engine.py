@@ -33,7 +33,7 @@ from app.detector.memory import (
     image_score,
     nearest_distances,
 )
-from app.detector.orientation import placed_at_varying_angles, turn, turn_angles
+from app.detector.orientation import TURN_ANGLES, placed_at_varying_angles, turn
 from app.detector.presets import AUTO, PRESETS, Preset, auto_pick
 from app.detector.quality import DEFAULT_PROFILE, DefectProfile, QualityReport, quality_report
 from app.detector.quantize import MAX_CALIBRATION_INPUTS, quantize_backbone
@@ -152,7 +152,7 @@ def view_transforms(mode: str) -> list[Callable[[np.ndarray], np.ndarray]]:
     if mode == "none":
         return [identity]
     if mode == "turns":
-        return [identity, *(partial(turn, degrees=angle) for angle in turn_angles())]
+        return [identity, *(partial(turn, degrees=angle) for angle in TURN_ANGLES)]
     if mode not in ("flip", "rot90"):
         raise ValueError(f"no views for augment {mode!r}")
     transforms: list[Callable[[np.ndarray], np.ndarray]] = [

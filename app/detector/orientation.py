@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-TURN_STEP_DEGREES = 45  # turns: the photo and its turns by 45, 90, ... 315 degrees
+# augment turns: the photo and its turns by these angles (counter-clockwise, degrees)
+TURN_ANGLES = tuple(range(45, 360, 45))
 # Below this resultant length of the photos' doubled directions the part counts as placed
 # at varying angles: no more aligned than two parts 60 degrees apart (|cos 120 deg| = 0.5).
 ALIGNED_RESULTANT = 0.5
@@ -37,11 +38,6 @@ def turn(array: np.ndarray, degrees: float) -> np.ndarray:
     turned = ndimage.rotate(array.astype(np.float32), degrees, axes=(1, 0), reshape=False,
                             order=1, mode="mirror")
     return np.clip(np.rint(turned), 0, 255).astype(array.dtype)
-
-
-def turn_angles() -> list[int]:
-    """The turns of ``augment`` turns after the photo itself: 45, 90, ... 315 degrees."""
-    return list(range(TURN_STEP_DEGREES, 360, TURN_STEP_DEGREES))
 
 
 def dominant_direction(image: np.ndarray) -> tuple[float, float]:

@@ -110,14 +110,7 @@ class Draw:
             "k": self.result.k,
             "seed": self.result.seed,
             "threshold": self.calibration.threshold,
-            "calibration": {
-                "method": self.calibration.method,
-                "good_scores": self.calibration.good_scores,
-                "n_parts": self.calibration.n_parts,
-                "target_false_reject_rate": self.calibration.target_false_reject_rate,
-                "prior_log_spread": self.calibration.prior_log_spread,
-                "prior_weight": self.calibration.prior_weight,
-            },
+            "calibration": self.calibration.to_dict(),
             "test_scores": [round(float(v), 6) for v in self.scores.scores],
             "test_is_defect": [bool(v) for v in self.scores.is_defect],
         }

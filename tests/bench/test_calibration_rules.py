@@ -14,18 +14,18 @@ import numpy as np
 from app.detector.calibration import ScorePrior, threshold_from_good
 
 ROOT = Path(__file__).resolve().parents[2]
-GOOD = [10.0, 10.6]
+GOOD = [10.0, 10.6]  # the held-out training scores the draw was calibrated from
+TEST_GOOD = [8.0 + 0.5 * i for i in range(20)]  # test/good 8.0 .. 17.5
+TEST_DEFECTS = [11.0 + i for i in range(10)]  # 11 .. 20
 
 
 def _write(prefix: Path, stored_threshold: float) -> None:
-    good = [8.0 + 0.5 * i for i in range(20)]  # test/good 8.0 .. 17.5
-    defects = [11.0 + i for i in range(10)]  # 11 .. 20
     evidence = {"k": 2, "seed": 0, "threshold": stored_threshold,
                 "calibration": {"method": "leave-one-out", "good_scores": GOOD, "n_parts": 2,
                                 "target_false_reject_rate": 0.01, "prior_log_spread": 0.2,
                                 "prior_weight": 8},
-                "test_scores": good + defects,
-                "test_is_defect": [False] * len(good) + [True] * len(defects)}
+                "test_scores": TEST_GOOD + TEST_DEFECTS,
+                "test_is_defect": [False] * len(TEST_GOOD) + [True] * len(TEST_DEFECTS)}
     Path(f"{prefix}.mvtec_bottle_512.json").write_text(json.dumps({"draw_evidence": [evidence]}))
 
 
@@ -48,8 +48,7 @@ def test_rules_are_replayed_on_the_stored_scores(tmp_path: Path) -> None:
     proc = _run(tmp_path / "run")
     assert proc.returncode == 0, proc.stderr
     rows = _rows(proc.stdout)
-    good = np.array([8.0 + 0.5 * i for i in range(20)])
-    defects = np.array([11.0 + i for i in range(10)])
+    good, defects = np.array(TEST_GOOD), np.array(TEST_DEFECTS)
     expected_frr = float(np.mean(good > today))
     assert rows["spread 0.20, weight 8, target 1 %"][4] == f"{expected_frr:.3f}"
     assert rows["spread 0.20, weight 8, target 1 %"][5] == f"{np.mean(defects > today):.3f}"
