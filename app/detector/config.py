@@ -29,6 +29,7 @@ ResizePolicy = Literal["fixed_scale", "shorter_side", "square"]
 Precision = Literal["float32", "int8"]
 Distance = Literal["euclidean", "cosine"]
 Background = Literal["keep", "auto"]
+Light = Literal["keep", "normalise"]
 
 AUGMENTATIONS: tuple[Augmentation, ...] = get_args(Augmentation)
 RESIZE_POLICIES: tuple[ResizePolicy, ...] = get_args(ResizePolicy)
@@ -115,6 +116,14 @@ class DetectorConfig:
         "keep judges every cell; auto leaves the background out (the side of each image's "
         "first principal component of its own patch features that the border lies on) when "
         "the training images show a part on a background, judging the whole frame otherwise"))
+    # One gain and offset per image, the same for its three channels (graph._normalise_light):
+    # brightness and contrast, not colour, and a part uniformly darker than the training parts
+    # is no longer a defect by its level alone.
+    light: Light = field(default="keep", metadata=setting(
+        "keep judges each image's levels as photographed; normalise first brings each image's "
+        "mean level and contrast (one gain and offset for its three channels) to those of the "
+        "training images, so a brighter or flatter light does not look like a defect (nor "
+        "does a part uniformly darker or lighter than the training parts)"))
     coreset_ratio: float = field(default=0.1, metadata=setting(
         "fraction of patches kept in the memory bank (large banks only)", gt=0, le=1))
     # Banks smaller than this keep every patch: few-shot banks are small and subsampling

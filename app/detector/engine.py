@@ -13,6 +13,7 @@ import math
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -24,7 +25,12 @@ import onnx
 from app.detector.backbones import BackboneSpec, backbone_path, get_backbone
 from app.detector.calibration import Calibration, calibrate, region_holdout_score
 from app.detector.config import DetectorConfig
-from app.detector.graph import ResizePlan, build_feature_extractor, build_scoring_model
+from app.detector.graph import (
+    ResizePlan,
+    build_feature_extractor,
+    build_scoring_model,
+    light_statistics,
+)
 from app.detector.layout import LAYOUT_METADATA, TRAINED_IGNORE_METADATA, Layout
 from app.detector.memory import (
     PatchFeatures,
@@ -48,6 +54,8 @@ MAX_CORESET_CANDIDATES = 65536
 MAX_CALIBRATION_IMAGES = 50
 # Fresh variation views of a one-image model's photo, scored to calibrate it.
 ONE_SHOT_HELD_OUT_VIEWS = 8
+# Feature extractor sessions a Detector keeps (each a backbone's worth of memory).
+MAX_EXTRACTORS = 8
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -176,7 +184,10 @@ class Detector:
         self.models_dir = Path(models_dir)
         self.options = options or RuntimeOptions()
         self._backbones: dict[str, onnx.ModelProto] = {}
-        self._extractors: dict[tuple[str, ResizePlan, bool, bool], FeatureExtractor] = {}
+        # Least recently used last out: a plan holds its training images' constants (reference
+        # side, light), so a long-running service would otherwise keep a session per fit.
+        self._extractors: OrderedDict[tuple[str, ResizePlan, bool, bool], FeatureExtractor] = \
+            OrderedDict()
         self._lock = threading.Lock()
 
     def backbone(self, name: str) -> onnx.ModelProto:
@@ -190,9 +201,13 @@ class Detector:
         key = (spec.name, plan, unit_length(config), wants_foreground(config))
         backbone = self.backbone(spec.name)
         with self._lock:
-            if key not in self._extractors:
+            if key in self._extractors:
+                self._extractors.move_to_end(key)
+            else:
                 self._extractors[key] = FeatureExtractor.for_config(
                     spec, backbone, plan, self.options, config)
+                while len(self._extractors) > MAX_EXTRACTORS:
+                    self._extractors.popitem(last=False)
             return self._extractors[key]
 
     def fit(
@@ -384,6 +399,10 @@ class Detector:
                 {
                     "input": "image: uint8 [H, W, 3] RGB, any size; resized inside the graph",
                     "resize": plan.describe(spec.size_multiple),
+                    "light": (f"levels moved by one gain and offset to mean {plan.light_mean:.2f}"
+                              f" and standard deviation {plan.light_std:.2f} (the training "
+                              "images'; gain at most 4)") if plan.normalises_light
+                    else "as photographed",
                     "normalise": f"(x - {list(spec.mean)}) / {list(spec.std)}",
                     "distance": "euclidean between patch features scaled to unit length "
                     "(cosine)" if unit_length(config) else "euclidean between patch features",
@@ -646,15 +665,22 @@ def _without_threshold_views(good_scores: np.ndarray, config: DetectorConfig,
 
 
 def resize_plan(config: DetectorConfig, images: Sequence[np.ndarray]) -> ResizePlan:
-    """The resize plan of a model fitted on ``images`` (fixed scale: their median shorter side)."""
+    """The resize plan of a model fitted on ``images`` (fixed scale: their median shorter side;
+    light normalise: their mean level and contrast, a grey level at least)."""
     spec = get_backbone(config.backbone)
     reference = float(np.median([min(image.shape[:2]) for image in images]))
+    light_mean = light_std = None
+    if config.light == "normalise":
+        levels = np.array([light_statistics(image) for image in images])
+        light_mean, light_std = float(levels[:, 0].mean()), max(1.0, float(levels[:, 1].mean()))
     return ResizePlan(
         policy=config.resize,
         resolution=config.resolution or spec.default_resolution,
         max_aspect=config.max_aspect,
         border=spec.border if config.border is None else config.border,
         reference_side=reference if config.resize == "fixed_scale" else None,
+        light_mean=light_mean,
+        light_std=light_std,
     )
 
 

@@ -5,7 +5,8 @@ Two graphs share one front end, so the engine's own path and the shipped model c
 ``build_feature_extractor``
     ``image`` uint8 ``(H, W, 3)`` RGB  ->  ``patches`` float32 ``(N, C)``, ``grid`` int64 ``(2,)``
     (and ``backbone_input``, what the backbone sees: calibration data for 8-bit backbones)
-    resize (aspect kept, antialiased) -> normalise -> backbone -> 3x3 local average per layer
+    resize (aspect kept, antialiased) -> (light matched to the training images' level and
+    contrast) -> normalise -> backbone -> 3x3 local average per layer
     -> upsample coarser layers to the finest grid -> concatenate (PatchCore section 3.1).
 
 ``build_scoring_model``
@@ -103,6 +104,12 @@ class ResizePlan:
 
     The longer side is capped at ``max_aspect * resolution`` so one long image cannot blow up
     the patch count.
+
+    With ``light_mean`` and ``light_std`` (grey levels, the training images' mean level and
+    contrast), every image's levels are first moved by one gain and offset, the same for its
+    three channels, to that mean and standard deviation (``_normalise_light``): a part under
+    a brighter or flatter light looks to the backbone as under the training light. Like the
+    reference side, they are constants of the model taken from its training images.
     """
 
     policy: str
@@ -110,12 +117,22 @@ class ResizePlan:
     max_aspect: float
     reference_side: float | None = None
     border: int = 0  # mirrored margin, in units of the backbone's size multiple
+    light_mean: float | None = None
+    light_std: float | None = None
 
     def __post_init__(self) -> None:
         if self.policy not in RESIZE_POLICIES:
             raise ValueError(f"unknown resize policy {self.policy!r}")
         if self.policy == "fixed_scale" and not self.reference_side:
             raise ValueError("fixed_scale needs the reference side of the training images")
+        if (self.light_mean is None) != (self.light_std is None):
+            raise ValueError("light normalisation needs both the mean and the std")
+        if self.light_std is not None and not self.light_std > 0:
+            raise ValueError(f"light_std must be positive, got {self.light_std}")
+
+    @property
+    def normalises_light(self) -> bool:
+        return self.light_std is not None
 
     def describe(self, multiple: int) -> str:
         if self.policy == "square":
@@ -134,6 +151,31 @@ class ResizePlan:
 
 
 RESIZE_POLICIES = ("fixed_scale", "shorter_side", "square")
+# An image's contrast is raised at most this many times (a near-uniform frame, a covered lens:
+# its noise would otherwise become structure).
+MAX_LIGHT_GAIN = 4.0
+
+
+def light_statistics(image: np.ndarray) -> tuple[float, float]:
+    """The mean and standard deviation of ``image``'s grey levels over all pixels and
+    channels: what ``_normalise_light`` matches to the model's reference (training time)."""
+    values = np.asarray(image, dtype=np.float64)
+    return float(values.mean()), float(values.std())
+
+
+def _normalise_light(g: _Graph, full: str, resized: str, plan: ResizePlan) -> str:
+    """``resized`` moved by one gain and offset so that the image's levels (``full``, the
+    image before resizing, as ``light_statistics`` measures them) get the plan's mean and
+    standard deviation; the resize is linear, so the statistics carry over."""
+    assert plan.light_mean is not None and plan.light_std is not None
+    mean = g.op("ReduceMean", [full], keepdims=1)
+    deviation = g.op("Sub", [full, mean])
+    std = g.op("Sqrt", [g.op("ReduceMean", [g.op("Mul", [deviation, deviation])], keepdims=1)])
+    std = g.op("Max", [std, g.const("light_floor", _f32(plan.light_std / MAX_LIGHT_GAIN))])
+    gain = g.op("Div", [g.const("light_std", _f32(plan.light_std)), std])
+    offset = g.op("Sub", [g.const("light_mean", _f32(plan.light_mean)),
+                          g.op("Mul", [mean, gain])])
+    return g.op("Add", [g.op("Mul", [resized, gain]), offset], hint="lit")
 
 
 def _target_size(g: _Graph, hw: str, plan: ResizePlan, multiple: int) -> str:
@@ -198,6 +240,8 @@ def _front_end(
         antialias=1,
         coordinate_transformation_mode="half_pixel",
     )
+    if plan.normalises_light:
+        resized = _normalise_light(g, nchw, resized, plan)
     # One value for every channel (Lite0): scalars. In 8-bit models onnxruntime moves the
     # backbone's layout change in front of these ops, and a per-channel constant then
     # broadcasts over a last axis of 3 (measured ~9x slower than a scalar).

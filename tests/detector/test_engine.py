@@ -416,3 +416,32 @@ def test_background_auto_keeps_a_texture_whole(
         auto.onnx_bytes).metadata_props)["nominal.preprocessing"])
     assert preprocessing["background"] == "every cell judged"
     assert auto.threshold == keep.threshold
+
+
+# --- light normalised ----------------------------------------------------------------------
+
+
+def test_light_normalise_is_in_the_file_and_the_engine(
+    detector: Detector, train_images: list[np.ndarray], good_image: Callable[..., np.ndarray],
+) -> None:
+    config = DetectorConfig(resolution=64, light="normalise")
+    fitted = detector.fit(train_images, config, seed=0)
+    plan = plan_from_model(fitted.onnx_bytes)
+    assert plan.light_mean is not None and plan.light_std is not None
+    props = dict((p.key, p.value) for p in onnx.load_from_string(
+        fitted.onnx_bytes).metadata_props)
+    assert json.loads(props["nominal.preprocessing"])["light"].startswith(
+        f"levels moved by one gain and offset to mean {plan.light_mean:.2f}")
+    session = _plain_session(fitted.onnx_bytes)
+    image = good_image(31)
+    engine = detector.patch_scores(image, bank_from_model(fitted.onnx_bytes), config, plan)
+    assert abs(_onnx_score(session, image) - float(engine.patches.max())) < 1e-4
+    # A good part under a 20 % dimmer light scores as under the training light; as
+    # photographed, the same dimming moves it.
+    dim = np.round(image * 0.8).astype(np.uint8)
+    assert abs(_onnx_score(session, dim) - _onnx_score(session, image)) < \
+        0.02 * fitted.threshold
+    kept = detector.fit(train_images, replace(config, light="keep"), seed=0)
+    kept_session = _plain_session(kept.onnx_bytes)
+    assert abs(_onnx_score(kept_session, dim) - _onnx_score(kept_session, image)) > \
+        0.05 * kept.threshold

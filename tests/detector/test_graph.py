@@ -4,6 +4,7 @@ planned) and the scoring graph's nearest-neighbour stage."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -310,3 +311,48 @@ def test_map_without_blur_is_the_bilinear_upsample() -> None:
         scores, (3, 4), (3, 4)
     )
     np.testing.assert_allclose(got, scores, atol=1e-6)  # same size everywhere: unchanged
+
+
+# --- light: levels matched to the training images' ------------------------------------------
+
+LIT = ResizePlan(policy="shorter_side", resolution=64, max_aspect=4.0, light_mean=120.0,
+                 light_std=40.0)
+
+
+def _levels(image: np.ndarray, detector: Detector, plan: ResizePlan) -> np.ndarray:
+    """What the backbone sees for ``image`` under ``plan``, back in grey levels."""
+    pixels = detector.extractor(CONFIG, plan).backbone_input(image)
+    return pixels * np.float32(SPEC.std[0]) + np.float32(SPEC.mean[0])
+
+
+def test_light_normalise_undoes_brightness_and_contrast(detector: Detector) -> None:
+    image = np.random.default_rng(5).integers(40, 200, (80, 120, 3)).astype(np.uint8)
+    relit = np.round(0.7 * image.astype(np.float64) + 30).astype(np.uint8)  # dimmer, flatter
+    seen, seen_relit = _levels(image, detector, LIT), _levels(relit, detector, LIT)
+    # One gain and offset: the relit image reaches the backbone as the original did (up to
+    # the relit image's rounding, half a level in 0.7 of the range).
+    assert np.abs(seen - seen_relit).max() < 1.0
+    plain = ResizePlan(policy="shorter_side", resolution=64, max_aspect=4.0)
+    assert np.abs(_levels(image, detector, plain) - _levels(relit, detector, plain)).max() > 20
+    # The resize keeps the mean: the image arrives at the plan's level.
+    assert seen.mean() == pytest.approx(120.0, abs=0.5)
+
+
+def test_light_normalise_raises_contrast_at_most_four_times(detector: Detector) -> None:
+    flat = np.full((64, 64, 3), 100, np.uint8)
+    flat[::2, ::2] = 102  # std about 0.87 levels: matching 40 would take a gain of 46
+    seen = _levels(flat, detector, LIT)
+    assert np.ptp(seen) <= 4 * 2 + 1e-3
+
+
+def test_resize_plan_takes_the_training_images_light() -> None:
+    images = [np.full((64, 64, 3), level, np.uint8) for level in (60, 100)]
+    images[1][:32] = 140  # levels 100 and 140: mean 120, std 20
+    plan = resize_plan(replace(CONFIG, light="normalise"), images)
+    assert plan.light_mean == pytest.approx((60 + 120) / 2)
+    assert plan.light_std == pytest.approx((0.0 + 20.0) / 2)
+    flat = resize_plan(replace(CONFIG, light="normalise"), images[:1])
+    assert flat.light_std == 1.0  # never below a grey level
+    assert resize_plan(CONFIG, images).light_mean is None
+    with pytest.raises(ValueError, match="both"):
+        ResizePlan(policy="square", resolution=64, max_aspect=4.0, light_mean=100.0)
