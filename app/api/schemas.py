@@ -393,9 +393,9 @@ class QualityPublic(BaseModel):
         "calibration's own model of good scores; null with one image (the spread between "
         "parts is unknown) and in reports from before this estimate")
     variation_false_reject_rate: float | None = Field(
-        default=None, description="held-out good images above the threshold once shifted, "
-        "turned, re-lit or re-encoded as a line may show them (with one image: fresh views of "
-        "it)")
+        default=None, description="held-out good images above the threshold once re-lit or "
+        "re-encoded (JPEG) as a line may show them (with one image: fresh views of it, also "
+        "displaced and turned)")
     smallest_caught_px: int | None = Field(description="the smallest synthetic defect size (px "
                                            "of the image) caught 9 times in 10 at the "
                                            "threshold, every larger size too; null: none")

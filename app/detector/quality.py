@@ -100,8 +100,8 @@ class QualityReport:
     warnings: tuple[str, ...]
     # With preset auto: which preset was kept, by what rule, and every candidate's figures.
     choice: dict[str, Any] | None = None
-    # Held-out good images above the threshold once shifted, turned, re-lit or re-encoded as
-    # a line may show them (with one image, fresh views of it).
+    # Held-out good images above the threshold once re-lit or re-encoded as a line may show
+    # them (with one image, fresh views of it, also displaced and turned).
     variation_false_reject_rate: float | None = None
 
     def reaches(self, floor: float) -> bool:
@@ -197,13 +197,16 @@ def quality_report(
         hosts = list(held)
         good = np.asarray(good_scores if compared_good is None else compared_good,
                           dtype=np.float64)
-        # Each held-out photo's allowed variation (shifted, turned, re-lit, JPEG), as a line
-        # may show a good part: how far the threshold holds beyond the photos it came from.
+        # Each held-out photo re-lit and re-encoded (light, contrast, JPEG), as a line may
+        # show a good part: how far the threshold holds beyond the photos it came from. Not
+        # displaced: a window of a photo the bank learnt whole shows the part cut closer by
+        # the frame than any photo did (a zoom, not a shift; bottle: 40 % of such windows above
+        # the threshold, none of the parts really displaced in the tolerance benchmark).
         line_views = np.array([
             image_score(patch_scores(feats, _held_out_bank(bank, bank_owner, i)), feats)
             for image, i in held
             for feats in (extractor(view) for view in variation_views(
-                image, 1, seed=seed, stream=7919 + i))])
+                image, 1, seed=seed, stream=7919 + i, displaced=False))])
 
     side = float(np.median([min(host.shape[:2]) for host, _ in hosts]))
     ladder = size_ladder(side)
@@ -394,8 +397,8 @@ def _warnings(n_images: int, good: np.ndarray, false_rejects: float | None,
                     "threshold: add more good images")
     if varied_rejects is not None and varied_rejects > high:
         said.append(f"{varied_rejects:.0%} of the held-out good images score above the "
-                    "threshold once shifted, turned, re-lit or re-encoded: if the line varies "
-                    "so, add good images that show it or set variation_views")
+                    "threshold once re-lit or re-encoded (JPEG): if the line varies so, add "
+                    "good images that show it or set variation_views")
     if recall and smallest is None:
         said.append(f"synthetic defects up to {max(recall)} px are not caught 9 times in 10 "
                     "at the threshold")

@@ -53,9 +53,13 @@ def variation_window(source_shape: tuple[int, ...], rng: np.random.Generator) ->
     return Window(top0 + dy, left0 + dx, h, w)
 
 
-def variation_view(source: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One random allowed-variation view of ``source (H, W, 3)`` uint8 (see the module)."""
-    if min(source.shape[:2]) * VIEW_FRACTION < MIN_WINDOW_SIDE:
+def variation_view(source: np.ndarray, rng: np.random.Generator, *,
+                   displaced: bool = True) -> np.ndarray:
+    """One random allowed-variation view of ``source (H, W, 3)`` uint8 (see the module);
+    without ``displaced``, the whole source, re-lit and re-encoded only."""
+    if not displaced:
+        view = np.ascontiguousarray(source)
+    elif min(source.shape[:2]) * VIEW_FRACTION < MIN_WINDOW_SIDE:
         view = np.ascontiguousarray(source)  # too small to displace: photometric only
     else:
         window = variation_window(source.shape, rng)
@@ -70,9 +74,10 @@ def variation_view(source: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def variation_views(
-    source: np.ndarray, count: int, *, seed: int, stream: int = 0
+    source: np.ndarray, count: int, *, seed: int, stream: int = 0, displaced: bool = True
 ) -> Iterator[np.ndarray]:
-    """``count`` allowed-variation views of ``source``, reproducible from ``(seed, stream)``.
+    """``count`` allowed-variation views of ``source``, reproducible from ``(seed, stream)``
+    (``displaced``: as ``variation_view``).
 
     Streams keep independent sets apart: the views fitted into the bank (stream 0 and up, one
     per training image) and the views held out to calibrate a one-image model.
@@ -81,4 +86,4 @@ def variation_views(
         raise ValueError(f"view count must be >= 0, got {count}")
     rng = np.random.default_rng([seed, stream])
     for _ in range(count):
-        yield variation_view(source, rng)
+        yield variation_view(source, rng, displaced=displaced)

@@ -78,6 +78,19 @@ def test_a_source_too_small_to_displace_keeps_its_frame() -> None:
     assert view.shape == source.shape
 
 
+def test_views_not_displaced_keep_the_frame_and_only_change_levels() -> None:
+    # A smooth gradient: JPEG and light move levels a little, never the content.
+    ramp = np.linspace(40, 200, 128)
+    source = np.stack([np.tile(ramp, (96, 1))] * 3, axis=-1).astype(np.uint8)
+    views = list(variation_views(source, 6, seed=2, displaced=False))
+    assert all(view.shape == source.shape for view in views)
+    for view in views:
+        # Brightness x0.8-1.2 and contrast x0.8-1 keep the ramp's order along every row.
+        grey = view.astype(np.float64).mean(axis=(0, 2))
+        assert np.corrcoef(grey, ramp)[0, 1] > 0.999
+    assert any(not np.array_equal(view, source) for view in views)
+
+
 # --- edge weights ------------------------------------------------------------------------
 
 
