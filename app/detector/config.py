@@ -145,6 +145,12 @@ class DetectorConfig:
         "training views per image drawn from the allowed variations of a good part (window "
         "displaced by up to 4 %, turned up to 3 degrees, light x0.8-1.2, contrast x0.8-1, JPEG "
         "60-95): fitted into the memory bank, and held out to set the threshold", ge=0, le=16))
+    # Bank only: neither held out nor judged, so the threshold and the quality report are
+    # those of the photos; the cost is one extraction per copy and a larger coreset input.
+    jpeg_views: int = field(default=0, metadata=setting(
+        "copies of each training image re-encoded as JPEG at a quality drawn from 60-95 (as a "
+        "camera or gateway may send a good part), fitted into the memory bank only", ge=0,
+        le=4))
     # The same views, held out only: the bank, every score and the quality report's
     # comparison stay as without them, and the threshold covers how far a good part's allowed
     # variations move its score. One image is calibrated on fresh views whatever the count.

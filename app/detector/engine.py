@@ -45,7 +45,7 @@ from app.detector.quality import DEFAULT_PROFILE, DefectProfile, QualityReport, 
 from app.detector.quantize import MAX_CALIBRATION_INPUTS, quantize_backbone
 from app.detector.regions import RegionRule
 from app.detector.runtime import FORMAT_VERSION, METADATA_PREFIX, RuntimeOptions, check_image_array
-from app.detector.variations import variation_views
+from app.detector.variations import jpeg_copies, variation_views
 from app.errors import InvalidInputError
 
 # Patches the greedy coreset chooses from; beyond this a seeded random sample is used.
@@ -268,7 +268,7 @@ class Detector:
             report(0.0, "features")
         # Per image, where its judged views lie in all_patches: the photo itself, then its
         # allowed-variation views (held out, they calibrate; the threshold views do nothing
-        # else). Mirror views only fill the bank.
+        # else). Mirror views and JPEG copies only fill the bank.
         spans: list[list[tuple[int, int, tuple[int, int], np.ndarray | None]]] = []
         chunks: list[np.ndarray] = []
         owners: list[np.ndarray] = []
@@ -292,6 +292,11 @@ class Detector:
                 if ignored.shape != feats.grid:
                     ignored = layout.ignored_cells(feats.grid)
                 views.append((feats, j == 0, ignored))
+            for copy in jpeg_copies(image, config.jpeg_views, seed=seed, stream=i + 1):
+                feats = extractor(copy)
+                assert photo_ignored is not None  # the photo itself came first
+                views.append((feats, False, photo_ignored if photo_ignored.shape == feats.grid
+                              else layout.ignored_cells(feats.grid)))
             # Bank views first, then the threshold's, so that a view is the same whichever of
             # the two counts grows.
             drawn = variation_views(image, config.variation_views + threshold_views,

@@ -73,6 +73,18 @@ def variation_view(source: np.ndarray, rng: np.random.Generator, *,
     return view
 
 
+def jpeg_copies(source: np.ndarray, count: int, *, seed: int,
+                stream: int = 0) -> Iterator[np.ndarray]:
+    """``count`` copies of ``source`` re-encoded as JPEG at qualities drawn uniformly from
+    ``JPEG_QUALITY`` (as a camera or gateway may send a good part), reproducible from
+    ``(seed, stream)`` and apart from the variation views' draws."""
+    if count < 0:
+        raise ValueError(f"copy count must be >= 0, got {count}")
+    rng = np.random.default_rng([seed, stream, 1])
+    for _ in range(count):
+        yield jpeg(source, int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1)))
+
+
 def variation_views(
     source: np.ndarray, count: int, *, seed: int, stream: int = 0, displaced: bool = True
 ) -> Iterator[np.ndarray]:

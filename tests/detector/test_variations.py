@@ -16,6 +16,7 @@ from app.detector.variations import (
     MIN_WINDOW_SIDE,
     SHIFT,
     VIEW_FRACTION,
+    jpeg_copies,
     variation_views,
     variation_window,
 )
@@ -133,6 +134,29 @@ def test_the_graph_weighs_edge_patches_as_the_engine_does(
     np.testing.assert_allclose(grid[:, -3:], edge_weight * plain[:, -3:], rtol=1e-6)
     onnx_score = _onnx_score(model.onnx_bytes, image)
     assert onnx_score == pytest.approx(image_score(engine.patches, 0.0), rel=1e-4)
+
+
+def test_jpeg_copies_are_reencoded_reproducibly() -> None:
+    source = np.random.default_rng(4).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    first = list(jpeg_copies(source, 3, seed=1))
+    assert all(copy.shape == source.shape and not np.array_equal(copy, source)
+               for copy in first)
+    again = list(jpeg_copies(source, 3, seed=1))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert list(jpeg_copies(source, 0, seed=1)) == []
+
+
+def test_jpeg_copies_fill_the_bank_only(
+    detector: Detector, train_images: list[np.ndarray],
+) -> None:
+    plain = detector.fit(train_images, DetectorConfig(resolution=64))
+    copied = detector.fit(train_images, DetectorConfig(resolution=64, jpeg_views=1))
+    assert copied.bank_size == 2 * plain.bank_size  # every patch is kept at this size
+    # Not judged: the calibration holds out the photos alone (each without its own copy).
+    assert copied.calibration.n_parts == 3 and len(copied.calibration.good_scores) == 3
+    assert copied.quality.n_good == plain.quality.n_good
+    # A held-out photo's own copy leaves the bank with it (it would match almost exactly).
+    assert min(copied.calibration.good_scores) > 0.5 * min(plain.calibration.good_scores)
 
 
 def test_variation_views_fill_the_bank_and_calibrate_leave_one_out(
