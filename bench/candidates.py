@@ -26,6 +26,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
             "variation_views": 4},
     "C11": {"backbone": "efficientnet_lite2", "augment": "auto"},  # turns for parts at any angle
     "C12": {"backbone": "efficientnet_lite2", "augment": "auto", "light": "normalise"},
+    "C13": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1},  # C11's own
 }
 
 # The candidate each preset is (the configurations auto chooses among).
