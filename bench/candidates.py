@@ -11,7 +11,12 @@ from typing import Any
 
 from app.detector.presets import PresetName
 
-CANDIDATES: dict[str, dict[str, Any]] = {
+# What every candidate was measured with unless it names the setting: the defaults of the
+# first screening. Pinned, so that a later default (C11's turns, C13's JPEG copies) does not
+# change what an earlier candidate's name means.
+SCREENED_WITH: dict[str, Any] = {"augment": "none", "light": "keep", "jpeg_views": 0}
+
+_DECLARED: dict[str, dict[str, Any]] = {
     "C0": {"preset": "fast"},
     "C1": {"backbone": "vit_small_l6_l9"},  # the accurate preset of the screening
     "C2": {"backbone": "vit_small_l6_l9", "resolution": 336, "resize": "square"},
@@ -28,9 +33,12 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "C12": {"backbone": "efficientnet_lite2", "augment": "auto", "light": "normalise"},
     "C13": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1},  # C11's own
 }
+CANDIDATES: dict[str, dict[str, Any]] = {
+    name: settings if settings.get("preset") else {**SCREENED_WITH, **settings}
+    for name, settings in _DECLARED.items()}
 
 # The candidate each preset is (the configurations auto chooses among).
-PRESET_CANDIDATES: dict[PresetName, str] = {"accurate": "C11", "fast": "C0"}
+PRESET_CANDIDATES: dict[PresetName, str] = {"accurate": "C13", "fast": "C0"}
 
 # The reference of the latency budget: the default must cost at most 6x its time per image.
 REFERENCE = "C0"

@@ -147,7 +147,7 @@ class DetectorConfig:
         "60-95): fitted into the memory bank, and held out to set the threshold", ge=0, le=16))
     # Bank only: neither held out nor judged, so the threshold and the quality report are
     # those of the photos; the cost is one extraction per copy and a larger coreset input.
-    jpeg_views: int = field(default=0, metadata=setting(
+    jpeg_views: int = field(default=1, metadata=setting(
         "copies of each training image re-encoded as JPEG at a quality drawn from 60-95 (as a "
         "camera or gateway may send a good part), fitted into the memory bank only", ge=0,
         le=4))

@@ -168,8 +168,8 @@ def test_variants_keep_their_configuration_across_0005(empty_database_url: str) 
         command.upgrade(config, "0005")
         settings, stored_config = _variant_and_model(engine)
         assert settings == stored_config == {**full, "preset": "fast"}
-        # Resolved as before (settings added since take their defaults, as they did then).
-        later = DetectorConfig().to_dict()
+        # Resolved as before (settings added since take their preset's values, fast's).
+        later = DetectorConfig.from_dict({"preset": "fast"}).to_dict()
         assert effective_settings(settings) == {**later, **full, "preset": "fast"}
         assert DetectorConfig.from_dict(stored_config).to_dict() == {**later, **full,
                                                                       "preset": "fast"}

@@ -234,7 +234,8 @@ def test_augmentation_grows_the_bank(
     detector: Detector, train_images: list[np.ndarray], mode: str, views: int
 ) -> None:
     # Square images: every view has the same 8 x 8 grid; below 2048 patches all are kept.
-    model = detector.fit(train_images, DetectorConfig(resolution=64, augment=mode))
+    model = detector.fit(train_images, DetectorConfig(resolution=64, augment=mode,
+                                                      jpeg_views=0))
     assert model.bank_size == views * len(train_images) * 64
 
 
@@ -242,7 +243,8 @@ def test_fit_bank_size_follows_the_config(
     detector: Detector, train_images: list[np.ndarray]
 ) -> None:
     model = detector.fit(
-        train_images, DetectorConfig(resolution=64, min_bank_size=1, coreset_ratio=0.1)
+        train_images, DetectorConfig(resolution=64, min_bank_size=1, coreset_ratio=0.1,
+                                     jpeg_views=0)
     )
     assert model.bank_size == 20  # ceil(0.1 * 192)
     assert bank_from_model(model.onnx_bytes).shape == (

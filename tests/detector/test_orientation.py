@@ -100,7 +100,7 @@ def test_augment_auto_turns_only_parts_at_varying_angles(
 ) -> None:
     """The model records what auto chose, in its configuration and in the ONNX file."""
     images = [_bar(a, seed=i) for i, a in enumerate(angles)]
-    fitted = detector.fit(images, DetectorConfig(resolution=64, augment="auto"))
+    fitted = detector.fit(images, DetectorConfig(resolution=64, augment="auto", jpeg_views=0))
     assert fitted.config.augment == used
     assert fitted.bank_size == views * len(images) * 64  # below 2048 patches all are kept
     metadata = {p.key: p.value for p in onnx.load_from_string(fitted.onnx_bytes).metadata_props}
