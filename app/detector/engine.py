@@ -26,6 +26,7 @@ from app.detector.backbones import BackboneSpec, backbone_path, get_backbone
 from app.detector.calibration import Calibration, calibrate, region_holdout_score
 from app.detector.config import DetectorConfig
 from app.detector.graph import (
+    MAX_LIGHT_GAIN,
     ResizePlan,
     build_feature_extractor,
     build_scoring_model,
@@ -292,11 +293,9 @@ class Detector:
                 if ignored.shape != feats.grid:
                     ignored = layout.ignored_cells(feats.grid)
                 views.append((feats, j == 0, ignored))
+            # A JPEG copy has the photo's size, grid and ignored cells (views[0]: the photo).
             for copy in jpeg_copies(image, config.jpeg_views, seed=seed, stream=i + 1):
-                feats = extractor(copy)
-                assert photo_ignored is not None  # the photo itself came first
-                views.append((feats, False, photo_ignored if photo_ignored.shape == feats.grid
-                              else layout.ignored_cells(feats.grid)))
+                views.append((extractor(copy), False, views[0][2]))
             # Bank views first, then the threshold's, so that a view is the same whichever of
             # the two counts grows.
             drawn = variation_views(image, config.variation_views + threshold_views,
@@ -406,7 +405,8 @@ class Detector:
                     "resize": plan.describe(spec.size_multiple),
                     "light": (f"levels moved by one gain and offset to mean {plan.light_mean:.2f}"
                               f" and standard deviation {plan.light_std:.2f} (the training "
-                              "images'; gain at most 4)") if plan.normalises_light
+                              f"images'; gain at most {MAX_LIGHT_GAIN:g})")
+                    if plan.normalises_light
                     else "as photographed",
                     "normalise": f"(x - {list(spec.mean)}) / {list(spec.std)}",
                     "distance": "euclidean between patch features scaled to unit length "

@@ -57,10 +57,8 @@ def variation_view(source: np.ndarray, rng: np.random.Generator, *,
                    displaced: bool = True) -> np.ndarray:
     """One random allowed-variation view of ``source (H, W, 3)`` uint8 (see the module);
     without ``displaced``, the whole source, re-lit and re-encoded only."""
-    if not displaced:
-        view = np.ascontiguousarray(source)
-    elif min(source.shape[:2]) * VIEW_FRACTION < MIN_WINDOW_SIDE:
-        view = np.ascontiguousarray(source)  # too small to displace: photometric only
+    if not displaced or min(source.shape[:2]) * VIEW_FRACTION < MIN_WINDOW_SIDE:
+        view = np.ascontiguousarray(source)  # (or too small to displace): photometric only
     else:
         window = variation_window(source.shape, rng)
         limit = min(ROTATION_DEG, max_rotation_deg(window, source.shape))
@@ -69,8 +67,13 @@ def variation_view(source: np.ndarray, rng: np.random.Generator, *,
     view = brightness(view, float(rng.uniform(*BRIGHTNESS)))
     view = contrast(view, float(rng.uniform(*CONTRAST)))
     if rng.random() < JPEG_SHARE:
-        view = jpeg(view, int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1)))
+        view = jpeg(view, _jpeg_quality(rng))
     return view
+
+
+def _jpeg_quality(rng: np.random.Generator) -> int:
+    """A JPEG quality drawn uniformly from ``JPEG_QUALITY`` (both ends included)."""
+    return int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
 
 
 def jpeg_copies(source: np.ndarray, count: int, *, seed: int,
@@ -82,7 +85,7 @@ def jpeg_copies(source: np.ndarray, count: int, *, seed: int,
         raise ValueError(f"copy count must be >= 0, got {count}")
     rng = np.random.default_rng([seed, stream, 1])
     for _ in range(count):
-        yield jpeg(source, int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1)))
+        yield jpeg(source, _jpeg_quality(rng))
 
 
 def variation_views(
