@@ -31,7 +31,7 @@ from datetime import timedelta
 from typing import Any
 
 import onnx
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -413,12 +413,17 @@ class TrainingWorker:
     # steps
 
     def fail_stale_jobs(self) -> int:
-        """Mark failed every running job whose worker stopped beating (crash, kill, lost host)."""
+        """Mark failed every running job whose worker stopped beating (crash, kill, lost host).
+
+        Never this worker's own: that this runs proves it alive, and a heartbeat late only
+        because the machine is starved (or its update waited on a row lock) is not a dead
+        worker."""
         cutoff = utcnow() - timedelta(seconds=self.stale_after_s)
         with self.database.writing() as session:
             result = session.execute(
                 update(Model)
-                .where(Model.status == ModelStatus.running.value, Model.heartbeat_at < cutoff)
+                .where(Model.status == ModelStatus.running.value, Model.heartbeat_at < cutoff,
+                       or_(Model.claimed_by.is_(None), Model.claimed_by != self.worker_id))
                 .values(status=ModelStatus.failed.value, finished_at=utcnow(),
                         error=f"the worker running this job stopped (no heartbeat for "
                               f"{self.stale_after_s:g} s); start a new training")

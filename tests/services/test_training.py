@@ -183,6 +183,23 @@ def test_stale_running_job_is_failed(database: Database, images: Any,
     assert model.error and "stopped" in model.error
 
 
+def test_a_worker_never_fails_its_own_job_as_stale(database: Database, images: Any,
+                                                   real_detector: Detector) -> None:
+    """A late heartbeat of a live worker (a starved machine, a row lock) is not a dead one:
+    only another worker may judge it."""
+    make_variant(database, images)
+    version = queue(database)
+    alive = worker(database, SlowDetector(real_detector), threads=0, stale_after_s=60)
+    with database.writing() as session:
+        session.execute(update(Model).values(status="running", claimed_by=alive.worker_id,
+                                             heartbeat_at=utcnow() - timedelta(minutes=10)))
+    assert alive.fail_stale_jobs() == 0
+    assert status_of(database, "bolt", version).status == ModelStatus.running.value
+    other = worker(database, SlowDetector(real_detector), threads=0, stale_after_s=60)
+    assert other.fail_stale_jobs() == 1
+    assert status_of(database, "bolt", version).status == ModelStatus.failed.value
+
+
 def test_stop_requeues_the_running_job(database: Database, images: Any,
                                        real_detector: Detector) -> None:
     make_variant(database, images)
