@@ -14,7 +14,8 @@ from app.detector.presets import PresetName
 # What every candidate was measured with unless it names the setting: the defaults of the
 # first screening. Pinned, so that a later default (C11's turns, C13's JPEG copies) does not
 # change what an earlier candidate's name means.
-SCREENED_WITH: dict[str, Any] = {"augment": "none", "light": "keep", "jpeg_views": 0}
+SCREENED_WITH: dict[str, Any] = {"augment": "none", "light": "keep", "jpeg_views": 0,
+                                 "jpeg_copy_light": 0.0}
 
 _DECLARED: dict[str, dict[str, Any]] = {
     "C0": {"preset": "fast"},
@@ -32,6 +33,8 @@ _DECLARED: dict[str, dict[str, Any]] = {
     "C11": {"backbone": "efficientnet_lite2", "augment": "auto"},  # turns for parts at any angle
     "C12": {"backbone": "efficientnet_lite2", "augment": "auto", "light": "normalise"},
     "C13": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1},  # C11's own
+    "C14": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
+            "jpeg_copy_light": 0.2},  # the JPEG copy re-lit x0.8-1.2
 }
 CANDIDATES: dict[str, dict[str, Any]] = {
     name: settings if settings.get("preset") else {**SCREENED_WITH, **settings}

@@ -4,7 +4,8 @@
 # and bsdata (as bench/baseline.sh does for today's default, candidate A). JSON and console
 # output go to bench/results/tolerance/. Usage: [SETS="..."] [SHOTS=1,16] bench/tolerance.sh
 # CANDIDATE...
-#   CANDIDATE: B | C | D (Lite0) | T2 | T4 (the default with threshold views)
+#   CANDIDATE: B | C | D (Lite0) | T2 | T4 (the default with threshold views) | C14 (C13,
+#   its JPEG copy re-lit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/datasets}
@@ -21,6 +22,7 @@ for candidate in "$@"; do
     D) settings=(--set preset=fast --set variation_views=4 --set edge_weight=0) ;;
     T2) settings=(--set threshold_views=2) ;;
     T4) settings=(--set threshold_views=4) ;;
+    C14) settings=(--set preset=accurate --set jpeg_copy_light=0.2) ;;
     *) echo "unknown candidate $candidate" >&2; exit 2 ;;
   esac
   for set in $SETS; do

@@ -294,7 +294,8 @@ class Detector:
                     ignored = layout.ignored_cells(feats.grid)
                 views.append((feats, j == 0, ignored))
             # A JPEG copy has the photo's size, grid and ignored cells (views[0]: the photo).
-            for copy in jpeg_copies(image, config.jpeg_views, seed=seed, stream=i + 1):
+            for copy in jpeg_copies(image, config.jpeg_views, seed=seed, stream=i + 1,
+                                    light=config.jpeg_copy_light):
                 views.append((extractor(copy), False, views[0][2]))
             # Bank views first, then the threshold's, so that a view is the same whichever of
             # the two counts grows.

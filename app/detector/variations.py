@@ -76,16 +76,25 @@ def _jpeg_quality(rng: np.random.Generator) -> int:
     return int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
 
 
-def jpeg_copies(source: np.ndarray, count: int, *, seed: int,
-                stream: int = 0) -> Iterator[np.ndarray]:
+def jpeg_copies(source: np.ndarray, count: int, *, seed: int, stream: int = 0,
+                light: float = 0.0) -> Iterator[np.ndarray]:
     """``count`` copies of ``source`` re-encoded as JPEG at qualities drawn uniformly from
     ``JPEG_QUALITY`` (as a camera or gateway may send a good part), reproducible from
-    ``(seed, stream)`` and apart from the variation views' draws."""
+    ``(seed, stream)`` and apart from the variation views' draws.
+
+    ``light`` > 0 re-lights each copy first, its pixel values times a factor drawn uniformly
+    from ``1 - light`` to ``1 + light``: a brighter light saturates highlights (oil, metal) into
+    shapes no photo shows, and a copy that has seen them keeps them from looking like defects.
+    """
     if count < 0:
         raise ValueError(f"copy count must be >= 0, got {count}")
+    if not 0 <= light < 1:
+        raise ValueError(f"copy light must be in [0, 1), got {light}")
     rng = np.random.default_rng([seed, stream, 1])
     for _ in range(count):
-        yield jpeg(source, _jpeg_quality(rng))
+        quality = _jpeg_quality(rng)  # first, so light 0 draws what it always drew
+        relit = brightness(source, float(rng.uniform(1 - light, 1 + light))) if light else source
+        yield jpeg(relit, quality)
 
 
 def variation_views(

@@ -146,6 +146,30 @@ def test_jpeg_copies_are_reencoded_reproducibly() -> None:
     assert list(jpeg_copies(source, 0, seed=1)) == []
 
 
+def test_relit_jpeg_copies_keep_the_qualities_and_move_the_light_within_range() -> None:
+    source = np.full((48, 64, 3), 100, dtype=np.uint8)
+    plain = list(jpeg_copies(source, 4, seed=2))
+    relit = list(jpeg_copies(source, 4, seed=2, light=0.2))
+    assert [int(np.median(c)) for c in plain] == [100] * 4  # light 0: as photographed
+    levels = [float(np.median(c)) for c in relit]
+    assert all(79 <= level <= 121 for level in levels) and len(set(levels)) > 1
+    again = list(jpeg_copies(source, 4, seed=2, light=0.2))
+    assert all(np.array_equal(a, b) for a, b in zip(relit, again, strict=True))
+    with pytest.raises(ValueError, match="light"):
+        list(jpeg_copies(source, 1, seed=2, light=1.0))
+
+
+def test_relit_copies_leave_the_bank_size_and_the_threshold_rule_alone(
+    detector: Detector, train_images: list[np.ndarray],
+) -> None:
+    plain = detector.fit(train_images, DetectorConfig(resolution=64, jpeg_views=1))
+    relit = detector.fit(train_images,
+                         DetectorConfig(resolution=64, jpeg_views=1, jpeg_copy_light=0.2))
+    assert relit.bank_size == plain.bank_size
+    assert relit.config.jpeg_copy_light == 0.2
+    assert relit.calibration.n_parts == plain.calibration.n_parts
+
+
 def test_jpeg_copies_fill_the_bank_only(
     detector: Detector, train_images: list[np.ndarray],
 ) -> None:
