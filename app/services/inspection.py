@@ -19,7 +19,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from app.db.models import Model, ModelArtifact, Variant
+from app.db.models import Model, ModelArtifact, ModelStatus, Variant
 from app.db.session import Database
 from app.detector.heatmap import render_heatmap_png
 from app.detector.runtime import CompiledModel, RuntimeOptions
@@ -150,12 +150,26 @@ def active_model(database: Database, *, name: str) -> ActiveModel:
         raise NotFoundError(f"variant {name!r} not found")
     variant_id, model_id, version, sha256, records = row
     if model_id is None:
-        raise NoActiveModelError(
-            f"variant {name!r} has no active model yet; train one with POST "
-            f"/v1/variants/{name}/models and wait until it is ready"
-        )
+        raise NoActiveModelError(_why_no_active_model(database, name, variant_id))
     return ActiveModel(variant_id=variant_id, variant=name, model_id=model_id, version=version,
                        artifact_sha256=sha256, record_policy=RecordPolicy.of(records))
+
+
+def _why_no_active_model(database: Database, name: str, variant_id: int) -> str:
+    """What to do about a variant without an active model: activate the newest ready one (a
+    model the quality gate kept inactive, or trained with ``activate`` false), or train one."""
+    with database.reading() as session:
+        ready = session.execute(
+            select(Model.version).where(Model.variant_id == variant_id,
+                                        Model.status == ModelStatus.ready.value)
+            .order_by(Model.version.desc()).limit(1)
+        ).scalar_one_or_none()
+    if ready is None:
+        return (f"variant {name!r} has no active model yet; train one with POST "
+                f"/v1/variants/{name}/models and wait until it is ready")
+    return (f"variant {name!r} has no active model: version {ready} is ready but inactive (its "
+            f"quality.warnings say why, e.g. below the variant's min_expected_auroc); activate "
+            f"it with POST /v1/variants/{name}/models/{ready}/activate")
 
 
 def _gone(active: ActiveModel) -> NotFoundError:

@@ -121,6 +121,7 @@ def test_inspect_before_any_model_is_409(api: Any, images: Any, client: TestClie
     body = problem(client.post("/v1/variants/bolt/inspect", content=images.good_png(0),
                                headers={"content-type": "image/png"}), 409)
     assert body["type"].endswith("no-active-model")
+    assert "train one with POST /v1/variants/bolt/models" in body["detail"]
     files = [("files", ("a.png", images.good_png(0), "image/png"))]
     problem(client.post("/v1/variants/bolt/inspect/batch", files=files), 409)
 

@@ -77,6 +77,11 @@ def test_a_model_below_the_floor_stays_ready_and_inactive_until_activated(
                for w in model["quality"]["warnings"]), model["quality"]["warnings"]
     assert client.get("/v1/variants/bolt").json()["active_model_version"] is None
     assert _metadata_quality(client, 1) == model["quality"]
+    refused = client.post("/v1/variants/bolt/inspect", content=good_png(0),
+                          headers={"Content-Type": "image/png"})
+    assert refused.status_code == 409, refused.text
+    assert "version 1 is ready but inactive" in refused.json()["detail"]
+    assert "/v1/variants/bolt/models/1/activate" in refused.json()["detail"]
 
     activated = client.post("/v1/variants/bolt/models/1/activate")
     assert activated.status_code == 200, activated.text
