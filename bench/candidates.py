@@ -15,7 +15,8 @@ from app.detector.presets import PresetName
 # first screening. Pinned, so that a later default (C11's turns, C13's JPEG copies) does not
 # change what an earlier candidate's name means.
 SCREENED_WITH: dict[str, Any] = {"augment": "none", "light": "keep", "jpeg_views": 0,
-                                 "jpeg_copy_light": 0.0}
+                                 "jpeg_copy_light": 0.0, "resolution": None,
+                                 "max_bank_size": 16384}
 
 _DECLARED: dict[str, dict[str, Any]] = {
     "C0": {"preset": "fast"},
@@ -35,6 +36,8 @@ _DECLARED: dict[str, dict[str, Any]] = {
     "C13": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1},  # C11's own
     "C14": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
             "jpeg_copy_light": 0.2},  # the JPEG copy re-lit x0.8-1.2
+    "C15": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
+            "resolution": 384, "max_bank_size": 8192},  # finer patches, the bank halved
 }
 CANDIDATES: dict[str, dict[str, Any]] = {
     name: settings if settings.get("preset") else {**SCREENED_WITH, **settings}

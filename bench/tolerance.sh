@@ -5,7 +5,7 @@
 # output go to bench/results/tolerance/. Usage: [SETS="..."] [SHOTS=1,16] bench/tolerance.sh
 # CANDIDATE...
 #   CANDIDATE: B | C | D (Lite0) | T2 | T4 (the default with threshold views) | C14 (C13,
-#   its JPEG copy re-lit)
+#   its JPEG copy re-lit) | C15 (C13 at resolution 384, the bank capped at 8192)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/datasets}
@@ -23,6 +23,7 @@ for candidate in "$@"; do
     T2) settings=(--set threshold_views=2) ;;
     T4) settings=(--set threshold_views=4) ;;
     C14) settings=(--set preset=accurate --set jpeg_copy_light=0.2) ;;
+    C15) settings=(--set preset=accurate --set resolution=384 --set max_bank_size=8192) ;;
     *) echo "unknown candidate $candidate" >&2; exit 2 ;;
   esac
   for set in $SETS; do
