@@ -15,8 +15,9 @@ from app.detector.presets import PresetName
 # first screening. Pinned, so that a later default (C11's turns, C13's JPEG copies) does not
 # change what an earlier candidate's name means.
 SCREENED_WITH: dict[str, Any] = {"augment": "none", "light": "keep", "jpeg_views": 0,
-                                 "jpeg_copy_light": 0.0, "resolution": None,
-                                 "max_bank_size": 16384}
+                                 "jpeg_copy_light": 0.0, "max_bank_size": 16384}
+# EfficientNet-Lite2's own resolution until C15 made it 384 (what null meant for C9-C14).
+LITE2_288: dict[str, Any] = {"backbone": "efficientnet_lite2", "resolution": 288}
 
 _DECLARED: dict[str, dict[str, Any]] = {
     "C0": {"preset": "fast"},
@@ -28,13 +29,13 @@ _DECLARED: dict[str, dict[str, Any]] = {
     "C6": {"backbone": "vit_small_l6_l9", "score_top_fraction": 0.01},
     "C7": {"backbone": "vit_small_l6_l9", "distance": "cosine"},
     "C8": {"backbone": "vit_small_l6_l9", "background": "auto"},
-    "C9": {"backbone": "efficientnet_lite2"},
+    "C9": LITE2_288,
     "C10": {"backbone": "vit_small_l6_l9", "resolution": 336, "resize": "square",
             "variation_views": 4},
-    "C11": {"backbone": "efficientnet_lite2", "augment": "auto"},  # turns for parts at any angle
-    "C12": {"backbone": "efficientnet_lite2", "augment": "auto", "light": "normalise"},
-    "C13": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1},  # C11's own
-    "C14": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
+    "C11": {**LITE2_288, "augment": "auto"},  # turns for parts at any angle
+    "C12": {**LITE2_288, "augment": "auto", "light": "normalise"},
+    "C13": {**LITE2_288, "augment": "auto", "jpeg_views": 1},  # C11's own JPEG copy
+    "C14": {**LITE2_288, "augment": "auto", "jpeg_views": 1,
             "jpeg_copy_light": 0.2},  # the JPEG copy re-lit x0.8-1.2
     "C15": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
             "resolution": 384, "max_bank_size": 8192},  # finer patches, the bank halved
@@ -44,7 +45,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     for name, settings in _DECLARED.items()}
 
 # The candidate each preset is (the configurations auto chooses among).
-PRESET_CANDIDATES: dict[PresetName, str] = {"accurate": "C13", "fast": "C0"}
+PRESET_CANDIDATES: dict[PresetName, str] = {"accurate": "C15", "fast": "C0"}
 
 # The reference of the latency budget: the default must cost at most 6x its time per image.
 REFERENCE = "C0"

@@ -4,8 +4,8 @@
 # and bsdata (as bench/baseline.sh does for today's default, candidate A). JSON and console
 # output go to bench/results/tolerance/. Usage: [SETS="..."] [SHOTS=1,16] bench/tolerance.sh
 # CANDIDATE...
-#   CANDIDATE: B | C | D (Lite0) | T2 | T4 (the default with threshold views) | C14 (C13,
-#   its JPEG copy re-lit) | C15 (C13 at resolution 384, the bank capped at 8192)
+#   CANDIDATE: B | C | D (Lite0) | T2 | T4 (the default of their time, C9, with threshold
+#   views) | C9 ... C15 (the screening's, settings from bench/candidates.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/datasets}
@@ -20,10 +20,11 @@ for candidate in "$@"; do
     B) settings=(--set preset=fast --set variation_views=0 --set edge_weight=0.5) ;;
     C) settings=(--set preset=fast --set variation_views=4 --set edge_weight=0.5) ;;
     D) settings=(--set preset=fast --set variation_views=4 --set edge_weight=0) ;;
-    T2) settings=(--set threshold_views=2) ;;
-    T4) settings=(--set threshold_views=4) ;;
-    C14) settings=(--set preset=accurate --set jpeg_copy_light=0.2) ;;
-    C15) settings=(--set preset=accurate --set resolution=384 --set max_bank_size=8192) ;;
+    T2|T4) mapfile -t settings < <(.venv/bin/python -c \
+        "from bench.candidates import evaluate_args; print('\n'.join(evaluate_args('C9')))")
+      settings+=(--set "threshold_views=${candidate#T}") ;;
+    C*) mapfile -t settings < <(.venv/bin/python -c \
+        "from bench.candidates import evaluate_args; print('\n'.join(evaluate_args('$candidate')))") ;;
     *) echo "unknown candidate $candidate" >&2; exit 2 ;;
   esac
   for set in $SETS; do

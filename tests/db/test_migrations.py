@@ -230,11 +230,7 @@ def test_balanced_becomes_accurate_across_0007(empty_database_url: str) -> None:
                 _insert_model(connection, version, model_config)
 
         def stored() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-            with engine.connect() as connection:
-                models = connection.execute(
-                    text("SELECT config FROM model ORDER BY version")).scalars().all()
-            return (_stored_json(engine, "SELECT settings FROM variant"),
-                    [json.loads(m) if isinstance(m, str) else m for m in models])
+            return _stored_json(engine, "SELECT settings FROM variant"), _model_configs(engine)
 
         command.upgrade(config, "0007")
         renamed = {**lite2, "preset": "accurate"}
@@ -270,3 +266,39 @@ def test_configurations_record_no_threshold_views_across_0008(empty_database_url
     finally:
         engine.dispose()
     upgrade_to_head(url)
+
+
+def test_lite2_configurations_keep_their_288_px_across_0009(empty_database_url: str) -> None:
+    """0009 writes the 288 px that a null resolution meant for EfficientNet-Lite2 before its
+    default became 384, so a stored variant trains next, and a stored model says it was
+    trained, as before; a model on another backbone keeps its null; the way down reads null."""
+    url = empty_database_url
+    config = alembic_config(url)
+    command.upgrade(config, "0008")
+    lite2 = {**DetectorConfig().to_dict(), "resolution": None, "max_bank_size": 16384}
+    vit = {**lite2, "backbone": "vit_small_l6_l9"}
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            _insert_variant(connection, lite2, 2)
+            _insert_model(connection, 1, lite2)
+            _insert_model(connection, 2, vit)
+
+        command.upgrade(config, "0009")
+        after = {**lite2, "resolution": 288}
+        assert _stored_json(engine, "SELECT settings FROM variant") == after
+        assert _model_configs(engine) == [after, vit]
+        assert DetectorConfig.from_dict(effective_settings(after)).resolution == 288
+        command.downgrade(config, "0008")
+        assert _stored_json(engine, "SELECT settings FROM variant") == lite2
+        assert _model_configs(engine) == [lite2, vit]
+    finally:
+        engine.dispose()
+    upgrade_to_head(url)
+
+
+def _model_configs(engine: Any) -> list[dict[str, Any]]:
+    """Every stored model configuration, by version."""
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT config FROM model ORDER BY version")).scalars()
+        return [json.loads(v) if isinstance(v, str) else v for v in rows]

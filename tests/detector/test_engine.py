@@ -260,7 +260,7 @@ def test_fit_bank_size_follows_the_config(
     [
         (192, {}, 192),  # below min_bank_size: everything
         (20_000, {}, 2048),  # ratio 2000 < min 2048
-        (100_000, {}, 10_000),  # ratio
+        (60_000, {}, 6_000),  # ratio
         (1_000_000, {}, DetectorConfig().max_bank_size),  # capped
         (192, {"min_bank_size": 1}, 20),  # ceil(19.2)
         (192, {"min_bank_size": 1, "coreset_ratio": 1.0}, 192),

@@ -290,7 +290,9 @@ EFFICIENTNET_LITE2 = BackboneSpec(
     std=(128.0, 128.0, 128.0),
     layers=(FeatureLayer("stage3", 48, 8), FeatureLayer("stage5", 120, 16)),
     size_multiple=16,
-    # Lite0's 256 over its native 224, applied to Lite2's native 260 (a multiple of 16).
-    default_resolution=288,
+    # Above its native 260: at 384 a small defect covers more cells, and the default preset
+    # halves its bank's cap to keep the scoring cost (candidate C15, BENCHMARKS.md "Presets";
+    # 288 before, which migration 0009 writes into the configurations stored with null).
+    default_resolution=384,
     build=build_efficientnet_lite2,
 )
