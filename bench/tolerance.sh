@@ -15,16 +15,20 @@ SETS=${SETS:-mvtec_bottle_512 mvtec_screw_512 magnetic_tile bsdata_pitting}
 SHOTS=${SHOTS:-1,16}
 mkdir -p "$OUT"
 
+# A screening candidate's `nominal evaluate` options, one a line (bench/candidates.py).
+screened_args() {
+  .venv/bin/python -c "import sys; from bench.candidates import evaluate_args
+print('\n'.join(evaluate_args(sys.argv[1])))" "$1"
+}
+
 for candidate in "$@"; do
   case $candidate in
     B) settings=(--set preset=fast --set variation_views=0 --set edge_weight=0.5) ;;
     C) settings=(--set preset=fast --set variation_views=4 --set edge_weight=0.5) ;;
     D) settings=(--set preset=fast --set variation_views=4 --set edge_weight=0) ;;
-    T2|T4) mapfile -t settings < <(.venv/bin/python -c \
-        "from bench.candidates import evaluate_args; print('\n'.join(evaluate_args('C9')))")
+    T2|T4) mapfile -t settings < <(screened_args C9)
       settings+=(--set "threshold_views=${candidate#T}") ;;
-    C*) mapfile -t settings < <(.venv/bin/python -c \
-        "from bench.candidates import evaluate_args; print('\n'.join(evaluate_args('$candidate')))") ;;
+    C*) mapfile -t settings < <(screened_args "$candidate") ;;
     *) echo "unknown candidate $candidate" >&2; exit 2 ;;
   esac
   for set in $SETS; do
