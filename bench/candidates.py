@@ -39,6 +39,9 @@ _DECLARED: dict[str, dict[str, Any]] = {
             "jpeg_copy_light": 0.2},  # the JPEG copy re-lit x0.8-1.2
     "C15": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
             "resolution": 384, "max_bank_size": 8192},  # finer patches, the bank halved
+    "C16": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
+            "jpeg_copy_light": 0.2, "resolution": 384,
+            "max_bank_size": 8192},  # C15's JPEG copy re-lit x0.8-1.2
 }
 CANDIDATES: dict[str, dict[str, Any]] = {
     name: settings if settings.get("preset") else {**SCREENED_WITH, **settings}
