@@ -11,6 +11,7 @@ most 5 points below the unperturbed recall); then the k = 1 and k = 16 rows of e
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -38,8 +39,19 @@ def criteria_met(rows: list[dict[str, Any]]) -> tuple[int, int]:
     return met, len(perturbed)
 
 
+def candidate(argument: str) -> tuple[str, str]:
+    """``NAME=PREFIX`` as (name, prefix)."""
+    name, sep, prefix = argument.partition("=")
+    if not sep or not name or not prefix:
+        raise argparse.ArgumentTypeError(f"expected NAME=PREFIX, got {argument!r}")
+    return name, prefix
+
+
 def main(arguments: list[str]) -> int:
-    candidates = [argument.split("=", 1) for argument in arguments]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("candidates", nargs="+", type=candidate, metavar="NAME=PREFIX",
+                        help="a candidate's name and the prefix of its <prefix>.<set>.json files")
+    candidates = parser.parse_args(arguments).candidates
     names = None
     for name, prefix in candidates:
         for data in SETS:
