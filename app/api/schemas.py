@@ -731,8 +731,11 @@ class ApiKeyCreate(BaseModel):
         {"name": "line-3-camera", "role": "inspector"}]})
 
     name: str = Field(min_length=1, max_length=63, description="who or what uses the key")
-    role: ApiKeyRole = Field(description="admin: everything; inspector: inspect and read "
-                                         "variants and model status, change nothing")
+    role: ApiKeyRole = Field(description="admin: everything; operator (people at the line): "
+                                         "what an inspector reads plus the inspection records "
+                                         "and their images, feedback, and adding a record's "
+                                         "image to its variant; inspector (cameras): inspect "
+                                         "and read variants and model status, change nothing")
 
 
 _API_KEY_EXAMPLE: dict[str, Any] = {"id": 3, "name": "line-3-camera", "role": "inspector",

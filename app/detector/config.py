@@ -79,8 +79,8 @@ class DetectorConfig:
     preset: PresetChoice = field(default=DEFAULT_PRESET, metadata=setting(
         "a named configuration (what each is for: GET /v1/presets), or auto: each training "
         "fits every preset within auto_latency_budget and keeps the one whose quality report "
-        "expects the most. Sending a preset sets the settings presets set (backbone) to its "
-        "values, except those sent with it"))
+        "expects the most. Sending a preset sets the settings it sets (GET /v1/presets lists "
+        "them) to its values, except those sent with it"))
     backbone: str = field(default=DEFAULT_BACKBONE, metadata=setting(
         "a name from GET /v1/backbones"))
     resolution: int | None = field(default=None, metadata=setting(
@@ -91,11 +91,13 @@ class DetectorConfig:
         "square (both sides, aspect not kept)"))
     max_aspect: float = field(default=4.0, metadata=setting(
         "longer side cap, in multiples of resolution", ge=1, le=16))
-    # Mirrored margin around the image, in backbone size multiples (16 px for Lite0), so that
-    # border patches are not judged on a CNN's zero padding.
+    # Mirrored margin around the image, in backbone size multiples (16 px for the
+    # EfficientNets, 14 for ViT-S), so that border patches are not judged on a CNN's zero
+    # padding.
     border: int | None = field(default=None, metadata=setting(
-        "mirrored margin around the image, in multiples of the backbone's stride, so border "
-        "patches are not judged on zero padding", ge=0, le=4, null="the backbone's"))
+        "mirrored margin around the image, in multiples of the backbone's input size "
+        "multiple, so border patches are not judged on zero padding", ge=0, le=4,
+        null="the backbone's"))
     # Below 1, a part displaced in the frame no longer rejects for what the mirrored margin
     # shows next to the edge; 0.5 (and the band's width, engine.edge_band) chosen among
     # declared candidates on the four shared sets
