@@ -7,6 +7,7 @@ correlation over configurations between the expected and the real image AUROC; a
 estimated against the real false-reject rate on test/good.
 
     python -m bench.report_truth [--k 16] [--profile E0] [--draws 3] [--sets ...] [--candidates ...]
+        [--merge EARLIER.json ...]
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             rows.append(row)
             print(row, flush=True)
+    rows = merged(rows, args.merge, args.k, args.profile)
     by_set = {}
     for dataset in args.sets:
         mine = [r for r in rows if r["set"] == dataset]
@@ -138,6 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     known = [v for v in by_set.values() if v is not None]
     return {"bench": "report_truth", "machine": common.machine_info(args.threads),
             "params": {"k": args.k, "sets": args.sets, "profile": args.profile,
+                       "merged": [str(path) for path in args.merge],
                        "draws": args.draws}, "rows": rows,
             "spearman_by_set": by_set,
             "spearman_mean": float(np.mean(known)) if known else None,
@@ -145,6 +148,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "auto": auto_choice(rows),
             "frr_error_max": max((abs(r["estimated_frr"] - r["real_frr"]) for r in rows),
                                  default=None)}
+
+
+def merged(rows: list[dict[str, Any]], earlier: list[Path], k: int,
+           profile: str) -> list[dict[str, Any]]:
+    """``rows`` with the rows of ``earlier`` runs (same k and profile) of the configurations
+    this run did not fit: one ranking over configurations reported in several runs (the
+    report of an unchanged configuration is reproducible, its seeds being the evaluation's)."""
+    seen = {(r["set"], r["candidate"]) for r in rows}
+    out = list(rows)
+    for path in earlier:
+        data = json.loads(path.read_text())
+        params = data["params"]
+        if params["k"] != k or params["profile"] != profile:
+            raise SystemExit(f"{path}: k = {params['k']}, profile {params['profile']}; this run "
+                             f"is k = {k}, profile {profile}")
+        for row in data["rows"]:
+            if (row["set"], row["candidate"]) not in seen:
+                seen.add((row["set"], row["candidate"]))
+                out.append({**row, "from": str(path)})
+    return out
 
 
 def report(data: dict[str, Any]) -> str:
@@ -182,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=common.DEFAULT_DATASET.parent)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--merge", nargs="+", type=Path, default=[], metavar="JSON",
+                        help="earlier runs' outputs (same k and profile) whose configurations "
+                        "join this run's in the ranking")
     args = parser.parse_args(argv)
     data = run(args)
     print(report(data), flush=True)
