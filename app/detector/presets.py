@@ -56,12 +56,13 @@ PRESETS: Mapping[PresetName, Preset] = MappingProxyType({
     "accurate": Preset(
         "accurate",
         "EfficientNet-Lite2 at 384 px, its training images turned when they show the part at "
-        "varying angles and also learnt as a JPEG copy: the default; the best mean over the "
-        "four shared data sets of every declared candidate (0.835; fast 0.790): screws at any "
-        "angle 0.88 from 16 images (without the turns 0.64), textures better (magnetic tile "
-        "0.78 / 0.82 from 1 / 16 images against 0.74 / 0.78), level on bottle, the bsdata "
-        "spindles 0.86 / 0.87 (fast 0.84 / 0.89); JPEG-70 from a camera rejects no good bottle "
-        "(without the copy 22 %); about 4.4x fast's time per image, 4.2x where it turns",
+        "varying angles and also learnt as a JPEG copy re-lit by up to 20 %: the default; the "
+        "best over the four shared data sets of every declared candidate (mean 0.836; fast "
+        "0.790): screws at any angle 0.89 from 16 images (without the turns 0.64), textures "
+        "better (magnetic tile 0.78 / 0.83 from 1 / 16 images against 0.74 / 0.78), level on "
+        "bottle, the bsdata spindles 0.85 / 0.87 (fast 0.84 / 0.89); JPEG-70 from a camera "
+        "rejects no good bottle (without the copy 22 %), +20 % light 5 % of good spindles "
+        "(unlit copy 19 %); about 4.4x fast's time per image, 4.2x where it turns",
         MappingProxyType({"backbone": "efficientnet_lite2", "augment": "auto",
                           "jpeg_views": 1, "jpeg_copy_light": 0.2,
                           "max_bank_size": 8192}), 4.35),
