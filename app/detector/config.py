@@ -155,7 +155,7 @@ class DetectorConfig:
         "copies of each training image re-encoded as JPEG at a quality drawn from 60-95 (as a "
         "camera or gateway may send a good part), fitted into the memory bank only", ge=0,
         le=4))
-    jpeg_copy_light: float = field(default=0.0, metadata=setting(
+    jpeg_copy_light: float = field(default=0.2, metadata=setting(
         "the JPEG copies' light: each copy's pixel values times a factor drawn from 1 - this "
         "to 1 + this before the encode (0: as photographed; 0.2: the allowed variations' "
         "x0.8-1.2), so a brighter or dimmer light, highlights saturated, passes", ge=0, le=0.5))
