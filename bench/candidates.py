@@ -42,6 +42,9 @@ _DECLARED: dict[str, dict[str, Any]] = {
     "C16": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
             "jpeg_copy_light": 0.2, "resolution": 384,
             "max_bank_size": 8192},  # C15's JPEG copy re-lit x0.8-1.2
+    "C17": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
+            "jpeg_copy_light": 0.2, "resolution": 384, "max_bank_size": 8192,
+            "edge_band": 4},  # C16 with the edge band one cell wider
 }
 CANDIDATES: dict[str, dict[str, Any]] = {
     name: settings if settings.get("preset") else {**SCREENED_WITH, **settings}

@@ -553,8 +553,8 @@ class Judge:
     def of(cls, config: DetectorConfig, spec: BackboneSpec, plan: ResizePlan,
            layout: Layout | None = None, *, mask_background: bool = False) -> Judge:
         """The judge of a model with ``config`` on ``spec`` under ``plan``."""
-        return cls(config.score_top_fraction, edge_band(spec, plan), config.edge_weight,
-                   layout or Layout(), mask_background)
+        return cls(config.score_top_fraction, edge_band(spec, plan, config.edge_band),
+                   config.edge_weight, layout or Layout(), mask_background)
 
     @property
     def weighs_edges(self) -> bool:
@@ -616,11 +616,14 @@ def _score_rule(judge: Judge) -> str:
     return rule
 
 
-def edge_band(spec: BackboneSpec, plan: ResizePlan) -> int:
-    """Cells of the patch grid next to each edge that the mirrored margin reaches: its own
-    cells, and as far again as the patch neighbourhood averages (Lite0: 2 + 1)."""
+def edge_band(spec: BackboneSpec, plan: ResizePlan, cells: int | None = None) -> int:
+    """Cells of the patch grid next to each edge that the mirrored margin reaches: ``cells``
+    when given, else its own cells and as far again as the patch neighbourhood averages
+    (Lite0: 2 + 1); none without a margin."""
     if plan.border <= 0:
         return 0
+    if cells is not None:
+        return cells
     return math.ceil(plan.border * spec.size_multiple / spec.patch_stride) + spec.neighbourhood // 2
 
 

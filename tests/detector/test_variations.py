@@ -3,6 +3,7 @@ fitted model: the bank, the calibration and the shipped graph."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import numpy as np
@@ -132,6 +133,29 @@ def test_the_graph_weighs_edge_patches_as_the_engine_does(
     np.testing.assert_allclose(grid[3:-3, 3:-3], plain[3:-3, 3:-3])
     np.testing.assert_allclose(grid[:3], edge_weight * plain[:3], rtol=1e-6)
     np.testing.assert_allclose(grid[:, -3:], edge_weight * plain[:, -3:], rtol=1e-6)
+    onnx_score = _onnx_score(model.onnx_bytes, image)
+    assert onnx_score == pytest.approx(image_score(engine.patches, 0.0), rel=1e-4)
+
+
+def test_an_explicit_edge_band_sets_how_many_cells_the_weight_reaches(
+    detector: Detector, train_images: list[np.ndarray], good_image: Callable[..., np.ndarray],
+) -> None:
+    config = DetectorConfig(resolution=64, edge_band=4)
+    model = detector.fit(train_images, config)
+    image = good_image(31, 80, 112)
+    bank, plan = bank_from_model(model.onnx_bytes), plan_from_model(model.onnx_bytes)
+    engine = detector.patch_scores(image, bank, config, plan)
+    h, w = engine.grid
+    grid = engine.patches.reshape(h, w)
+    plain = detector.patch_scores(image, bank, DetectorConfig(resolution=64, edge_weight=1.0),
+                                  plan).patches.reshape(h, w)
+    np.testing.assert_allclose(grid[4:-4, 4:-4], plain[4:-4, 4:-4])
+    np.testing.assert_allclose(grid[:4], 0.5 * plain[:4], rtol=1e-6)  # one ring past the 3
+    np.testing.assert_allclose(grid[:, -4:], 0.5 * plain[:, -4:], rtol=1e-6)
+    props = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"]) \
+        .get_modelmeta().custom_metadata_map
+    outputs = json.loads(props["nominal.preprocessing"])["outputs"]
+    assert "fewer than 4 cells from an edge" in outputs
     onnx_score = _onnx_score(model.onnx_bytes, image)
     assert onnx_score == pytest.approx(image_score(engine.patches, 0.0), rel=1e-4)
 
