@@ -95,16 +95,26 @@ FULL_METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), 
                 ("false_reject_rate", "FRR"), ("defect_recall", "recall"))
 
 
+def latency_runs(candidate: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(file, dataset, timing)`` of every ``bench.presets`` run that timed ``candidate``."""
+    runs = []
+    for path in sorted(common.RESULTS_DIR.glob("bench_presets*.json")):
+        measured = json.loads(path.read_text())
+        if candidate in measured["results"]:
+            runs.append((path.name, measured["params"]["dataset"],
+                         measured["results"][candidate]))
+    return runs
+
+
 def full(args: argparse.Namespace) -> int:
     """Each finalist's table over k = 1, 2, 4, 8, 16 on the four sets (from the runs of
-    ``FULL_SHOTS``), with its time per image and ratio to C0 from ``bench.presets``."""
-    latency: dict[str, Any] = json.loads(
-        (common.RESULTS_DIR / "bench_presets.json").read_text())["results"]
+    ``FULL_SHOTS``), with its time per image and ratio to C0 from every ``bench.presets`` run
+    that timed it."""
     for candidate in args.candidates:
-        timing = latency.get(candidate)
-        cost = ("" if timing is None else f", {timing['ms']['median']:.1f} ms per 512 x 512 "
-                f"image, {timing['ratio_of_medians']:.2f}x C0 (bench.presets)")
-        print(f"\n{candidate}{cost}\n")
+        costs = [f"{timing['ms']['median']:.1f} ms per 512 x 512 image, "
+                 f"{timing['ratio_of_medians']:.2f}x C0 on {Path(data).name} ({name})"
+                 for name, data, timing in latency_runs(candidate)]
+        print(f"\n{candidate}" + "".join(f", {cost}" for cost in costs) + "\n")
         print("| data | k | " + " | ".join(name for _, name in FULL_METRICS) + " |")
         print("|---|---|" + "---|" * len(FULL_METRICS))
         for dataset in common.SETS:
