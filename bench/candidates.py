@@ -45,6 +45,9 @@ _DECLARED: dict[str, dict[str, Any]] = {
     "C17": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
             "jpeg_copy_light": 0.2, "resolution": 384, "max_bank_size": 8192,
             "edge_band": 4},  # C16 with the edge band one cell wider
+    "C18": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
+            "jpeg_copy_light": 0.2, "resolution": 384, "max_bank_size": 8192,
+            "edge_band": 4, "light": "contrast"},  # C17 with the contrast matched
 }
 CANDIDATES: dict[str, dict[str, Any]] = {
     name: settings if settings.get("preset") else {**SCREENED_WITH, **settings}
