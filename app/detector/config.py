@@ -106,14 +106,14 @@ class DetectorConfig:
         "factor on the scores of the patches next to the frame's edge, those the mirrored "
         "margin reaches (none without a margin): 1 judges them like the others, 0 ignores them",
         ge=0, le=1))
-    # The band's width in cells of the patch grid; null keeps engine.edge_band's reach (the
-    # margin's own cells and the finest layer's neighbourhood radius), an integer overrides it
-    # where there is a margin (candidate C17, BENCHMARKS.md "Presets").
+    # The band's width in cells of the patch grid, where there is a margin; null: how far the
+    # margin reaches (engine.edge_band), 4 for the EfficientNets since candidate C17
+    # (BENCHMARKS.md "Presets"; fast keeps the 3 it was measured with).
     edge_band: int | None = field(default=None, metadata=setting(
         "how many cells next to each edge edge_weight applies to (only with a mirrored "
         "margin)", ge=0, le=16,
-        null="those the margin reaches: its own cells and the 3 x 3 patch neighbourhood's one "
-             "more (Lite0 and Lite2: 3)"))
+        null="those the margin reaches: its own cells, and as far again as each layer's 3 x 3 "
+             "patch neighbourhood carries it at that layer's stride (Lite0 and Lite2: 2 + 2)"))
     # Cosine: every patch feature scaled to unit length (graph._front_end), in the bank and in
     # the inspected image alike; the euclidean distance between unit vectors orders patches as
     # the cosine distance does (AnomalyDINO compares DINOv2 tokens so).

@@ -618,13 +618,17 @@ def _score_rule(judge: Judge) -> str:
 
 def edge_band(spec: BackboneSpec, plan: ResizePlan, cells: int | None = None) -> int:
     """Cells of the patch grid next to each edge that the mirrored margin reaches: ``cells``
-    when given, else its own cells and as far again as the patch neighbourhood averages
-    (Lite0: 2 + 1); none without a margin."""
+    when given, else its own cells and as far again as the patch neighbourhood averages. Each
+    layer is averaged at its own stride (``graph._aggregate``), so the coarsest layer's
+    neighbourhood reaches furthest: Lite0 and Lite2, 2 + 1 x 16 / 8 = 4 (candidate C17). None
+    without a margin."""
     if plan.border <= 0:
         return 0
     if cells is not None:
         return cells
-    return math.ceil(plan.border * spec.size_multiple / spec.patch_stride) + spec.neighbourhood // 2
+    coarsest = max(layer.stride for layer in spec.layers)
+    return (math.ceil(plan.border * spec.size_multiple / spec.patch_stride)
+            + math.ceil(spec.neighbourhood // 2 * coarsest / spec.patch_stride))
 
 
 def holdout_scores(

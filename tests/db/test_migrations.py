@@ -326,6 +326,37 @@ def test_configurations_keep_unlit_jpeg_copies_across_0010(empty_database_url: s
     upgrade_to_head(url)
 
 
+def test_configurations_keep_their_edge_band_across_0011(empty_database_url: str) -> None:
+    """0011 writes the band an EfficientNet configuration stored without one was trained with
+    (three cells at the default margin), so the wider reach does not move it; one that states
+    its band keeps it, and a ViT's (one stride, the same reach) is left as it is."""
+    url = empty_database_url
+    config = alembic_config(url)
+    command.upgrade(config, "0010")
+    unbanded = {k: v for k, v in DetectorConfig().to_dict().items() if k != "edge_band"}
+    banded = {**unbanded, "edge_band": 2}
+    vit = {**unbanded, "backbone": "vit_small_l8"}
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            _insert_variant(connection, unbanded, 2)
+            _insert_model(connection, 1, unbanded)
+            _insert_model(connection, 2, banded)
+            _insert_model(connection, 3, vit)
+
+        command.upgrade(config, "0011")
+        after = {**unbanded, "edge_band": 3}
+        assert _stored_json(engine, "SELECT settings FROM variant") == after
+        assert _model_configs(engine) == [after, banded, vit]
+        assert DetectorConfig.from_dict(effective_settings(after)).edge_band == 3
+        assert DetectorConfig.from_dict(effective_settings(unbanded)).edge_band is None
+        command.downgrade(config, "0010")
+        assert _model_configs(engine) == [after, banded, vit]
+    finally:
+        engine.dispose()
+    upgrade_to_head(url)
+
+
 def _model_configs(engine: Any) -> list[dict[str, Any]]:
     """Every stored model configuration, by version."""
     with engine.connect() as connection:

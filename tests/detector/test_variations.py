@@ -118,15 +118,14 @@ def test_the_graph_weighs_edge_patches_as_the_engine_does(
     detector: Detector, train_images: list[np.ndarray],
     good_image: Callable[..., np.ndarray], edge_weight: float,
 ) -> None:
-    config = DetectorConfig(resolution=64, edge_weight=edge_weight)
+    config = DetectorConfig(resolution=64, edge_weight=edge_weight, edge_band=3)
     model = detector.fit(train_images, config)
     image = good_image(31, 80, 112)
     engine = detector.patch_scores(image, bank_from_model(model.onnx_bytes), config,
                                    plan_from_model(model.onnx_bytes))
     h, w = engine.grid
     grid = engine.patches.reshape(h, w)
-    # Lite0's 16 px margin covers two cells of its stride-8 grid, and its 3 x 3 patch
-    # neighbourhood carries it one cell further.
+    # fast's band: the margin's 16 px cover two cells of the stride-8 grid, and one more.
     plain = detector.patch_scores(image, bank_from_model(model.onnx_bytes),
                                   DetectorConfig(resolution=64, edge_weight=1.0),
                                   plan_from_model(model.onnx_bytes)).patches.reshape(h, w)
@@ -137,20 +136,24 @@ def test_the_graph_weighs_edge_patches_as_the_engine_does(
     assert onnx_score == pytest.approx(image_score(engine.patches, 0.0), rel=1e-4)
 
 
-def test_an_explicit_edge_band_sets_how_many_cells_the_weight_reaches(
+def test_the_margins_reach_counts_the_coarse_layers_neighbourhood(
     detector: Detector, train_images: list[np.ndarray], good_image: Callable[..., np.ndarray],
 ) -> None:
-    config = DetectorConfig(resolution=64, edge_band=4)
+    """Lite2's margin: two cells of its stride-8 grid, and the 3 x 3 neighbourhood of its
+    stride-16 layer carries it two more."""
+    config = DetectorConfig(resolution=96)
+    assert config.edge_band is None
     model = detector.fit(train_images, config)
     image = good_image(31, 80, 112)
     bank, plan = bank_from_model(model.onnx_bytes), plan_from_model(model.onnx_bytes)
     engine = detector.patch_scores(image, bank, config, plan)
     h, w = engine.grid
     grid = engine.patches.reshape(h, w)
-    plain = detector.patch_scores(image, bank, DetectorConfig(resolution=64, edge_weight=1.0),
+    plain = detector.patch_scores(image, bank, DetectorConfig(resolution=96, edge_weight=1.0),
                                   plan).patches.reshape(h, w)
+    assert min(h, w) > 8  # an inner part outside the band
     np.testing.assert_allclose(grid[4:-4, 4:-4], plain[4:-4, 4:-4])
-    np.testing.assert_allclose(grid[:4], 0.5 * plain[:4], rtol=1e-6)  # one ring past the 3
+    np.testing.assert_allclose(grid[:4], 0.5 * plain[:4], rtol=1e-6)
     np.testing.assert_allclose(grid[:, -4:], 0.5 * plain[:, -4:], rtol=1e-6)
     props = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"]) \
         .get_modelmeta().custom_metadata_map
