@@ -326,32 +326,32 @@ def test_configurations_keep_unlit_jpeg_copies_across_0010(empty_database_url: s
     upgrade_to_head(url)
 
 
-def test_configurations_keep_their_edge_band_across_0011(empty_database_url: str) -> None:
-    """0011 writes the band an EfficientNet configuration stored without one was trained with
-    (three cells at the default margin), so the wider reach does not move it; one that states
-    its band keeps it, and a ViT's (one stride, the same reach) is left as it is."""
+def test_configurations_keep_the_finest_layers_edge_reach_across_0011(
+    empty_database_url: str,
+) -> None:
+    """0011 writes edge_reach finest into variants and model configurations stored without it
+    (the band they resolved and trained with), so the default's wider band does not reach
+    them; one that states its reach keeps it."""
     url = empty_database_url
     config = alembic_config(url)
     command.upgrade(config, "0010")
-    unbanded = {k: v for k, v in DetectorConfig().to_dict().items() if k != "edge_band"}
-    banded = {**unbanded, "edge_band": 2}
-    vit = {**unbanded, "backbone": "vit_small_l8"}
+    before = {k: v for k, v in DetectorConfig().to_dict().items() if k != "edge_reach"}
+    stated = {**before, "edge_reach": "coarsest"}
     engine = create_engine(url)
     try:
         with engine.begin() as connection:
-            _insert_variant(connection, unbanded, 2)
-            _insert_model(connection, 1, unbanded)
-            _insert_model(connection, 2, banded)
-            _insert_model(connection, 3, vit)
+            _insert_variant(connection, before, 2)
+            _insert_model(connection, 1, before)
+            _insert_model(connection, 2, stated)
 
         command.upgrade(config, "0011")
-        after = {**unbanded, "edge_band": 3}
+        after = {**before, "edge_reach": "finest"}
         assert _stored_json(engine, "SELECT settings FROM variant") == after
-        assert _model_configs(engine) == [after, banded, vit]
-        assert DetectorConfig.from_dict(effective_settings(after)).edge_band == 3
-        assert DetectorConfig.from_dict(effective_settings(unbanded)).edge_band is None
+        assert _model_configs(engine) == [after, stated]
+        assert DetectorConfig.from_dict(effective_settings(after)).edge_reach == "finest"
+        assert DetectorConfig.from_dict(effective_settings(before)).edge_reach == "coarsest"
         command.downgrade(config, "0010")
-        assert _model_configs(engine) == [after, banded, vit]
+        assert _model_configs(engine) == [after, stated]
     finally:
         engine.dispose()
     upgrade_to_head(url)
