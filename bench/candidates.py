@@ -15,7 +15,8 @@ from app.detector.presets import PresetName
 # first screening. Pinned, so that a later default (C11's turns, C13's JPEG copies) does not
 # change what an earlier candidate's name means.
 SCREENED_WITH: dict[str, Any] = {"augment": "none", "light": "keep", "jpeg_views": 0,
-                                 "jpeg_copy_light": 0.0, "max_bank_size": 16384}
+                                 "jpeg_copy_light": 0.0, "max_bank_size": 16384,
+                                 "edge_reach": "finest"}
 # EfficientNet-Lite2's own resolution until C15 made it 384 (what null meant for C9-C14).
 LITE2_288: dict[str, Any] = {"backbone": "efficientnet_lite2", "resolution": 288}
 
@@ -44,17 +45,18 @@ _DECLARED: dict[str, dict[str, Any]] = {
             "max_bank_size": 8192},  # C15's JPEG copy re-lit x0.8-1.2
     "C17": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
             "jpeg_copy_light": 0.2, "resolution": 384, "max_bank_size": 8192,
-            "edge_band": 4},  # C16 with the edge band one cell wider
+            "edge_reach": "coarsest"},  # C16 with the edge band one cell wider (run as
+    # edge_band 4, the band this reach gives Lite2's margin)
     "C18": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
             "jpeg_copy_light": 0.2, "resolution": 384, "max_bank_size": 8192,
-            "edge_band": 4, "light": "contrast"},  # C17 with the contrast matched
+            "edge_reach": "coarsest", "light": "contrast"},  # C17 with the contrast matched
 }
 CANDIDATES: dict[str, dict[str, Any]] = {
     name: settings if settings.get("preset") else {**SCREENED_WITH, **settings}
     for name, settings in _DECLARED.items()}
 
 # The candidate each preset is (the configurations auto chooses among).
-PRESET_CANDIDATES: dict[PresetName, str] = {"accurate": "C16", "fast": "C0"}
+PRESET_CANDIDATES: dict[PresetName, str] = {"accurate": "C17", "fast": "C0"}
 
 # The reference of the latency budget: the default must cost at most 6x its time per image.
 REFERENCE = "C0"

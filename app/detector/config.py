@@ -30,6 +30,7 @@ Precision = Literal["float32", "int8"]
 Distance = Literal["euclidean", "cosine"]
 Background = Literal["keep", "auto"]
 Light = Literal["keep", "normalise", "contrast"]
+EdgeReach = Literal["finest", "coarsest"]
 
 AUGMENTATIONS: tuple[Augmentation, ...] = get_args(Augmentation)
 RESIZE_POLICIES: tuple[ResizePolicy, ...] = get_args(ResizePolicy)
@@ -106,14 +107,15 @@ class DetectorConfig:
         "factor on the scores of the patches next to the frame's edge, those the mirrored "
         "margin reaches (none without a margin): 1 judges them like the others, 0 ignores them",
         ge=0, le=1))
-    # The band's width in cells of the patch grid; null keeps engine.edge_band's reach (the
-    # margin's own cells and the finest layer's neighbourhood radius), an integer overrides it
-    # where there is a margin (candidate C17, BENCHMARKS.md "Presets").
-    edge_band: int | None = field(default=None, metadata=setting(
-        "how many cells next to each edge edge_weight applies to (only with a mirrored "
-        "margin)", ge=0, le=16,
-        null="those the margin reaches: its own cells and the 3 x 3 patch neighbourhood's one "
-             "more (Lite0 and Lite2: 3)"))
+    # How far the edge_weight band reaches past the margin's own cells (engine.edge_band). Each
+    # layer is averaged over its 3 x 3 neighbourhood at its own stride (graph._aggregate), so
+    # the coarsest layer carries the margin furthest: coarsest since candidate C17
+    # (BENCHMARKS.md "Presets"; fast keeps finest, the band it was measured with).
+    edge_reach: EdgeReach = field(default="coarsest", metadata=setting(
+        "how far past the mirrored margin's own cells edge_weight applies: finest, as far as "
+        "the finest layer's 3 x 3 patch neighbourhood carries the margin (Lite0 and Lite2: "
+        "2 + 1 cells of the stride-8 grid), coarsest, as far as the coarsest layer's does at "
+        "its stride (2 + 2); the same for one-layer backbones"))
     # Cosine: every patch feature scaled to unit length (graph._front_end), in the bank and in
     # the inspected image alike; the euclidean distance between unit vectors orders patches as
     # the cosine distance does (AnomalyDINO compares DINOv2 tokens so).

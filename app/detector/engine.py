@@ -24,7 +24,7 @@ import onnx
 
 from app.detector.backbones import BackboneSpec, backbone_path, get_backbone
 from app.detector.calibration import Calibration, calibrate, region_holdout_score
-from app.detector.config import DetectorConfig
+from app.detector.config import DetectorConfig, EdgeReach
 from app.detector.graph import (
     ResizePlan,
     build_feature_extractor,
@@ -548,7 +548,7 @@ class Judge:
     def of(cls, config: DetectorConfig, spec: BackboneSpec, plan: ResizePlan,
            layout: Layout | None = None, *, mask_background: bool = False) -> Judge:
         """The judge of a model with ``config`` on ``spec`` under ``plan``."""
-        return cls(config.score_top_fraction, edge_band(spec, plan, config.edge_band),
+        return cls(config.score_top_fraction, edge_band(spec, plan, config.edge_reach),
                    config.edge_weight, layout or Layout(), mask_background)
 
     @property
@@ -611,15 +611,17 @@ def _score_rule(judge: Judge) -> str:
     return rule
 
 
-def edge_band(spec: BackboneSpec, plan: ResizePlan, cells: int | None = None) -> int:
-    """Cells of the patch grid next to each edge that the mirrored margin reaches: ``cells``
-    when given, else its own cells and as far again as the patch neighbourhood averages
-    (Lite0: 2 + 1); none without a margin."""
+def edge_band(spec: BackboneSpec, plan: ResizePlan, reach: EdgeReach = "coarsest") -> int:
+    """Cells of the patch grid next to each edge that the mirrored margin reaches: its own
+    cells, and as far again as the patch neighbourhood averages it inward. Each layer is
+    averaged at its own stride (``graph._aggregate``): ``finest`` counts the finest layer's
+    neighbourhood (Lite0 and Lite2: 2 + 1), ``coarsest`` the coarsest layer's, in cells of the
+    grid (2 + 1 x 16 / 8 = 4). None without a margin."""
     if plan.border <= 0:
         return 0
-    if cells is not None:
-        return cells
-    return math.ceil(plan.border * spec.size_multiple / spec.patch_stride) + spec.neighbourhood // 2
+    stride = spec.patch_stride if reach == "finest" else max(layer.stride for layer in spec.layers)
+    return (math.ceil(plan.border * spec.size_multiple / spec.patch_stride)
+            + math.ceil(spec.neighbourhood // 2 * stride / spec.patch_stride))
 
 
 def holdout_scores(

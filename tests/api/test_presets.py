@@ -24,10 +24,10 @@ def test_presets_are_listed_with_their_configuration(client: TestClient) -> None
     accurate = presets["accurate"]
     assert accurate["settings"] == {"backbone": "efficientnet_lite2", "augment": "auto",
                                     "jpeg_views": 1, "jpeg_copy_light": 0.2,
-                                    "max_bank_size": 8192}
+                                    "max_bank_size": 8192, "edge_reach": "coarsest"}
     assert presets["fast"]["settings"] == {"backbone": "efficientnet_lite0", "augment": "none",
                                            "jpeg_views": 0, "jpeg_copy_light": 0.0,
-                                           "max_bank_size": 16384}
+                                           "max_bank_size": 16384, "edge_reach": "finest"}
     assert accurate["configuration"] == DetectorConfig.from_dict({"preset": "accurate"}).to_dict()
     assert "textures" in accurate["summary"]
 

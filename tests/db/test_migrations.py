@@ -326,6 +326,37 @@ def test_configurations_keep_unlit_jpeg_copies_across_0010(empty_database_url: s
     upgrade_to_head(url)
 
 
+def test_configurations_keep_the_finest_layers_edge_reach_across_0011(
+    empty_database_url: str,
+) -> None:
+    """0011 writes edge_reach finest into variants and model configurations stored without it
+    (the band they resolved and trained with), so the default's wider band does not reach
+    them; one that states its reach keeps it."""
+    url = empty_database_url
+    config = alembic_config(url)
+    command.upgrade(config, "0010")
+    before = {k: v for k, v in DetectorConfig().to_dict().items() if k != "edge_reach"}
+    stated = {**before, "edge_reach": "coarsest"}
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            _insert_variant(connection, before, 2)
+            _insert_model(connection, 1, before)
+            _insert_model(connection, 2, stated)
+
+        command.upgrade(config, "0011")
+        after = {**before, "edge_reach": "finest"}
+        assert _stored_json(engine, "SELECT settings FROM variant") == after
+        assert _model_configs(engine) == [after, stated]
+        assert DetectorConfig.from_dict(effective_settings(after)).edge_reach == "finest"
+        assert DetectorConfig.from_dict(effective_settings(before)).edge_reach == "coarsest"
+        command.downgrade(config, "0010")
+        assert _model_configs(engine) == [after, stated]
+    finally:
+        engine.dispose()
+    upgrade_to_head(url)
+
+
 def _model_configs(engine: Any) -> list[dict[str, Any]]:
     """Every stored model configuration, by version."""
     with engine.connect() as connection:

@@ -10,8 +10,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from app.detector.backbones import get_backbone
 from app.detector.config import DetectorConfig
-from app.detector.engine import Detector, bank_from_model, plan_from_model
+from app.detector.engine import Detector, bank_from_model, edge_band, plan_from_model
+from app.detector.graph import ResizePlan
 from app.detector.memory import edge_weights, image_score
 from app.detector.variations import (
     MIN_WINDOW_SIDE,
@@ -104,6 +106,22 @@ def test_edge_weights_mark_the_band_next_to_every_edge() -> None:
     np.testing.assert_array_equal(edge_weights((3, 3), band=0, weight=0.0), np.ones(9))
 
 
+@pytest.mark.parametrize(("backbone", "border", "finest", "coarsest"), [
+    ("efficientnet_lite0", 1, 3, 4),  # two margin cells of the stride-8 grid, then 1 or 2
+    ("efficientnet_lite2", 1, 3, 4),
+    ("efficientnet_lite2", 2, 5, 6),
+    ("efficientnet_lite2", 0, 0, 0),  # no margin, no band
+    ("vit_small_l8", 1, 1, 1),  # one layer and no neighbourhood: the margin's own cell
+])
+def test_the_edge_band_is_the_margins_reach(
+    backbone: str, border: int, finest: int, coarsest: int,
+) -> None:
+    spec = get_backbone(backbone)
+    plan = ResizePlan("square", 224, 4.0, border=border)
+    assert (edge_band(spec, plan, "finest"), edge_band(spec, plan, "coarsest")) == \
+        (finest, coarsest)
+
+
 # --- in a fitted model -------------------------------------------------------------------
 
 
@@ -118,15 +136,15 @@ def test_the_graph_weighs_edge_patches_as_the_engine_does(
     detector: Detector, train_images: list[np.ndarray],
     good_image: Callable[..., np.ndarray], edge_weight: float,
 ) -> None:
-    config = DetectorConfig(resolution=64, edge_weight=edge_weight)
+    config = DetectorConfig(resolution=64, edge_weight=edge_weight, edge_reach="finest")
     model = detector.fit(train_images, config)
     image = good_image(31, 80, 112)
     engine = detector.patch_scores(image, bank_from_model(model.onnx_bytes), config,
                                    plan_from_model(model.onnx_bytes))
     h, w = engine.grid
     grid = engine.patches.reshape(h, w)
-    # Lite0's 16 px margin covers two cells of its stride-8 grid, and its 3 x 3 patch
-    # neighbourhood carries it one cell further.
+    # The finest layer's reach (fast's): the margin's 16 px cover two cells of the stride-8
+    # grid, and its 3 x 3 patch neighbourhood carries them one cell further.
     plain = detector.patch_scores(image, bank_from_model(model.onnx_bytes),
                                   DetectorConfig(resolution=64, edge_weight=1.0),
                                   plan_from_model(model.onnx_bytes)).patches.reshape(h, w)
@@ -137,10 +155,13 @@ def test_the_graph_weighs_edge_patches_as_the_engine_does(
     assert onnx_score == pytest.approx(image_score(engine.patches, 0.0), rel=1e-4)
 
 
-def test_an_explicit_edge_band_sets_how_many_cells_the_weight_reaches(
+def test_the_margins_reach_counts_the_coarse_layers_neighbourhood(
     detector: Detector, train_images: list[np.ndarray], good_image: Callable[..., np.ndarray],
 ) -> None:
-    config = DetectorConfig(resolution=96, edge_band=4)
+    """Lite2's margin: two cells of its stride-8 grid, and the 3 x 3 neighbourhood of its
+    stride-16 layer carries it two more (the default reach)."""
+    config = DetectorConfig(resolution=96)
+    assert config.edge_reach == "coarsest"
     model = detector.fit(train_images, config)
     image = good_image(31, 80, 112)
     bank, plan = bank_from_model(model.onnx_bytes), plan_from_model(model.onnx_bytes)
@@ -151,7 +172,7 @@ def test_an_explicit_edge_band_sets_how_many_cells_the_weight_reaches(
                                   plan).patches.reshape(h, w)
     assert min(h, w) > 8  # an inner part outside the band
     np.testing.assert_allclose(grid[4:-4, 4:-4], plain[4:-4, 4:-4])
-    np.testing.assert_allclose(grid[:4], 0.5 * plain[:4], rtol=1e-6)  # one ring past the 3
+    np.testing.assert_allclose(grid[:4], 0.5 * plain[:4], rtol=1e-6)
     np.testing.assert_allclose(grid[:, -4:], 0.5 * plain[:, -4:], rtol=1e-6)
     props = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"]) \
         .get_modelmeta().custom_metadata_map
