@@ -47,6 +47,9 @@ _DECLARED: dict[str, dict[str, Any]] = {
             "jpeg_copy_light": 0.2, "resolution": 384, "max_bank_size": 8192,
             "edge_reach": "coarsest"},  # C16 with the edge band one cell wider (run as
     # edge_band 4, the band this reach gives Lite2's margin)
+    "C18": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
+            "jpeg_copy_light": 0.2, "resolution": 384, "max_bank_size": 8192,
+            "edge_reach": "coarsest", "light": "contrast"},  # C17 with the contrast matched
 }
 CANDIDATES: dict[str, dict[str, Any]] = {
     name: settings if settings.get("preset") else {**SCREENED_WITH, **settings}

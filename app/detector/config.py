@@ -29,7 +29,7 @@ ResizePolicy = Literal["fixed_scale", "shorter_side", "square"]
 Precision = Literal["float32", "int8"]
 Distance = Literal["euclidean", "cosine"]
 Background = Literal["keep", "auto"]
-Light = Literal["keep", "normalise"]
+Light = Literal["keep", "normalise", "contrast"]
 EdgeReach = Literal["finest", "coarsest"]
 
 AUGMENTATIONS: tuple[Augmentation, ...] = get_args(Augmentation)
@@ -135,7 +135,9 @@ class DetectorConfig:
         "keep judges each image's levels as photographed; normalise first brings each image's "
         "mean level and contrast (one gain and offset for its three channels) to those of the "
         "training images, so a brighter or flatter light does not look like a defect (nor "
-        "does a part uniformly darker or lighter than the training parts)"))
+        "does a part uniformly darker or lighter than the training parts); contrast brings "
+        "only the contrast there, about the image's own mean level, so a flatter light passes "
+        "and a part's own level still counts"))
     coreset_ratio: float = field(default=0.1, metadata=setting(
         "fraction of patches kept in the memory bank (large banks only)", gt=0, le=1))
     # Banks smaller than this keep every patch: few-shot banks are small and subsampling

@@ -26,7 +26,6 @@ from app.detector.backbones import BackboneSpec, backbone_path, get_backbone
 from app.detector.calibration import Calibration, calibrate, region_holdout_score
 from app.detector.config import DetectorConfig, EdgeReach
 from app.detector.graph import (
-    MAX_LIGHT_GAIN,
     ResizePlan,
     build_feature_extractor,
     build_scoring_model,
@@ -404,11 +403,7 @@ class Detector:
                 {
                     "input": "image: uint8 [H, W, 3] RGB, any size; resized inside the graph",
                     "resize": plan.describe(spec.size_multiple),
-                    "light": (f"levels moved by one gain and offset to mean {plan.light_mean:.2f}"
-                              f" and standard deviation {plan.light_std:.2f} (the training "
-                              f"images'; gain at most {MAX_LIGHT_GAIN:g})")
-                    if plan.normalises_light
-                    else "as photographed",
+                    "light": plan.describe_light(),
                     "normalise": f"(x - {list(spec.mean)}) / {list(spec.std)}",
                     "distance": "euclidean between patch features scaled to unit length "
                     "(cosine)" if unit_length(config) else "euclidean between patch features",
@@ -677,13 +672,16 @@ def _without_threshold_views(good_scores: np.ndarray, config: DetectorConfig,
 
 def resize_plan(config: DetectorConfig, images: Sequence[np.ndarray]) -> ResizePlan:
     """The resize plan of a model fitted on ``images`` (fixed scale: their median shorter side;
-    light normalise: their mean level and contrast, a grey level at least)."""
+    light normalise: their mean level and contrast, a grey level at least; contrast: that
+    contrast alone)."""
     spec = get_backbone(config.backbone)
     reference = float(np.median([min(image.shape[:2]) for image in images]))
     light_mean = light_std = None
-    if config.light == "normalise":
+    if config.light != "keep":
         levels = np.array([light_statistics(image) for image in images])
-        light_mean, light_std = float(levels[:, 0].mean()), max(1.0, float(levels[:, 1].mean()))
+        light_std = max(1.0, float(levels[:, 1].mean()))
+        if config.light == "normalise":
+            light_mean = float(levels[:, 0].mean())
     return ResizePlan(
         policy=config.resize,
         resolution=config.resolution or spec.default_resolution,

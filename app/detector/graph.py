@@ -108,8 +108,9 @@ class ResizePlan:
     With ``light_mean`` and ``light_std`` (grey levels, the training images' mean level and
     contrast), every image's levels are first moved by one gain and offset, the same for its
     three channels, to that mean and standard deviation (``_normalise_light``): a part under
-    a brighter or flatter light looks to the backbone as under the training light. Like the
-    reference side, they are constants of the model taken from its training images.
+    a brighter or flatter light looks to the backbone as under the training light. With
+    ``light_std`` alone, only the contrast is matched, about the image's own mean level. Like
+    the reference side, they are constants of the model taken from its training images.
     """
 
     policy: str
@@ -125,14 +126,25 @@ class ResizePlan:
             raise ValueError(f"unknown resize policy {self.policy!r}")
         if self.policy == "fixed_scale" and not self.reference_side:
             raise ValueError("fixed_scale needs the reference side of the training images")
-        if (self.light_mean is None) != (self.light_std is None):
-            raise ValueError("light normalisation needs both the mean and the std")
+        if self.light_mean is not None and self.light_std is None:
+            raise ValueError("light normalisation needs the std with the mean")
         if self.light_std is not None and not self.light_std > 0:
             raise ValueError(f"light_std must be positive, got {self.light_std}")
 
     @property
     def normalises_light(self) -> bool:
         return self.light_std is not None
+
+    def describe_light(self) -> str:
+        if self.light_std is None:
+            return "as photographed"
+        if self.light_mean is None:
+            return (f"contrast moved by one gain about the image's own mean level to standard "
+                    f"deviation {self.light_std:.2f} (the training images'; gain at most "
+                    f"{MAX_LIGHT_GAIN:g})")
+        return (f"levels moved by one gain and offset to mean {self.light_mean:.2f} and "
+                f"standard deviation {self.light_std:.2f} (the training images'; gain at most "
+                f"{MAX_LIGHT_GAIN:g})")
 
     def describe(self, multiple: int) -> str:
         if self.policy == "square":
@@ -165,16 +177,17 @@ def light_statistics(image: np.ndarray) -> tuple[float, float]:
 
 def _normalise_light(g: _Graph, full: str, resized: str, plan: ResizePlan) -> str:
     """``resized`` moved by one gain and offset so that the image's levels (``full``, the
-    image before resizing, as ``light_statistics`` measures them) get the plan's mean and
-    standard deviation; the resize is linear, so the statistics carry over."""
-    assert plan.light_mean is not None and plan.light_std is not None
+    image before resizing, as ``light_statistics`` measures them) get the plan's standard
+    deviation and mean (without ``light_mean``: the image's own mean); the resize is linear,
+    so the statistics carry over."""
+    assert plan.light_std is not None
     mean = g.op("ReduceMean", [full], keepdims=1)
     deviation = g.op("Sub", [full, mean])
     std = g.op("Sqrt", [g.op("ReduceMean", [g.op("Mul", [deviation, deviation])], keepdims=1)])
     std = g.op("Max", [std, g.const("light_floor", _f32(plan.light_std / MAX_LIGHT_GAIN))])
     gain = g.op("Div", [g.const("light_std", _f32(plan.light_std)), std])
-    offset = g.op("Sub", [g.const("light_mean", _f32(plan.light_mean)),
-                          g.op("Mul", [mean, gain])])
+    target = mean if plan.light_mean is None else g.const("light_mean", _f32(plan.light_mean))
+    offset = g.op("Sub", [target, g.op("Mul", [mean, gain])])
     return g.op("Add", [g.op("Mul", [resized, gain]), offset], hint="lit")
 
 

@@ -423,6 +423,27 @@ def test_background_auto_keeps_a_texture_whole(
 # --- light normalised ----------------------------------------------------------------------
 
 
+def test_light_contrast_is_in_the_file_and_the_engine(
+    detector: Detector, train_images: list[np.ndarray], good_image: Callable[..., np.ndarray],
+) -> None:
+    config = DetectorConfig(resolution=64, light="contrast")
+    fitted = detector.fit(train_images, config, seed=0)
+    plan = plan_from_model(fitted.onnx_bytes)
+    assert plan.light_mean is None and plan.light_std is not None
+    props = dict((p.key, p.value) for p in onnx.load_from_string(
+        fitted.onnx_bytes).metadata_props)
+    assert json.loads(props["nominal.preprocessing"])["light"].startswith(
+        "contrast moved by one gain about the image's own mean level")
+    session = _plain_session(fitted.onnx_bytes)
+    image = good_image(31)
+    engine = detector.patch_scores(image, bank_from_model(fitted.onnx_bytes), config, plan)
+    assert abs(_onnx_score(session, image) - float(engine.patches.max())) < 1e-4
+    mean = image.mean()
+    flatter = np.round(0.8 * (image.astype(np.float64) - mean) + mean).astype(np.uint8)
+    assert abs(_onnx_score(session, flatter) - _onnx_score(session, image)) < \
+        0.02 * fitted.threshold
+
+
 def test_light_normalise_is_in_the_file_and_the_engine(
     detector: Detector, train_images: list[np.ndarray], good_image: Callable[..., np.ndarray],
 ) -> None:

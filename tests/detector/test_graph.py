@@ -354,5 +354,19 @@ def test_resize_plan_takes_the_training_images_light() -> None:
     flat = resize_plan(replace(CONFIG, light="normalise"), images[:1])
     assert flat.light_std == 1.0  # never below a grey level
     assert resize_plan(CONFIG, images).light_mean is None
-    with pytest.raises(ValueError, match="both"):
+    contrast = resize_plan(replace(CONFIG, light="contrast"), images)
+    assert (contrast.light_mean, contrast.light_std) == (None, pytest.approx(10.0))
+    with pytest.raises(ValueError, match="std with the mean"):
         ResizePlan(policy="square", resolution=64, max_aspect=4.0, light_mean=100.0)
+
+
+def test_light_contrast_undoes_a_flatter_light_and_keeps_the_level(detector: Detector) -> None:
+    contrast_only = replace(LIT, light_mean=None)
+    image = np.random.default_rng(6).integers(40, 200, (80, 120, 3)).astype(np.uint8)
+    mean = image.mean()
+    flatter = np.round(0.7 * (image.astype(np.float64) - mean) + mean).astype(np.uint8)
+    seen = _levels(image, detector, contrast_only)
+    assert np.abs(seen - _levels(flatter, detector, contrast_only)).max() < 1.0
+    brighter = image + np.uint8(30)  # 70..229: no level saturates
+    assert (_levels(brighter, detector, contrast_only) - seen).mean() == pytest.approx(30, abs=0.5)
+    assert seen.mean() == pytest.approx(mean, abs=0.5)  # its own level, not the plan's
