@@ -5,7 +5,7 @@
 # output go to bench/results/tolerance/. Usage: [SETS="..."] [SHOTS=1,16] bench/tolerance.sh
 # CANDIDATE...
 #   CANDIDATE: B | C | D (Lite0) | T2 | T4 (the default of their time, C9, with threshold
-#   views) | C9 ... C17 (the screening's, settings from bench/candidates.py)
+#   views) | C9 ... C18 (the screening's, settings from bench/candidates.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/datasets}
