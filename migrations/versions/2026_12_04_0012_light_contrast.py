@@ -13,39 +13,17 @@ Create Date: 2026-12-04
 """
 
 from collections.abc import Sequence
-from typing import Any
 
-import sqlalchemy as sa
-from alembic import op
+from app.db.stored_settings import add_missing_setting
 
 revision: str = "0012"
 down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-ADDED = "light"
-BEFORE = "keep"  # what every configuration before this revision did without the setting
-
-variant = sa.table("variant", sa.column("id", sa.Integer), sa.column("settings", sa.JSON))
-model = sa.table("model", sa.column("id", sa.Integer), sa.column("config", sa.JSON))
-
-
-def _with_light(settings: dict[str, Any]) -> dict[str, Any]:
-    return settings if ADDED in settings else {**settings, ADDED: BEFORE}
-
-
-def _rewrite(table: sa.TableClause, column: str) -> None:
-    connection = op.get_bind()
-    for row_id, value in connection.execute(sa.select(table.c.id, table.c[column])).all():
-        new = _with_light(dict(value or {}))
-        if new != value:
-            connection.execute(sa.update(table).where(table.c.id == row_id)
-                               .values({column: new}))
-
 
 def upgrade() -> None:
-    _rewrite(variant, "settings")
-    _rewrite(model, "config")
+    add_missing_setting("light", "keep")  # what a configuration without it did
 
 
 def downgrade() -> None:
