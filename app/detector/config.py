@@ -131,7 +131,7 @@ class DetectorConfig:
     # One gain and offset per image, the same for its three channels (graph._normalise_light):
     # brightness and contrast, not colour, and a part uniformly darker than the training parts
     # is no longer a defect by its level alone.
-    light: Light = field(default="keep", metadata=setting(
+    light: Light = field(default="contrast", metadata=setting(
         "keep judges each image's levels as photographed; normalise first brings each image's "
         "mean level and contrast (one gain and offset for its three channels) to those of the "
         "training images, so a brighter or flatter light does not look like a defect (nor "

@@ -14,7 +14,8 @@ of each training image (``jpeg_views`` 1), and since C15 it sees the part at 384
 backbone's resolution) with half the bank (``max_bank_size`` 8192), and since C16 its JPEG
 copies are re-lit by up to 20 % (``jpeg_copy_light`` 0.2), and since C17 the edge weight
 covers the four cells the margin reaches through the stride-16 layer's neighbourhood
-(``edge_reach`` coarsest). ``fast`` is the cheaper EfficientNet-Lite0, as photographed.
+(``edge_reach`` coarsest), and since C18 each image's contrast is matched to the training
+images' (``light`` contrast). ``fast`` is the cheaper EfficientNet-Lite0, as photographed.
 ``balanced`` named it while the slower candidates were still being screened (migration 0007
 renames it).
 """
@@ -54,7 +55,8 @@ PRESETS: Mapping[PresetName, Preset] = MappingProxyType({
         "bottle 0.996 image AUROC from one image), weak on textures and turned parts",
         MappingProxyType({"backbone": "efficientnet_lite0", "augment": "none",
                           "jpeg_views": 0, "jpeg_copy_light": 0.0,
-                          "max_bank_size": 16384, "edge_reach": "finest"}), 1.0),
+                          "max_bank_size": 16384, "edge_reach": "finest",
+                          "light": "keep"}), 1.0),
     "accurate": Preset(
         "accurate",
         "EfficientNet-Lite2 at 384 px, its training images turned when they show the part at "
@@ -68,7 +70,8 @@ PRESETS: Mapping[PresetName, Preset] = MappingProxyType({
         "off its place 3 %; about 4.4x fast's time per image, 4.2x where it turns",
         MappingProxyType({"backbone": "efficientnet_lite2", "augment": "auto",
                           "jpeg_views": 1, "jpeg_copy_light": 0.2,
-                          "max_bank_size": 8192, "edge_reach": "coarsest"}), 4.35),
+                          "max_bank_size": 8192, "edge_reach": "coarsest",
+                          "light": "contrast"}), 4.35),
 })
 
 DEFAULT_PRESET: PresetName = "accurate"

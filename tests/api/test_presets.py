@@ -24,10 +24,12 @@ def test_presets_are_listed_with_their_configuration(client: TestClient) -> None
     accurate = presets["accurate"]
     assert accurate["settings"] == {"backbone": "efficientnet_lite2", "augment": "auto",
                                     "jpeg_views": 1, "jpeg_copy_light": 0.2,
-                                    "max_bank_size": 8192, "edge_reach": "coarsest"}
+                                    "max_bank_size": 8192, "edge_reach": "coarsest",
+                                    "light": "contrast"}
     assert presets["fast"]["settings"] == {"backbone": "efficientnet_lite0", "augment": "none",
                                            "jpeg_views": 0, "jpeg_copy_light": 0.0,
-                                           "max_bank_size": 16384, "edge_reach": "finest"}
+                                           "max_bank_size": 16384, "edge_reach": "finest",
+                                           "light": "keep"}
     assert accurate["configuration"] == DetectorConfig.from_dict({"preset": "accurate"}).to_dict()
     assert "textures" in accurate["summary"]
 

@@ -357,6 +357,34 @@ def test_configurations_keep_the_finest_layers_edge_reach_across_0011(
     upgrade_to_head(url)
 
 
+def test_configurations_keep_their_light_across_0012(empty_database_url: str) -> None:
+    """0012 writes light keep into variants and model configurations stored without it, so
+    the default's contrast matching does not reach them; one that states its light keeps it."""
+    url = empty_database_url
+    config = alembic_config(url)
+    command.upgrade(config, "0011")
+    before = {k: v for k, v in DetectorConfig().to_dict().items() if k != "light"}
+    stated = {**before, "light": "normalise"}
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            _insert_variant(connection, before, 2)
+            _insert_model(connection, 1, before)
+            _insert_model(connection, 2, stated)
+
+        command.upgrade(config, "0012")
+        after = {**before, "light": "keep"}
+        assert _stored_json(engine, "SELECT settings FROM variant") == after
+        assert _model_configs(engine) == [after, stated]
+        assert DetectorConfig.from_dict(effective_settings(after)).light == "keep"
+        assert DetectorConfig.from_dict(effective_settings(before)).light == "contrast"
+        command.downgrade(config, "0011")
+        assert _model_configs(engine) == [after, stated]
+    finally:
+        engine.dispose()
+    upgrade_to_head(url)
+
+
 def _model_configs(engine: Any) -> list[dict[str, Any]]:
     """Every stored model configuration, by version."""
     with engine.connect() as connection:
