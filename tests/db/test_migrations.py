@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -326,60 +327,37 @@ def test_configurations_keep_unlit_jpeg_copies_across_0010(empty_database_url: s
     upgrade_to_head(url)
 
 
-def test_configurations_keep_the_finest_layers_edge_reach_across_0011(
-    empty_database_url: str,
+@pytest.mark.parametrize(("revision", "name", "before", "default", "stated"), [
+    ("0011", "edge_reach", "finest", "coarsest", "coarsest"),  # C17's wider edge band
+    ("0012", "light", "keep", "contrast", "normalise"),  # C18's contrast matching
+])
+def test_configurations_keep_what_they_trained_with_across_a_new_default(
+    empty_database_url: str, revision: str, name: str, before: str, default: str, stated: str,
 ) -> None:
-    """0011 writes edge_reach finest into variants and model configurations stored without it
-    (the band they resolved and trained with), so the default's wider band does not reach
-    them; one that states its reach keeps it."""
+    """The revision writes the setting's old value into variants and model configurations
+    stored without it (what they resolved and trained with), so the new default does not
+    reach them; one that states the setting keeps it."""
     url = empty_database_url
     config = alembic_config(url)
-    command.upgrade(config, "0010")
-    before = {k: v for k, v in DetectorConfig().to_dict().items() if k != "edge_reach"}
-    stated = {**before, "edge_reach": "coarsest"}
+    previous = f"{int(revision) - 1:04d}"
+    command.upgrade(config, previous)
+    without = {k: v for k, v in DetectorConfig().to_dict().items() if k != name}
+    with_own = {**without, name: stated}
     engine = create_engine(url)
     try:
         with engine.begin() as connection:
-            _insert_variant(connection, before, 2)
-            _insert_model(connection, 1, before)
-            _insert_model(connection, 2, stated)
+            _insert_variant(connection, without, 2)
+            _insert_model(connection, 1, without)
+            _insert_model(connection, 2, with_own)
 
-        command.upgrade(config, "0011")
-        after = {**before, "edge_reach": "finest"}
+        command.upgrade(config, revision)
+        after = {**without, name: before}
         assert _stored_json(engine, "SELECT settings FROM variant") == after
-        assert _model_configs(engine) == [after, stated]
-        assert DetectorConfig.from_dict(effective_settings(after)).edge_reach == "finest"
-        assert DetectorConfig.from_dict(effective_settings(before)).edge_reach == "coarsest"
-        command.downgrade(config, "0010")
-        assert _model_configs(engine) == [after, stated]
-    finally:
-        engine.dispose()
-    upgrade_to_head(url)
-
-
-def test_configurations_keep_their_light_across_0012(empty_database_url: str) -> None:
-    """0012 writes light keep into variants and model configurations stored without it, so
-    the default's contrast matching does not reach them; one that states its light keeps it."""
-    url = empty_database_url
-    config = alembic_config(url)
-    command.upgrade(config, "0011")
-    before = {k: v for k, v in DetectorConfig().to_dict().items() if k != "light"}
-    stated = {**before, "light": "normalise"}
-    engine = create_engine(url)
-    try:
-        with engine.begin() as connection:
-            _insert_variant(connection, before, 2)
-            _insert_model(connection, 1, before)
-            _insert_model(connection, 2, stated)
-
-        command.upgrade(config, "0012")
-        after = {**before, "light": "keep"}
-        assert _stored_json(engine, "SELECT settings FROM variant") == after
-        assert _model_configs(engine) == [after, stated]
-        assert DetectorConfig.from_dict(effective_settings(after)).light == "keep"
-        assert DetectorConfig.from_dict(effective_settings(before)).light == "contrast"
-        command.downgrade(config, "0011")
-        assert _model_configs(engine) == [after, stated]
+        assert _model_configs(engine) == [after, with_own]
+        assert getattr(DetectorConfig.from_dict(effective_settings(after)), name) == before
+        assert getattr(DetectorConfig.from_dict(effective_settings(without)), name) == default
+        command.downgrade(config, previous)
+        assert _model_configs(engine) == [after, with_own]
     finally:
         engine.dispose()
     upgrade_to_head(url)
