@@ -19,6 +19,9 @@ SCREENED_WITH: dict[str, Any] = {"augment": "none", "light": "keep", "jpeg_views
                                  "edge_reach": "finest"}
 # EfficientNet-Lite2's own resolution until C15 made it 384 (what null meant for C9-C14).
 LITE2_288: dict[str, Any] = {"backbone": "efficientnet_lite2", "resolution": 288}
+# C15 and what was built on it: C13 at 384 px with half the bank.
+LITE2_384: dict[str, Any] = {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
+                             "resolution": 384, "max_bank_size": 8192}
 
 _DECLARED: dict[str, dict[str, Any]] = {
     "C0": {"preset": "fast"},
@@ -38,18 +41,13 @@ _DECLARED: dict[str, dict[str, Any]] = {
     "C13": {**LITE2_288, "augment": "auto", "jpeg_views": 1},  # C11's own JPEG copy
     "C14": {**LITE2_288, "augment": "auto", "jpeg_views": 1,
             "jpeg_copy_light": 0.2},  # the JPEG copy re-lit x0.8-1.2
-    "C15": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
-            "resolution": 384, "max_bank_size": 8192},  # finer patches, the bank halved
-    "C16": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
-            "jpeg_copy_light": 0.2, "resolution": 384,
-            "max_bank_size": 8192},  # C15's JPEG copy re-lit x0.8-1.2
-    "C17": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
-            "jpeg_copy_light": 0.2, "resolution": 384, "max_bank_size": 8192,
-            "edge_reach": "coarsest"},  # C16 with the edge band one cell wider (run as
-    # edge_band 4, the band this reach gives Lite2's margin)
-    "C18": {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
-            "jpeg_copy_light": 0.2, "resolution": 384, "max_bank_size": 8192,
-            "edge_reach": "coarsest", "light": "contrast"},  # C17 with the contrast matched
+    "C15": LITE2_384,  # finer patches, the bank halved
+    "C16": {**LITE2_384, "jpeg_copy_light": 0.2},  # C15's JPEG copy re-lit x0.8-1.2
+    # C16 with the edge band one cell wider (run as edge_band 4, the band this reach gives
+    # Lite2's margin)
+    "C17": {**LITE2_384, "jpeg_copy_light": 0.2, "edge_reach": "coarsest"},
+    "C18": {**LITE2_384, "jpeg_copy_light": 0.2, "edge_reach": "coarsest",
+            "light": "contrast"},  # C17 with the contrast matched
 }
 CANDIDATES: dict[str, dict[str, Any]] = {
     name: settings if settings.get("preset") else {**SCREENED_WITH, **settings}

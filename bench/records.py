@@ -72,8 +72,8 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
     errors = 0
     with common.Server(threads=args.threads) as server:
         with server.client() as client:
-            common.create_variant(client, VARIANT, {"resolution": 128, "min_expected_auroc": 0.0}
-                                  if args.quick else None)  # (quick: as bench.http_load's)
+            common.create_variant(client, VARIANT,
+                                  common.QUICK_VARIANT_SETTINGS if args.quick else None)
             common.upload_good(client, VARIANT, common.train_paths(args.dataset, args.k))
             common.train_until_ready(client, VARIANT, seed=0)
             for data in payloads[:4]:  # load the model, warm the decoders

@@ -96,14 +96,12 @@ FULL_METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), 
                 ("false_reject_rate", "FRR"), ("defect_recall", "recall"))
 
 
-def latency_runs(candidate: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """``(file, dataset, timing)`` of every ``bench.presets`` run that timed ``candidate``."""
+def latency_runs() -> list[tuple[str, str, dict[str, Any]]]:
+    """``(file, dataset, timings by candidate)`` of every recorded ``bench.presets`` run."""
     runs = []
     for path in sorted(common.RESULTS_DIR.glob("bench_presets*.json")):
         measured = json.loads(path.read_text())
-        if candidate in measured["results"]:
-            runs.append((path.name, measured["params"]["dataset"],
-                         measured["results"][candidate]))
+        runs.append((path.name, measured["params"]["dataset"], measured["results"]))
     return runs
 
 
@@ -111,10 +109,11 @@ def full(args: argparse.Namespace) -> int:
     """Each finalist's table over k = 1, 2, 4, 8, 16 on the four sets (from the runs of
     ``FULL_SHOTS``), with its time per image and ratio to C0 from every ``bench.presets`` run
     that timed it."""
+    runs = latency_runs()
     for candidate in args.candidates:
-        costs = [f"{timing['ms']['median']:.1f} ms per 512 x 512 image, "
-                 f"{timing['ratio_of_medians']:.2f}x C0 on {Path(data).name} ({name})"
-                 for name, data, timing in latency_runs(candidate)]
+        costs = [f"{timing[candidate]['ms']['median']:.1f} ms per 512 x 512 image, "
+                 f"{timing[candidate]['ratio_of_medians']:.2f}x C0 on {Path(data).name} ({name})"
+                 for name, data, timing in runs if candidate in timing]
         print(f"\n{candidate}" + "".join(f", {cost}" for cost in costs) + "\n")
         print("| data | k | " + " | ".join(name for _, name in FULL_METRICS) + " |")
         print("|---|---|" + "---|" * len(FULL_METRICS))

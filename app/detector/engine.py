@@ -611,7 +611,7 @@ def _score_rule(judge: Judge) -> str:
     return rule
 
 
-def edge_band(spec: BackboneSpec, plan: ResizePlan, reach: EdgeReach = "coarsest") -> int:
+def edge_band(spec: BackboneSpec, plan: ResizePlan, reach: EdgeReach) -> int:
     """Cells of the patch grid next to each edge that the mirrored margin reaches: its own
     cells, and as far again as the patch neighbourhood averages it inward. Each layer is
     averaged at its own stride (``graph._aggregate``): ``finest`` counts the finest layer's

@@ -22,6 +22,7 @@ from app.detector.engine import (
     bank_size,
     plan_from_model,
 )
+from app.detector.graph import ResizePlan
 from app.errors import InvalidInputError, TrainingCancelledError
 
 # Small banks that really go through the coreset (the default keeps every patch below 2048).
@@ -423,21 +424,28 @@ def test_background_auto_keeps_a_texture_whole(
 # --- light normalised ----------------------------------------------------------------------
 
 
+def _lit_model(detector: Detector, train_images: list[np.ndarray], image: np.ndarray,
+               config: DetectorConfig) -> tuple[FittedModel, ResizePlan, str, ort.InferenceSession]:
+    """A model fitted with ``config``'s light, its plan, the light its file describes and a
+    plain session, the file's score of ``image`` checked against the engine's."""
+    fitted = detector.fit(train_images, config, seed=0)
+    plan = plan_from_model(fitted.onnx_bytes)
+    props = dict((p.key, p.value) for p in onnx.load_from_string(
+        fitted.onnx_bytes).metadata_props)
+    session = _plain_session(fitted.onnx_bytes)
+    engine = detector.patch_scores(image, bank_from_model(fitted.onnx_bytes), config, plan)
+    assert abs(_onnx_score(session, image) - float(engine.patches.max())) < 1e-4
+    return fitted, plan, json.loads(props["nominal.preprocessing"])["light"], session
+
+
 def test_light_contrast_is_in_the_file_and_the_engine(
     detector: Detector, train_images: list[np.ndarray], good_image: Callable[..., np.ndarray],
 ) -> None:
-    config = DetectorConfig(resolution=64, light="contrast")
-    fitted = detector.fit(train_images, config, seed=0)
-    plan = plan_from_model(fitted.onnx_bytes)
-    assert plan.light_mean is None and plan.light_std is not None
-    props = dict((p.key, p.value) for p in onnx.load_from_string(
-        fitted.onnx_bytes).metadata_props)
-    assert json.loads(props["nominal.preprocessing"])["light"].startswith(
-        "contrast moved by one gain about the image's own mean level")
-    session = _plain_session(fitted.onnx_bytes)
     image = good_image(31)
-    engine = detector.patch_scores(image, bank_from_model(fitted.onnx_bytes), config, plan)
-    assert abs(_onnx_score(session, image) - float(engine.patches.max())) < 1e-4
+    fitted, plan, light, session = _lit_model(
+        detector, train_images, image, DetectorConfig(resolution=64, light="contrast"))
+    assert plan.light_mean is None and plan.light_std is not None
+    assert light.startswith("contrast moved by one gain about the image's own mean level")
     mean = image.mean()
     flatter = np.round(0.8 * (image.astype(np.float64) - mean) + mean).astype(np.uint8)
     assert abs(_onnx_score(session, flatter) - _onnx_score(session, image)) < \
@@ -447,18 +455,11 @@ def test_light_contrast_is_in_the_file_and_the_engine(
 def test_light_normalise_is_in_the_file_and_the_engine(
     detector: Detector, train_images: list[np.ndarray], good_image: Callable[..., np.ndarray],
 ) -> None:
-    config = DetectorConfig(resolution=64, light="normalise")
-    fitted = detector.fit(train_images, config, seed=0)
-    plan = plan_from_model(fitted.onnx_bytes)
-    assert plan.light_mean is not None and plan.light_std is not None
-    props = dict((p.key, p.value) for p in onnx.load_from_string(
-        fitted.onnx_bytes).metadata_props)
-    assert json.loads(props["nominal.preprocessing"])["light"].startswith(
-        f"levels moved by one gain and offset to mean {plan.light_mean:.2f}")
-    session = _plain_session(fitted.onnx_bytes)
     image = good_image(31)
-    engine = detector.patch_scores(image, bank_from_model(fitted.onnx_bytes), config, plan)
-    assert abs(_onnx_score(session, image) - float(engine.patches.max())) < 1e-4
+    config = DetectorConfig(resolution=64, light="normalise")
+    fitted, plan, light, session = _lit_model(detector, train_images, image, config)
+    assert plan.light_mean is not None and plan.light_std is not None
+    assert light.startswith(f"levels moved by one gain and offset to mean {plan.light_mean:.2f}")
     # A good part under a 20 % dimmer light scores as under the training light; as
     # photographed, the same dimming moves it.
     dim = np.round(image * 0.8).astype(np.uint8)
