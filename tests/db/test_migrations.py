@@ -298,41 +298,13 @@ def test_lite2_configurations_keep_their_288_px_across_0009(empty_database_url: 
     upgrade_to_head(url)
 
 
-def test_configurations_keep_unlit_jpeg_copies_across_0010(empty_database_url: str) -> None:
-    """0010 writes jpeg_copy_light 0.0 into variants and model configurations stored without
-    it (what they resolved and trained with), so the new default of 0.2 does not reach them;
-    one that states its light keeps it."""
-    url = empty_database_url
-    config = alembic_config(url)
-    command.upgrade(config, "0009")
-    unlit = {k: v for k, v in DetectorConfig().to_dict().items() if k != "jpeg_copy_light"}
-    lit = {**unlit, "jpeg_copy_light": 0.3}
-    engine = create_engine(url)
-    try:
-        with engine.begin() as connection:
-            _insert_variant(connection, unlit, 2)
-            _insert_model(connection, 1, unlit)
-            _insert_model(connection, 2, lit)
-
-        command.upgrade(config, "0010")
-        after = {**unlit, "jpeg_copy_light": 0.0}
-        assert _stored_json(engine, "SELECT settings FROM variant") == after
-        assert _model_configs(engine) == [after, lit]
-        assert DetectorConfig.from_dict(effective_settings(after)).jpeg_copy_light == 0.0
-        assert DetectorConfig.from_dict(effective_settings(unlit)).jpeg_copy_light == 0.2
-        command.downgrade(config, "0009")
-        assert _model_configs(engine) == [after, lit]
-    finally:
-        engine.dispose()
-    upgrade_to_head(url)
-
-
 @pytest.mark.parametrize(("revision", "name", "before", "default", "stated"), [
+    ("0010", "jpeg_copy_light", 0.0, 0.2, 0.3),  # C16's re-lit JPEG copies
     ("0011", "edge_reach", "finest", "coarsest", "coarsest"),  # C17's wider edge band
     ("0012", "light", "keep", "contrast", "normalise"),  # C18's contrast matching
 ])
 def test_configurations_keep_what_they_trained_with_across_a_new_default(
-    empty_database_url: str, revision: str, name: str, before: str, default: str, stated: str,
+    empty_database_url: str, revision: str, name: str, before: Any, default: Any, stated: Any,
 ) -> None:
     """The revision writes the setting's old value into variants and model configurations
     stored without it (what they resolved and trained with), so the new default does not
