@@ -1,10 +1,12 @@
 """Threshold rules replayed on the scores of real draws, without refitting (BENCHMARKS.md,
 "Calibration rules"):
 
-    python -m bench.calibration_rules PREFIX [--out FILE]
+    python -m bench.calibration_rules PREFIX [PREFIX ...] [--out FILE]
 
-PREFIX names ``nominal evaluate --json`` files ``PREFIX.<set>.json`` whose ``draw_evidence``
-holds, per draw, the good scores the model was calibrated from and every test image's score.
+Each PREFIX names ``nominal evaluate --json`` files ``PREFIX.<set>.json`` whose
+``draw_evidence`` holds, per draw, the good scores the model was calibrated from and every
+test image's score (several prefixes: one configuration's runs at other shot counts, their
+draws joined per set).
 A rule (prior spread and weight, target false-reject rate) changes the threshold alone, so
 each declared candidate's threshold is recomputed from the same good scores and judged on the
 same test scores: its false-reject rate on test/good, its recall, and that recall's share of
@@ -107,14 +109,12 @@ def _check_replay(evidence: dict[str, Any], data: str) -> None:
                          f"{replayed:.6g}, the draw stored {evidence['threshold']:.6g}")
 
 
-def cells(prefix: str) -> list[dict[str, Any]]:
-    """Every (rule, set, k) cell: means over the draws."""
+def cells(prefixes: list[str]) -> list[dict[str, Any]]:
+    """Every (rule, set, k) cell: means over the draws of every prefix's file of the set."""
     out = []
     for data in SETS:
-        payload = load(prefix, data)
-        if payload is None:
-            continue
-        draws = payload.get("draw_evidence") or []
+        payloads = [p for p in (load(prefix, data) for prefix in prefixes) if p is not None]
+        draws = [d for p in payloads for d in p.get("draw_evidence") or []]
         for evidence in draws:
             _check_replay(evidence, data)
         for rule in CANDIDATES:
@@ -159,12 +159,13 @@ def _fmt(value: float | None, digits: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("prefix", help="evaluate files PREFIX.<set>.json with draw_evidence")
+    parser.add_argument("prefixes", nargs="+", metavar="PREFIX",
+                        help="evaluate files PREFIX.<set>.json with draw_evidence")
     parser.add_argument("--out", type=Path, default=None, help="JSON of every cell and standing")
     args = parser.parse_args(argv)
-    all_cells = cells(args.prefix)
+    all_cells = cells(args.prefixes)
     if not all_cells:
-        raise SystemExit(f"no evaluate file with draw_evidence at {args.prefix}.<set>.json")
+        raise SystemExit(f"no evaluate file with draw_evidence at {args.prefixes}.<set>.json")
     ranked = standings(all_cells)
     print(common.markdown_table(
         ["rule", f"cells passing (k >= {CHOSEN_FROM_K})", "cells above 5 % FRR",
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         [[c["rule"], c["data"], c["k"], c["draws"], _fmt(c["frr"], 3), _fmt(c["recall"], 3),
           _fmt(c["yardstick"], 3), _fmt(c["share"], 2)] for c in all_cells]))
     if args.out:
-        common.write_results(args.out, {"prefix": args.prefix, "standings": ranked,
+        common.write_results(args.out, {"prefixes": args.prefixes, "standings": ranked,
                                         "cells": all_cells})
     return 0
 

@@ -19,8 +19,8 @@ TEST_GOOD = [8.0 + 0.5 * i for i in range(20)]  # test/good 8.0 .. 17.5
 TEST_DEFECTS = [11.0 + i for i in range(10)]  # 11 .. 20
 
 
-def _write(prefix: Path, stored_threshold: float) -> None:
-    evidence = {"k": 2, "seed": 0, "threshold": stored_threshold,
+def _write(prefix: Path, stored_threshold: float, k: int = 2) -> None:
+    evidence = {"k": k, "seed": 0, "threshold": stored_threshold,
                 "calibration": {"method": "leave-one-out", "good_scores": GOOD, "n_parts": 2,
                                 "target_false_reject_rate": 0.01, "prior_log_spread": 0.2,
                                 "prior_weight": 8},
@@ -29,17 +29,20 @@ def _write(prefix: Path, stored_threshold: float) -> None:
     Path(f"{prefix}.mvtec_bottle_512.json").write_text(json.dumps({"draw_evidence": [evidence]}))
 
 
-def _run(prefix: Path) -> subprocess.CompletedProcess[str]:
+def _run(*prefixes: Path) -> subprocess.CompletedProcess[str]:
     # As a person runs it (tests/bench shadows the bench package inside pytest).
     return subprocess.run(
-        [sys.executable, "-m", "bench.calibration_rules", str(prefix)], cwd=ROOT,
+        [sys.executable, "-m", "bench.calibration_rules", *map(str, prefixes)], cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
 
 
-def _rows(stdout: str) -> dict[str, list[str]]:
+def _cells(stdout: str) -> list[list[str]]:
     table = stdout.split("\nchosen: ")[1].split("\n\n", 1)[1]
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
-    return {row[0]: row for row in cells}
+    return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+
+
+def _rows(stdout: str) -> dict[str, list[str]]:
+    return {row[0]: row for row in _cells(stdout)}
 
 
 def test_rules_are_replayed_on_the_stored_scores(tmp_path: Path) -> None:
@@ -65,3 +68,14 @@ def test_a_stored_threshold_the_rule_does_not_give_back_stops_the_script(tmp_pat
     proc = _run(tmp_path / "run")
     assert proc.returncode != 0
     assert "its own rule gives" in proc.stderr
+
+
+def test_several_prefixes_join_their_draws_per_set(tmp_path: Path) -> None:
+    today = threshold_from_good(np.asarray(GOOD), 0.01, 2, ScorePrior(0.2, 8))
+    _write(tmp_path / "few", today, k=2)
+    _write(tmp_path / "more", today, k=4)
+    proc = _run(tmp_path / "few", tmp_path / "more")
+    assert proc.returncode == 0, proc.stderr
+    baseline = [row for row in _cells(proc.stdout) if row[0] == "spread 0.20, weight 8, target 1 %"]
+    assert [(row[1], row[2]) for row in baseline] == [("mvtec_bottle_512", "2"),
+                                                      ("mvtec_bottle_512", "4")]
