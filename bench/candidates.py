@@ -48,6 +48,11 @@ _DECLARED: dict[str, dict[str, Any]] = {
     "C17": {**LITE2_384, "jpeg_copy_light": 0.2, "edge_reach": "coarsest"},
     "C18": {**LITE2_384, "jpeg_copy_light": 0.2, "edge_reach": "coarsest",
             "light": "contrast"},  # C17 with the contrast matched
+    # C18 with auto's turn rule of C19 (two photos with a direction more than 45 degrees
+    # apart, orientation.placed_at_varying_angles): the code's rule since, so C11-C18 now run
+    # with it too; at 1 and 16 images both rules decide alike on every evaluation draw
+    "C19": {**LITE2_384, "jpeg_copy_light": 0.2, "edge_reach": "coarsest",
+            "light": "contrast"},
 }
 CANDIDATES: dict[str, dict[str, Any]] = {
     name: settings if settings.get("preset") else {**SCREENED_WITH, **settings}

@@ -19,9 +19,13 @@ from scipy import ndimage
 
 # augment turns: the photo and its turns by these angles (counter-clockwise, degrees)
 TURN_ANGLES = tuple(range(45, 360, 45))
-# Below this resultant length of the photos' doubled directions the part counts as placed
-# at varying angles: no more aligned than two parts 60 degrees apart (|cos 120 deg| = 0.5).
-ALIGNED_RESULTANT = 0.5
+# A photo has a direction to compare from this structure-tensor coherence on: a round part or
+# an even texture has none (MVTec bottle's photos 0.01-0.06; screws 0.16-0.46).
+DIRECTED_COHERENCE = 0.1
+# Two photos with a direction further apart than one turn step show the part at varying
+# angles; a part placed the same way within +-22 degrees is never turned (candidate C19,
+# BENCHMARKS.md "Presets").
+VARYING_GAP_DEGREES = 45.0
 ORIENTATION_SIDE = 128  # photos are judged at this size (grey): the part's outline, not its grain
 
 
@@ -55,22 +59,26 @@ def dominant_direction(image: np.ndarray) -> tuple[float, float]:
     return 0.5 * math.atan2(2.0 * jxy, jxx - jyy), math.hypot(jxx - jyy, 2.0 * jxy) / total
 
 
-def direction_resultant(images: Sequence[np.ndarray]) -> float | None:
-    """How aligned the photos' directions are: the length of the coherence-weighted mean of
-    their doubled direction angles (1: every part lies the same way; near 0: any way).
-    None with fewer than two photos or none with a direction (nothing to compare)."""
-    if len(images) < 2:
+def direction_gap(images: Sequence[np.ndarray]) -> float | None:
+    """The largest angle, in degrees modulo 180, between the directions of two photos that
+    have one (coherence at least ``DIRECTED_COHERENCE``); None with fewer than two such
+    photos (nothing to compare)."""
+    directions = [math.degrees(angle) for angle, coherence in map(dominant_direction, images)
+                  if coherence >= DIRECTED_COHERENCE]
+    if len(directions) < 2:
         return None
-    directions = [dominant_direction(image) for image in images]
-    weight = sum(coherence for _, coherence in directions)
-    if weight <= 0.0:
-        return None
-    mean = sum(coherence * complex(math.cos(2 * angle), math.sin(2 * angle))
-               for angle, coherence in directions) / weight
-    return abs(mean)
+    return max(_degrees_apart(a, b) for i, a in enumerate(directions) for b in directions[:i])
+
+
+def _degrees_apart(a: float, b: float) -> float:
+    """The angle between two directions (lines, so modulo 180 degrees)."""
+    d = (a - b) % 180.0
+    return min(d, 180.0 - d)
 
 
 def placed_at_varying_angles(images: Sequence[np.ndarray]) -> bool:
-    """Whether the training images show the part at varying angles (``augment`` auto)."""
-    resultant = direction_resultant(images)
-    return resultant is not None and resultant < ALIGNED_RESULTANT
+    """Whether the training images show the part at varying angles (``augment`` auto): two
+    photos with a direction more than ``VARYING_GAP_DEGREES`` apart. A handful of photos of a
+    freely placed part shows that more often than their mean direction's spread does (C19)."""
+    gap = direction_gap(images)
+    return gap is not None and gap > VARYING_GAP_DEGREES

@@ -12,7 +12,8 @@ import pytest
 from app.detector.config import DetectorConfig
 from app.detector.engine import Detector, augment
 from app.detector.orientation import (
-    direction_resultant,
+    DIRECTED_COHERENCE,
+    direction_gap,
     dominant_direction,
     placed_at_varying_angles,
     turn,
@@ -81,16 +82,42 @@ def test_an_elongated_part_has_a_direction_and_a_flat_image_none() -> None:
     assert dominant_direction(np.full((32, 32, 3), 90, dtype=np.uint8)) == (0.0, 0.0)
 
 
+def _disc(seed: int, side: int = SIDE) -> np.ndarray:
+    """A round dark part on a noisy tray: no direction of its own."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float64) - (side - 1) / 2
+    grey = np.where(np.hypot(xx, yy) < side / 3, 60.0, 170.0) + rng.normal(0.0, 4.0, (side, side))
+    return np.clip(np.repeat(grey[..., None], 3, axis=2), 0, 255).astype(np.uint8)
+
+
 def test_varying_angles_are_told_from_one_angle() -> None:
     any_angle = [_bar(a, seed=i) for i, a in enumerate((0, 50, 100, 140, 20, 75))]
     one_angle = [_bar(30 + i, seed=i) for i in range(6)]
     assert placed_at_varying_angles(any_angle)
     assert not placed_at_varying_angles(one_angle)
-    resultant = direction_resultant(one_angle)
-    assert resultant is not None and resultant > 0.95
+    gap = direction_gap(one_angle)
+    assert gap is not None and gap < 10
     # One photo shows one angle: nothing to compare, never turned.
-    assert direction_resultant(any_angle[:1]) is None
+    assert direction_gap(any_angle[:1]) is None
     assert not placed_at_varying_angles(any_angle[:1])
+
+
+@pytest.mark.parametrize(("angles", "turns"), [((0, 60), True), ((10, 30), False),
+                                                ((5, 10, 15, 80), True), ((0, 20, 40), False)])
+def test_two_photos_more_than_a_turn_step_apart_are_enough(
+    angles: tuple[int, ...], turns: bool
+) -> None:
+    """A handful of photos decides: the largest gap between any two counts, not their mean."""
+    assert placed_at_varying_angles([_bar(a, seed=i) for i, a in enumerate(angles)]) is turns
+
+
+def test_photos_without_a_direction_never_turn_the_part() -> None:
+    discs = [_disc(seed) for seed in range(6)]
+    assert max(dominant_direction(d)[1] for d in discs) < DIRECTED_COHERENCE
+    assert direction_gap(discs) is None
+    assert not placed_at_varying_angles(discs)
+    # One directed photo among them has nothing to be compared with.
+    assert not placed_at_varying_angles([*discs, _bar(70)])
 
 
 @pytest.mark.parametrize(("angles", "used", "views"),
