@@ -59,7 +59,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     for name, settings in _DECLARED.items()}
 
 # The candidate each preset is (the configurations auto chooses among).
-PRESET_CANDIDATES: dict[PresetName, str] = {"accurate": "C18", "fast": "C0"}
+PRESET_CANDIDATES: dict[PresetName, str] = {"accurate": "C19", "fast": "C0"}
 
 # The reference of the latency budget: the default must cost at most 6x its time per image.
 REFERENCE = "C0"
