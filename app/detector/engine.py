@@ -39,7 +39,7 @@ from app.detector.memory import (
     image_score,
     nearest_distances,
 )
-from app.detector.orientation import TURN_ANGLES, placed_at_varying_angles, turn
+from app.detector.orientation import TURN_ANGLES, has_direction, placed_at_varying_angles, turn
 from app.detector.presets import AUTO, PRESETS, Preset, auto_pick
 from app.detector.quality import DEFAULT_PROFILE, DefectProfile, QualityReport, quality_report
 from app.detector.quantize import MAX_CALIBRATION_INPUTS, quantize_backbone
@@ -56,6 +56,9 @@ MAX_CALIBRATION_IMAGES = 50
 ONE_SHOT_HELD_OUT_VIEWS = 8
 # Feature extractor sessions a Detector keeps (each a backbone's worth of memory).
 MAX_EXTRACTORS = 8
+# The quality report's warning for one photo of a part with a direction under augment auto.
+ONE_ANGLE_WARNING = ("one photo shows the part at one angle: if it lies at other angles on "
+                     "the line, set augment turns or add good images of it at other angles")
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -250,6 +253,10 @@ class Detector:
 
         report(0.0, "features")
         images = [check_image_array(image) for image in good_images]
+        # One photo of a part with a direction shows one angle: auto cannot tell whether the
+        # part lies at others (C19: screw from one image 0.45, turned 0.60), so the report says.
+        angle_unknown = config.augment == "auto" and len(images) == 1 and \
+            has_direction(images[0])
         if config.augment == "auto":  # decided from the photos; the model records the choice
             config = replace(config, augment="turns" if placed_at_varying_angles(images)
                              else "none")
@@ -391,6 +398,8 @@ class Detector:
             profile=quality_profile,
             compared_good=_without_threshold_views(good_scores, config, threshold_views),
         ).with_floor(config.min_expected_auroc)
+        if angle_unknown:
+            quality = quality.warned(ONE_ANGLE_WARNING)
         timings["quality_s"] = time.perf_counter() - tq
 
         t3 = time.perf_counter()

@@ -59,10 +59,15 @@ def dominant_direction(image: np.ndarray) -> tuple[float, float]:
     return 0.5 * math.atan2(2.0 * jxy, jxx - jyy), math.hypot(jxx - jyy, 2.0 * jxy) / total
 
 
+def has_direction(image: np.ndarray) -> bool:
+    """Whether the photo's part (or texture) has a direction to compare with other photos'."""
+    return dominant_direction(image)[1] >= DIRECTED_COHERENCE
+
+
 def direction_gap(images: Sequence[np.ndarray]) -> float | None:
     """The largest angle, in degrees modulo 180, between the directions of two photos that
-    have one (coherence at least ``DIRECTED_COHERENCE``); None with fewer than two such
-    photos (nothing to compare)."""
+    have one (``has_direction``); None with fewer than two such photos (nothing to
+    compare)."""
     directions = [math.degrees(angle) for angle, coherence in map(dominant_direction, images)
                   if coherence >= DIRECTED_COHERENCE]
     if len(directions) < 2:

@@ -123,8 +123,11 @@ class QualityReport:
     def relaid(self) -> QualityReport:
         """The report of a model given another layout than it was trained with: the figures
         are the old layout's, and say so."""
-        said = ("computed with the layout this model was trained with, not its current one: "
-                "train a new model for a report of this layout")
+        return self.warned("computed with the layout this model was trained with, not its "
+                           "current one: train a new model for a report of this layout")
+
+    def warned(self, said: str) -> QualityReport:
+        """The report with ``said`` among its warnings (once)."""
         return self if said in self.warnings else replace(self,
                                                            warnings=(*self.warnings, said))
 

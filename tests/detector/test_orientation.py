@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from app.detector.config import DetectorConfig
-from app.detector.engine import Detector, augment
+from app.detector.engine import ONE_ANGLE_WARNING, Detector, augment
 from app.detector.orientation import (
     DIRECTED_COHERENCE,
     direction_gap,
@@ -132,3 +132,23 @@ def test_augment_auto_turns_only_parts_at_varying_angles(
     assert fitted.bank_size == views * len(images) * 64  # below 2048 patches all are kept
     metadata = {p.key: p.value for p in onnx.load_from_string(fitted.onnx_bytes).metadata_props}
     assert json.loads(metadata[METADATA_PREFIX + "config"])["augment"] == used
+
+
+@pytest.mark.parametrize(("photos", "warned"), [
+    ([_bar(30)], True),  # one angle seen, nothing to compare it with
+    ([_disc(0)], False),  # no direction: turning it changes nothing
+    ([_bar(30), _bar(32, seed=1)], False),  # two photos: auto decided
+])
+def test_one_photo_of_a_part_with_a_direction_says_auto_cannot_tell(
+    detector: Detector, photos: list[np.ndarray], warned: bool
+) -> None:
+    fitted = detector.fit(photos, DetectorConfig(resolution=64, augment="auto", jpeg_views=0))
+    assert (ONE_ANGLE_WARNING in fitted.quality.warnings) is warned
+    metadata = {p.key: p.value for p in onnx.load_from_string(fitted.onnx_bytes).metadata_props}
+    assert (ONE_ANGLE_WARNING in metadata[METADATA_PREFIX + "quality"]) is warned
+
+
+def test_a_part_turned_on_purpose_is_not_warned_about(detector: Detector) -> None:
+    fitted = detector.fit([_bar(30)], DetectorConfig(resolution=64, augment="turns",
+                                                     jpeg_views=0))
+    assert ONE_ANGLE_WARNING not in fitted.quality.warnings
