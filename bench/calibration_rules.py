@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
@@ -109,12 +110,16 @@ def _check_replay(evidence: dict[str, Any], data: str) -> None:
                          f"{replayed:.6g}, the draw stored {evidence['threshold']:.6g}")
 
 
-def cells(prefixes: list[str]) -> list[dict[str, Any]]:
-    """Every (rule, set, k) cell: means over the draws of every prefix's file of the set."""
+def cells(prefixes: Sequence[str]) -> list[dict[str, Any]]:
+    """Every (rule, set, k) cell: means over the draws of every prefix's file of the set
+    (a draw, k and seed, found twice stops the script: it would count twice)."""
     out = []
     for data in SETS:
         payloads = [p for p in (load(prefix, data) for prefix in prefixes) if p is not None]
         draws = [d for p in payloads for d in p.get("draw_evidence") or []]
+        seen = [(d["k"], d["seed"]) for d in draws]
+        if len(set(seen)) < len(seen):
+            raise SystemExit(f"{data}: a draw (k, seed) appears twice among {list(prefixes)}")
         for evidence in draws:
             _check_replay(evidence, data)
         for rule in CANDIDATES:
@@ -165,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     all_cells = cells(args.prefixes)
     if not all_cells:
-        raise SystemExit(f"no evaluate file with draw_evidence at {args.prefixes}.<set>.json")
+        raise SystemExit("no evaluate file with draw_evidence at "
+                         + ", ".join(f"{prefix}.<set>.json" for prefix in args.prefixes))
     ranked = standings(all_cells)
     print(common.markdown_table(
         ["rule", f"cells passing (k >= {CHOSEN_FROM_K})", "cells above 5 % FRR",

@@ -255,8 +255,8 @@ class Detector:
         images = [check_image_array(image) for image in good_images]
         # One photo of a part with a direction shows one angle: auto cannot tell whether the
         # part lies at others (C19: screw from one image 0.45, turned 0.60), so the report says.
-        angle_unknown = config.augment == "auto" and len(images) == 1 and \
-            has_direction(images[0])
+        angle_unknown = (config.augment == "auto" and len(images) == 1
+                         and has_direction(images[0]))
         if config.augment == "auto":  # decided from the photos; the model records the choice
             config = replace(config, augment="turns" if placed_at_varying_angles(images)
                              else "none")

@@ -114,11 +114,11 @@ class QualityReport:
         """The report with a warning when it is below ``floor`` (the gate on activation)."""
         if self.reaches(floor):
             return self
-        said = (f"expected image AUROC on defects of 1/20 of the image and larger "
-                f"{self.expected_image_auroc_large:.3f} is below this variant's "
-                f"min_expected_auroc {floor:g}: training does not make it the active model, "
-                "even when asked to; activate it explicitly to use it anyway")
-        return replace(self, warnings=(*self.warnings, said))
+        return self.warned(
+            f"expected image AUROC on defects of 1/20 of the image and larger "
+            f"{self.expected_image_auroc_large:.3f} is below this variant's "
+            f"min_expected_auroc {floor:g}: training does not make it the active model, "
+            "even when asked to; activate it explicitly to use it anyway")
 
     def relaid(self) -> QualityReport:
         """The report of a model given another layout than it was trained with: the figures

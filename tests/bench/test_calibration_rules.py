@@ -79,3 +79,11 @@ def test_several_prefixes_join_their_draws_per_set(tmp_path: Path) -> None:
     baseline = [row for row in _cells(proc.stdout) if row[0] == "spread 0.20, weight 8, target 1 %"]
     assert [(row[1], row[2]) for row in baseline] == [("mvtec_bottle_512", "2"),
                                                       ("mvtec_bottle_512", "4")]
+
+
+def test_a_draw_found_twice_stops_the_script(tmp_path: Path) -> None:
+    today = threshold_from_good(np.asarray(GOOD), 0.01, 2, ScorePrior(0.2, 8))
+    _write(tmp_path / "run", today)
+    proc = _run(tmp_path / "run", tmp_path / "run")
+    assert proc.returncode != 0
+    assert "appears twice" in proc.stderr

@@ -102,12 +102,14 @@ def test_varying_angles_are_told_from_one_angle() -> None:
     assert not placed_at_varying_angles(any_angle[:1])
 
 
-@pytest.mark.parametrize(("angles", "turns"), [((0, 60), True), ((10, 30), False),
-                                                ((5, 10, 15, 80), True), ((0, 20, 40), False)])
+@pytest.mark.parametrize(("angles", "turns"), [((0, 50), True), ((10, 30), False),
+                                                ((5, 10, 15, 80), True), ((0, 20, 40), False),
+                                                ((-10, 10), False)])
 def test_two_photos_more_than_a_turn_step_apart_are_enough(
     angles: tuple[int, ...], turns: bool
 ) -> None:
-    """A handful of photos decides: the largest gap between any two counts, not their mean."""
+    """A handful of photos decides: the largest gap between any two counts, not their mean;
+    directions are lines (-10 and 10 degrees lie 20 apart, on either side of the wrap)."""
     assert placed_at_varying_angles([_bar(a, seed=i) for i, a in enumerate(angles)]) is turns
 
 
