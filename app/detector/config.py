@@ -153,8 +153,9 @@ class DetectorConfig:
     augment: Augmentation = field(default="auto", metadata=setting(
         "training-time views: none, flip (mirror images), rot90 (quarter turns and mirrors), "
         "turns (turns by every 45 degrees, for parts placed at any angle), auto (turns when "
-        "the training images show the part at varying angles: two of them with a direction "
-        "more than 45 degrees apart; a model records what was used)"))
+        "the training images show the part at varying angles: the directions of those with "
+        "one spread over more than 45 degrees, one photo in ten left out; a model records "
+        "what was used)"))
     # Views of each training image drawn from a good part's allowed variations (displaced,
     # turned, re-lit, JPEG; app/detector/variations.py): in the bank, and held out to calibrate.
     variation_views: int = field(default=0, metadata=setting(

@@ -15,8 +15,8 @@ backbone's resolution) with half the bank (``max_bank_size`` 8192), and since C1
 copies are re-lit by up to 20 % (``jpeg_copy_light`` 0.2), and since C17 the edge weight
 covers the four cells the margin reaches through the stride-16 layer's neighbourhood
 (``edge_reach`` coarsest), and since C18 each image's contrast is matched to the training
-images' (``light`` contrast); since C19 auto turns a part as soon as two photos with a
-direction lie more than 45 degrees apart. ``fast`` is the cheaper EfficientNet-Lite0, as
+images' (``light`` contrast); since C19 auto turns a part as soon as the photos with a
+direction spread over more than 45 degrees. ``fast`` is the cheaper EfficientNet-Lite0, as
 photographed. ``balanced`` named it while the slower candidates were still being screened
 (migration 0007 renames it).
 """

@@ -13,7 +13,7 @@ from app.detector.config import DetectorConfig
 from app.detector.engine import ONE_ANGLE_WARNING, Detector, augment
 from app.detector.orientation import (
     DIRECTED_COHERENCE,
-    direction_gap,
+    direction_spread,
     dominant_direction,
     placed_at_varying_angles,
     turn,
@@ -95,10 +95,10 @@ def test_varying_angles_are_told_from_one_angle() -> None:
     one_angle = [_bar(30 + i, seed=i) for i in range(6)]
     assert placed_at_varying_angles(any_angle)
     assert not placed_at_varying_angles(one_angle)
-    gap = direction_gap(one_angle)
+    gap = direction_spread(one_angle)
     assert gap is not None and gap < 10
     # One photo shows one angle: nothing to compare, never turned.
-    assert direction_gap(any_angle[:1]) is None
+    assert direction_spread(any_angle[:1]) is None
     assert not placed_at_varying_angles(any_angle[:1])
 
 
@@ -113,10 +113,18 @@ def test_two_photos_more_than_a_turn_step_apart_are_enough(
     assert placed_at_varying_angles([_bar(a, seed=i) for i, a in enumerate(angles)]) is turns
 
 
+def test_one_photo_in_ten_read_across_does_not_turn_a_part_placed_one_way() -> None:
+    one_way = [_bar(30 + i % 3, seed=i) for i in range(9)]
+    assert not placed_at_varying_angles([*one_way, _bar(120, seed=9)])  # one in ten left out
+    assert placed_at_varying_angles([*one_way, _bar(120, seed=9), _bar(115, seed=10)])
+    spread = direction_spread([*one_way, _bar(120, seed=9)])
+    assert spread is not None and spread < 10
+
+
 def test_photos_without_a_direction_never_turn_the_part() -> None:
     discs = [_disc(seed) for seed in range(6)]
     assert max(dominant_direction(d)[1] for d in discs) < DIRECTED_COHERENCE
-    assert direction_gap(discs) is None
+    assert direction_spread(discs) is None
     assert not placed_at_varying_angles(discs)
     # One directed photo among them has nothing to be compared with.
     assert not placed_at_varying_angles([*discs, _bar(70)])
