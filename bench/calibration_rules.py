@@ -12,7 +12,10 @@ each declared candidate's threshold is recomputed from the same good scores and 
 same test scores: its false-reject rate on test/good, its recall, and that recall's share of
 the recall of a threshold set on the test split at the FRR a line tolerates (10 % from one
 image, 5 % from more). Each draw's own rule (recorded with its calibration) is replayed
-first and must give back its stored threshold, or the script stops.
+first and must give back its stored threshold, or the script stops. Files of evaluations
+with ``--perturb`` also hold ``perturbation_evidence`` (every allowed-variation view's score,
+since 2026-12-06): each rule's allowed-variation criteria are then replayed too and reported
+beside the choice.
 
 Choice, declared before measuring: over the four sets and k = 2, 4, 8, 16, a cell (set, k)
 passes when its mean FRR is at most 5 % and its mean share at least 0.8 (a cell whose every
@@ -37,7 +40,7 @@ from app.detector.calibration import ScorePrior, threshold_from_good
 from app.evaluation.evaluate import line_false_reject_rate
 from app.evaluation.metrics import recall_at_false_reject_rate
 from bench import common
-from bench.tolerance_table import SETS, load
+from bench.tolerance_table import SETS, criteria_met, load
 
 MAX_FRR = 0.05
 MIN_SHARE = 0.8
@@ -136,6 +139,39 @@ def cells(prefixes: Sequence[str]) -> list[dict[str, Any]]:
     return out
 
 
+def variation_cells(prefixes: Sequence[str]) -> list[dict[str, Any]]:
+    """Per rule and set, the allowed-variation criteria met under the rule's threshold
+    (``tolerance_table.criteria_met`` on the means over the draws), from the files'
+    ``perturbation_evidence`` (evaluations with ``--perturb`` since it was recorded): what a
+    rule does to the line's variations, reported beside the choice."""
+    out = []
+    for data in SETS:
+        draws = [d for p in (load(prefix, data) for prefix in prefixes) if p is not None
+                 for d in p.get("perturbation_evidence") or []]
+        if not draws:
+            continue
+        for evidence in draws:
+            _check_replay(evidence, data)
+        names = [view["name"] for view in draws[0]["views"]]
+        for rule in CANDIDATES:
+            judged = [(d, _threshold(d, rule)) for d in draws]
+            rows = [{"name": name,
+                     "false_reject_rate": fmean(_above(d, name, "good_scores", cut)
+                                                for d, cut in judged),
+                     "recall": fmean(_above(d, name, "defect_scores", cut)
+                                     for d, cut in judged)}
+                    for name in names]
+            met, of = criteria_met(rows)
+            out.append({"rule": rule.name, "data": data, "draws": len(draws), "met": met,
+                        "of": of, "rows": rows})
+    return out
+
+
+def _above(evidence: dict[str, Any], name: str, key: str, threshold: float) -> float:
+    view = next(v for v in evidence["views"] if v["name"] == name)
+    return float(np.mean(np.asarray(view[key]) > threshold)) if view[key] else 0.0
+
+
 def _passes(cell: dict[str, Any]) -> bool:
     return cell["frr"] <= MAX_FRR and (cell["share"] is None or cell["share"] >= MIN_SHARE)
 
@@ -184,9 +220,16 @@ def main(argv: list[str] | None = None) -> int:
          "recall at line FRR, test threshold", "share"],
         [[c["rule"], c["data"], c["k"], c["draws"], _fmt(c["frr"], 3), _fmt(c["recall"], 3),
           _fmt(c["yardstick"], 3), _fmt(c["share"], 2)] for c in all_cells]))
+    variations = variation_cells(args.prefixes)
+    if variations:
+        print("\nAllowed-variation criteria met under each rule (the largest k's views):\n")
+        print(common.markdown_table(
+            ["rule", *{c["data"]: None for c in variations}],
+            [[rule.name, *(f"{c['met']}/{c['of']}" for c in variations
+                           if c["rule"] == rule.name)] for rule in CANDIDATES]))
     if args.out:
         common.write_results(args.out, {"prefixes": args.prefixes, "standings": ranked,
-                                        "cells": all_cells})
+                                        "cells": all_cells, "variation_cells": variations})
     return 0
 
 

@@ -225,19 +225,45 @@ def _thumbnail_of(array: np.ndarray, side: int = 256) -> np.ndarray:
     return np.ascontiguousarray(array[::step, ::step])
 
 
+@dataclass
+class PerturbedDraw:
+    """One draw of the allowed-variation benchmark: its rows and its model's calibration."""
+
+    k: int
+    seed: int
+    calibration: Calibration
+    rows: list[PerturbationResult]
+
+    def evidence(self) -> dict[str, Any]:
+        """What a threshold rule needs to be replayed on this draw's views without refitting
+        (as ``Draw.evidence`` for the test split): the calibration and every view's score."""
+        return {
+            "k": self.k,
+            "seed": self.seed,
+            "threshold": self.calibration.threshold,
+            "calibration": self.calibration.to_dict(),
+            "views": [{"name": row.name,
+                       "good_scores": [round(float(v), 6) for v in row.good_scores],
+                       "defect_scores": [round(float(v), 6) for v in row.defect_scores]}
+                      for row in self.rows],
+        }
+
+
 def perturbation_draw(detector: Detector, dataset: Dataset, config: DetectorConfig, k: int,
                       seed: int, test_items: list[TestImage], *,
-                      views_per_image: int) -> list[PerturbationResult]:
+                      views_per_image: int) -> PerturbedDraw:
     """Fit on the training views (central windows) of a seeded draw, then score good and
     defect test images under each allowed variation (``app.detector.views``)."""
     train = [training_view(image) for image in training_draw(dataset, k, seed)]
-    model = CompiledModel(detector.fit(train, config, seed=seed).onnx_bytes, detector.options)
+    fitted = detector.fit(train, config, seed=seed)
+    model = CompiledModel(fitted.onnx_bytes, detector.options)
     del train
     # Decoded when reached, once per perturbation: memory holds one image and its views.
     good = _Decoded([t for t in test_items if t.label == "good"])
     defects = _Decoded([t for t in test_items if t.label != "good"])
-    return perturbation_report(model, good, defects, views_per_image=views_per_image,
-                               seed=seed)
+    return PerturbedDraw(k, seed, fitted.calibration,
+                         perturbation_report(model, good, defects,
+                                             views_per_image=views_per_image, seed=seed))
 
 
 class _Decoded(Sequence[np.ndarray]):
@@ -473,7 +499,7 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
 
     results: list[DrawResult] = []
     draws: list[Draw] = []
-    perturbations: list[list[PerturbationResult]] = []
+    perturbed: list[PerturbedDraw] = []
     worst = args.worst if args.report else 0
     for k in shots:
         # Every image is the same draw whatever the seed: one draw is enough.
@@ -496,9 +522,10 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
                 flush=True,
             )
             if args.perturb and k == shots[-1]:
-                perturbations.append(perturbation_draw(
+                perturbed.append(perturbation_draw(
                     detector, dataset, config, k, seed, test_items,
                     views_per_image=args.views_per_image))
+    perturbations = [draw.rows for draw in perturbed]
     rows = summarise(results)
     print(
         f"\n{dataset.root.name}: {config.backbone}, resolution {config.resolution or 'default'}, "
@@ -545,6 +572,8 @@ def run_evaluation_command(args: argparse.Namespace) -> int:
             # Each draw's own rows (seed order), so one draw can be compared with another run's.
             "perturbation_draws": [[row.to_dict() for row in draw] for draw in perturbations]
             or None,
+            # Per draw, the evidence to replay a threshold rule on the views (the same script).
+            "perturbation_evidence": [draw.evidence() for draw in perturbed] or None,
             # Per draw, in run order: the evidence to replay a threshold rule on
             # (bench/calibration_rules.py).
             "draw_evidence": [draw.evidence() for draw in draws],

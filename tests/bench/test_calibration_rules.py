@@ -87,3 +87,32 @@ def test_a_draw_found_twice_stops_the_script(tmp_path: Path) -> None:
     proc = _run(tmp_path / "run", tmp_path / "run")
     assert proc.returncode != 0
     assert "appears twice" in proc.stderr
+
+
+def test_a_rules_allowed_variation_criteria_are_replayed_on_the_views(tmp_path: Path) -> None:
+    """Good JPEG views just under today's threshold: today's rule meets the criterion, a
+    narrower prior at a higher target rejects them all."""
+    today = threshold_from_good(np.asarray(GOOD), 0.01, 2, ScorePrior(0.2, 8))
+    lower = threshold_from_good(np.asarray(GOOD), 0.03, 2, ScorePrior(0.1, 4))
+    assert lower < today
+    between = [(lower + today) / 2] * 10
+    evidence = {"k": 2, "seed": 0, "threshold": today,
+                "calibration": {"method": "leave-one-out", "good_scores": GOOD, "n_parts": 2,
+                                "target_false_reject_rate": 0.01, "prior_log_spread": 0.2,
+                                "prior_weight": 8},
+                "views": [{"name": "none", "good_scores": [1.0] * 10,
+                           "defect_scores": [100.0] * 10},
+                          {"name": "jpeg_70", "good_scores": between,
+                           "defect_scores": [100.0] * 10}]}
+    _write(tmp_path / "run", today)
+    path = Path(f"{tmp_path / 'run'}.mvtec_bottle_512.json")
+    path.write_text(json.dumps({**json.loads(path.read_text()),
+                                "perturbation_evidence": [evidence]}))
+    proc = _run(tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.split("Allowed-variation criteria met under each rule")[1]
+    rows = {row[0]: row[1] for row in
+            ([c.strip() for c in line.strip("|").split("|")] for line in
+             table.strip().splitlines()[3:])}
+    assert rows["spread 0.20, weight 8, target 1 %"] == "1/1"
+    assert rows["spread 0.10, weight 4, target 3 %"] == "0/1"

@@ -47,6 +47,23 @@ def test_the_json_holds_the_perturbation_table(evaluated: dict[str, Any]) -> Non
         sum(draw[0]["false_reject_rate"] for draw in draws) / 2)
 
 
+def test_the_json_holds_each_views_score_and_the_calibration_to_replay(
+    evaluated: dict[str, Any]
+) -> None:
+    """The evidence a threshold rule is replayed on (bench/calibration_rules.py): every view's
+    score, whose rate above the draw's own threshold is the draw's row."""
+    payload = evaluated["json"]
+    for draw, evidence in zip(payload["perturbation_draws"], payload["perturbation_evidence"],
+                              strict=True):
+        assert evidence["k"] == 2 and evidence["calibration"]["good_scores"]
+        assert [v["name"] for v in evidence["views"]] == [row["name"] for row in draw]
+        for row, view in zip(draw, evidence["views"], strict=True):
+            assert len(view["good_scores"]) == row["n_good_views"]
+            assert len(view["defect_scores"]) == row["n_defect_views"]
+            above = np.mean(np.asarray(view["good_scores"]) > evidence["threshold"])
+            assert above == pytest.approx(row["false_reject_rate"], abs=1e-9)
+
+
 def test_the_page_is_self_contained(evaluated: dict[str, Any]) -> None:
     page = evaluated["page"].read_text()
     assert "http://" not in page and "https://" not in page and "src=\"data:image/png" in page
