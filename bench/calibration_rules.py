@@ -146,13 +146,20 @@ def variation_cells(prefixes: Sequence[str]) -> list[dict[str, Any]]:
     rule does to the line's variations, reported beside the choice."""
     out = []
     for data in SETS:
-        draws = [d for p in (load(prefix, data) for prefix in prefixes) if p is not None
-                 for d in p.get("perturbation_evidence") or []]
-        if not draws:
+        payloads = [p for p in (load(prefix, data) for prefix in prefixes) if p is not None]
+        every = [d for p in payloads for d in p.get("perturbation_evidence") or []]
+        if not every:
             continue
+        k = max(d["k"] for d in every)  # what the benchmark's table reads: one k
+        draws = [d for d in every if d["k"] == k]
+        names = [view["name"] for view in draws[0]["views"]]
         for evidence in draws:
             _check_replay(evidence, data)
-        names = [view["name"] for view in draws[0]["views"]]
+            views = evidence["views"]
+            if ([v["name"] for v in views] != names or names[0] != "none"
+                    or not all(v["good_scores"] and v["defect_scores"] for v in views)):
+                raise SystemExit(f"{data} k={k} seed={evidence['seed']}: the views must be "
+                                 f"{names} with 'none' first, each with good and defect scores")
         for rule in CANDIDATES:
             judged = [(d, _threshold(d, rule)) for d in draws]
             rows = [{"name": name,
@@ -162,14 +169,14 @@ def variation_cells(prefixes: Sequence[str]) -> list[dict[str, Any]]:
                                      for d, cut in judged)}
                     for name in names]
             met, of = criteria_met(rows)
-            out.append({"rule": rule.name, "data": data, "draws": len(draws), "met": met,
-                        "of": of, "rows": rows})
+            out.append({"rule": rule.name, "data": data, "k": k, "draws": len(draws),
+                        "met": met, "of": of, "rows": rows})
     return out
 
 
 def _above(evidence: dict[str, Any], name: str, key: str, threshold: float) -> float:
     view = next(v for v in evidence["views"] if v["name"] == name)
-    return float(np.mean(np.asarray(view[key]) > threshold)) if view[key] else 0.0
+    return float(np.mean(np.asarray(view[key]) > threshold))
 
 
 def _passes(cell: dict[str, Any]) -> bool:

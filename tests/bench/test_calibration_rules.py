@@ -103,7 +103,10 @@ def test_a_rules_allowed_variation_criteria_are_replayed_on_the_views(tmp_path: 
                 "views": [{"name": "none", "good_scores": [1.0] * 10,
                            "defect_scores": [100.0] * 10},
                           {"name": "jpeg_70", "good_scores": between,
-                           "defect_scores": [100.0] * 10}]}
+                           "defect_scores": [100.0] * 10},
+                          # defects a flatter light brings between the two thresholds
+                          {"name": "contrast_0.8", "good_scores": [1.0] * 10,
+                           "defect_scores": between}]}
     _write(tmp_path / "run", today)
     path = Path(f"{tmp_path / 'run'}.mvtec_bottle_512.json")
     path.write_text(json.dumps({**json.loads(path.read_text()),
@@ -114,5 +117,11 @@ def test_a_rules_allowed_variation_criteria_are_replayed_on_the_views(tmp_path: 
     rows = {row[0]: row[1] for row in
             ([c.strip() for c in line.strip("|").split("|")] for line in
              table.strip().splitlines()[3:])}
-    assert rows["spread 0.20, weight 8, target 1 %"] == "1/1"
-    assert rows["spread 0.10, weight 4, target 3 %"] == "0/1"
+    # The higher threshold keeps JPEG's good views and misses the flat light's defects (a
+    # recall drop); the lower one catches those and rejects the JPEG views.
+    assert rows["spread 0.20, weight 8, target 1 %"] == "1/2"
+    assert rows["spread 0.10, weight 4, target 3 %"] == "1/2"
+    payload = json.loads(Path(proc.args[-1] + ".mvtec_bottle_512.json").read_text())
+    evidence["views"] = evidence["views"][1:]  # no unperturbed reference first
+    path.write_text(json.dumps({**payload, "perturbation_evidence": [evidence]}))
+    assert "'none' first" in _run(tmp_path / "run").stderr

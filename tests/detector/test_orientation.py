@@ -108,16 +108,21 @@ def test_varying_angles_are_told_from_one_angle() -> None:
 def test_two_photos_more_than_a_turn_step_apart_are_enough(
     angles: tuple[int, ...], turns: bool
 ) -> None:
-    """A handful of photos decides: the largest gap between any two counts, not their mean;
-    directions are lines (-10 and 10 degrees lie 20 apart, on either side of the wrap)."""
+    """A handful of photos decides: below ten the spread of all of them counts, not their
+    mean direction; directions are lines (-10 and 10 degrees lie 20 apart, either side of
+    the wrap)."""
     assert placed_at_varying_angles([_bar(a, seed=i) for i, a in enumerate(angles)]) is turns
 
 
 def test_one_photo_in_ten_read_across_does_not_turn_a_part_placed_one_way() -> None:
-    one_way = [_bar(30 + i % 3, seed=i) for i in range(9)]
-    assert not placed_at_varying_angles([*one_way, _bar(120, seed=9)])  # one in ten left out
-    assert placed_at_varying_angles([*one_way, _bar(120, seed=9), _bar(115, seed=10)])
-    spread = direction_spread([*one_way, _bar(120, seed=9)])
+    one_way = [_bar(30 + i % 3, seed=i) for i in range(18)]
+    across = [_bar(120, seed=20), _bar(115, seed=21)]
+    assert placed_at_varying_angles([*one_way[:8], across[0]])  # nine photos: none left out
+    assert not placed_at_varying_angles([*one_way[:9], across[0]])  # one in ten left out
+    assert placed_at_varying_angles([*one_way[:9], *across])  # two among eleven: one too many
+    assert placed_at_varying_angles([*one_way[:17], *across])  # two among nineteen (1.9)
+    assert not placed_at_varying_angles([*one_way, *across])  # two among twenty
+    spread = direction_spread([*one_way[:9], across[0]])
     assert spread is not None and spread < 10
 
 
