@@ -118,8 +118,7 @@ def cells(prefixes: Sequence[str]) -> list[dict[str, Any]]:
     (a draw, k and seed, found twice stops the script: it would count twice)."""
     out = []
     for data in SETS:
-        payloads = [p for p in (load(prefix, data) for prefix in prefixes) if p is not None]
-        draws = [d for p in payloads for d in p.get("draw_evidence") or []]
+        draws = _evidence(prefixes, data, "draw_evidence")
         seen = [(d["k"], d["seed"]) for d in draws]
         if len(set(seen)) < len(seen):
             raise SystemExit(f"{data}: a draw (k, seed) appears twice among {list(prefixes)}")
@@ -146,8 +145,7 @@ def variation_cells(prefixes: Sequence[str]) -> list[dict[str, Any]]:
     rule does to the line's variations, reported beside the choice."""
     out = []
     for data in SETS:
-        payloads = [p for p in (load(prefix, data) for prefix in prefixes) if p is not None]
-        every = [d for p in payloads for d in p.get("perturbation_evidence") or []]
+        every = _evidence(prefixes, data, "perturbation_evidence")
         if not every:
             continue
         k = max(d["k"] for d in every)  # what the benchmark's table reads: one k
@@ -162,21 +160,27 @@ def variation_cells(prefixes: Sequence[str]) -> list[dict[str, Any]]:
                                  f"{names} with 'none' first, each with good and defect scores")
         for rule in CANDIDATES:
             judged = [(d, _threshold(d, rule)) for d in draws]
+            # Every draw lists the same views in the same order (checked above).
             rows = [{"name": name,
-                     "false_reject_rate": fmean(_above(d, name, "good_scores", cut)
+                     "false_reject_rate": fmean(_above(d["views"][i]["good_scores"], cut)
                                                 for d, cut in judged),
-                     "recall": fmean(_above(d, name, "defect_scores", cut)
+                     "recall": fmean(_above(d["views"][i]["defect_scores"], cut)
                                      for d, cut in judged)}
-                    for name in names]
+                    for i, name in enumerate(names)]
             met, of = criteria_met(rows)
             out.append({"rule": rule.name, "data": data, "k": k, "draws": len(draws),
                         "met": met, "of": of, "rows": rows})
     return out
 
 
-def _above(evidence: dict[str, Any], name: str, key: str, threshold: float) -> float:
-    view = next(v for v in evidence["views"] if v["name"] == name)
-    return float(np.mean(np.asarray(view[key]) > threshold))
+def _evidence(prefixes: Sequence[str], data: str, key: str) -> list[dict[str, Any]]:
+    """The draws under ``key`` of every prefix's file of ``data``, in prefix order."""
+    payloads = [p for p in (load(prefix, data) for prefix in prefixes) if p is not None]
+    return [d for p in payloads for d in p.get(key) or []]
+
+
+def _above(scores: list[float], threshold: float) -> float:
+    return float(np.mean(np.asarray(scores) > threshold))
 
 
 def _passes(cell: dict[str, Any]) -> bool:

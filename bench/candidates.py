@@ -23,6 +23,10 @@ LITE2_288: dict[str, Any] = {"backbone": "efficientnet_lite2", "resolution": 288
 LITE2_384: dict[str, Any] = {"backbone": "efficientnet_lite2", "augment": "auto", "jpeg_views": 1,
                              "resolution": 384, "max_bank_size": 8192}
 
+# C18 and C19 (which differ in the code's turn rule, not in settings).
+LITE2_384_CONTRAST: dict[str, Any] = {**LITE2_384, "jpeg_copy_light": 0.2,
+                                      "edge_reach": "coarsest", "light": "contrast"}
+
 _DECLARED: dict[str, dict[str, Any]] = {
     "C0": {"preset": "fast"},
     "C1": {"backbone": "vit_small_l6_l9"},  # the accurate preset of the screening
@@ -46,13 +50,11 @@ _DECLARED: dict[str, dict[str, Any]] = {
     # C16 with the edge band one cell wider (run as edge_band 4, the band this reach gives
     # Lite2's margin)
     "C17": {**LITE2_384, "jpeg_copy_light": 0.2, "edge_reach": "coarsest"},
-    "C18": {**LITE2_384, "jpeg_copy_light": 0.2, "edge_reach": "coarsest",
-            "light": "contrast"},  # C17 with the contrast matched
-    # C18 with auto's turn rule of C19 (two photos with a direction more than 45 degrees
-    # apart, orientation.placed_at_varying_angles): the code's rule since, so C11-C18 now run
-    # with it too; at 1 and 16 images both rules decide alike on every evaluation draw
-    "C19": {**LITE2_384, "jpeg_copy_light": 0.2, "edge_reach": "coarsest",
-            "light": "contrast"},
+    "C18": LITE2_384_CONTRAST,  # C17 with the contrast matched
+    # C18's settings under auto's turn rule of C19 (orientation.placed_at_varying_angles: the
+    # photos' directions spread over more than 45 degrees): the code's rule since, so C11-C18
+    # now run with it too; at 1 and 16 images both rules decide alike on every evaluation draw
+    "C19": LITE2_384_CONTRAST,
 }
 CANDIDATES: dict[str, dict[str, Any]] = {
     name: settings if settings.get("preset") else {**SCREENED_WITH, **settings}

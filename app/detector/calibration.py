@@ -14,6 +14,7 @@ for textured parts and the threshold is correspondingly lenient; 2+ shots are re
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
 from typing import Any
@@ -83,6 +84,11 @@ class Calibration:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
         return cls(**data)
+
+
+def stored_scores(scores: Iterable[float]) -> list[float]:
+    """Scores as a calibration and the evaluation's evidence keep them: 6 decimals."""
+    return [round(float(s), 6) for s in scores]
 
 
 def normalize_score(score: float, threshold: float) -> float:
@@ -261,8 +267,8 @@ def calibrate(
         threshold=float(threshold),
         method=method,
         target_false_reject_rate=target_false_reject_rate,
-        good_scores=[round(float(s), 6) for s in good],
-        defect_scores=[round(float(s), 6) for s in defects],
+        good_scores=stored_scores(good),
+        defect_scores=stored_scores(defects),
         good_mean=float(np.mean(good)),
         good_std=std if math.isfinite(std) else 0.0,
         n_parts=len(good) if n_parts is None else n_parts,

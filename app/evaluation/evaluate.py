@@ -28,7 +28,7 @@ from typing import Any, overload
 import numpy as np
 import onnxruntime as ort
 
-from app.detector.calibration import Calibration
+from app.detector.calibration import Calibration, stored_scores
 from app.detector.config import SETTINGS, DetectorConfig
 from app.detector.engine import Detector
 from app.detector.heatmap import render_heatmap_png
@@ -111,7 +111,7 @@ class Draw:
             "seed": self.result.seed,
             "threshold": self.calibration.threshold,
             "calibration": self.calibration.to_dict(),
-            "test_scores": [round(float(v), 6) for v in self.scores.scores],
+            "test_scores": stored_scores(self.scores.scores),
             "test_is_defect": [bool(v) for v in self.scores.is_defect],
         }
 
@@ -243,8 +243,8 @@ class PerturbedDraw:
             "threshold": self.calibration.threshold,
             "calibration": self.calibration.to_dict(),
             "views": [{"name": row.name,
-                       "good_scores": [round(float(v), 6) for v in row.good_scores],
-                       "defect_scores": [round(float(v), 6) for v in row.defect_scores]}
+                       "good_scores": stored_scores(row.good_scores),
+                       "defect_scores": stored_scores(row.defect_scores)}
                       for row in self.rows],
         }
 
