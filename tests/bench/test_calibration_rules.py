@@ -17,13 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 GOOD = [10.0, 10.6]  # the held-out training scores the draw was calibrated from
 TEST_GOOD = [8.0 + 0.5 * i for i in range(20)]  # test/good 8.0 .. 17.5
 TEST_DEFECTS = [11.0 + i for i in range(10)]  # 11 .. 20
+# How the draw was calibrated: from GOOD, by the prior of the declared baseline.
+CALIBRATION = {"method": "leave-one-out", "good_scores": GOOD, "n_parts": 2,
+               "target_false_reject_rate": 0.01, "prior_log_spread": 0.2, "prior_weight": 8}
 
 
 def _write(prefix: Path, stored_threshold: float, k: int = 2) -> None:
     evidence = {"k": k, "seed": 0, "threshold": stored_threshold,
-                "calibration": {"method": "leave-one-out", "good_scores": GOOD, "n_parts": 2,
-                                "target_false_reject_rate": 0.01, "prior_log_spread": 0.2,
-                                "prior_weight": 8},
+                "calibration": CALIBRATION,
                 "test_scores": TEST_GOOD + TEST_DEFECTS,
                 "test_is_defect": [False] * len(TEST_GOOD) + [True] * len(TEST_DEFECTS)}
     Path(f"{prefix}.mvtec_bottle_512.json").write_text(json.dumps({"draw_evidence": [evidence]}))
@@ -97,9 +98,7 @@ def test_a_rules_allowed_variation_criteria_are_replayed_on_the_views(tmp_path: 
     assert lower < today
     between = [(lower + today) / 2] * 10
     evidence = {"k": 2, "seed": 0, "threshold": today,
-                "calibration": {"method": "leave-one-out", "good_scores": GOOD, "n_parts": 2,
-                                "target_false_reject_rate": 0.01, "prior_log_spread": 0.2,
-                                "prior_weight": 8},
+                "calibration": CALIBRATION,
                 "views": [{"name": "none", "good_scores": [1.0] * 10,
                            "defect_scores": [100.0] * 10},
                           {"name": "jpeg_70", "good_scores": between,
